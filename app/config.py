@@ -1,0 +1,63 @@
+"""All settings, from environment variables (prefix LEMOE_, plus DATABASE_URL) or a .env file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """One place for configuration; nothing else reads os.environ."""
+
+    model_config = SettingsConfigDict(env_prefix="LEMOE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("lemoe-data")
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "LEMOE_DATABASE_URL")
+    )
+    # A local Hugging Face causal-LM directory; unset means the bundled SmolLM2-135M-Instruct.
+    model_path: Path | None = None
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+
+    # Editor (see app/lemoe/config.py for the meaning of each).
+    adaptor_layer: int | None = None  # None: the editor's default for the model's depth
+    gate_threshold: float | None = None  # None: the editor's calibrated default
+    edits_per_expert: int = Field(default=16, ge=1, le=256)
+    planning: bool = True
+
+    # Worker schedule.
+    worker_enabled: bool = True
+    worker_interval_s: float = Field(default=30.0, gt=0)
+    worker_min_pending: int = Field(default=1, ge=1)
+    worker_max_batch: int = Field(default=64, ge=1)
+
+    # Request limits.
+    max_edits_per_request: int = Field(default=100, ge=1)
+    max_text_chars: int = Field(default=2000, ge=1)
+    max_new_tokens_limit: int = Field(default=256, ge=1)
+    max_rephrases: int = Field(default=10, ge=0)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @property
+    def experts_dir(self) -> Path:
+        return self.data_dir / "experts"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "model-cache"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'lemoe.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

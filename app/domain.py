@@ -1,0 +1,50 @@
+"""Statuses and audit actions shared by every layer (plain enums: no torch, no SQL)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EditStatus(StrEnum):
+    PENDING = "pending"
+    PLANNED = "planned"
+    TRAINING = "training"
+    APPLIED = "applied"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the process died mid-run; its edits went back to pending
+
+
+class RunTrigger(StrEnum):
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+
+
+class ExpertStatus(StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+
+
+class AuditAction(StrEnum):
+    EDIT_SUBMITTED = "edit.submitted"
+    EDIT_PLANNED = "edit.planned"
+    EDIT_APPLIED = "edit.applied"
+    EDIT_FAILED = "edit.failed"
+    EDIT_REQUEUED = "edit.requeued"
+    EDIT_ROLLED_BACK = "edit.rolled_back"
+    EDIT_RESTORED = "edit.restored"
+    RUN_CREATED = "training_run.created"
+    RUN_STARTED = "training_run.started"
+    RUN_FINISHED = "training_run.finished"
+    RUN_FAILED = "training_run.failed"
+    RUN_INTERRUPTED = "training_run.interrupted"
+    EXPERT_REGISTERED = "expert.registered"
+    EXPERT_ACTIVATED = "expert.activated"
+    EXPERT_DEACTIVATED = "expert.deactivated"
