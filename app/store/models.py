@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, ORMExecuteState, Session, mapped_column
 
 from app.domain import AuditAction, EditStatus, ExpertStatus, RunStatus, RunTrigger
+from app.store.errors import AuditLogIsAppendOnly
 from app.store.types import JSONType, StrEnumType, UTCDateTime, utcnow
 
 # Deterministic constraint names, so later (batch) migrations can refer to them.
@@ -153,10 +154,6 @@ class StackState(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     version: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
-class AuditLogIsAppendOnly(RuntimeError):
-    """Raised when code tries to change or remove an audit event."""
 
 
 def _refuse_audit_change(operation: str, target: AuditEvent) -> None:

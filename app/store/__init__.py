@@ -1,0 +1,102 @@
+"""SQL store: models, engine and session factory, migrations, and keyword-only queries.
+
+Queries add and flush but never commit: the service layer commits once, so a change and its
+audit event land together.
+"""
+
+from app.store.audit import append_audit, list_audit
+from app.store.db import (
+    alembic_config,
+    make_engine,
+    make_session_factory,
+    migrate,
+    normalize_url,
+    ping,
+)
+from app.store.edits import (
+    NewEdit,
+    add_edits,
+    claim_pending_edits,
+    count_edits,
+    edits_of_expert,
+    get_edit,
+    list_edits,
+    set_edit_status,
+)
+from app.store.errors import (
+    AuditLogIsAppendOnly,
+    InvalidCursor,
+    InvalidTransition,
+    RecordNotFound,
+)
+from app.store.experts import (
+    add_expert,
+    get_expert,
+    get_expert_by_name,
+    list_experts,
+    set_expert_status,
+)
+from app.store.models import AuditEvent, Base, Edit, Expert, StackState, TrainingRun
+from app.store.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from app.store.recovery import RecoveryReport, RequeuedEdit, requeue_interrupted
+from app.store.runs import (
+    active_run,
+    create_run,
+    finish_run,
+    get_run,
+    list_runs,
+    start_run,
+    update_run_progress,
+)
+from app.store.stack import bump_stack_version, get_stack_version
+from app.store.types import utcnow
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "AuditEvent",
+    "AuditLogIsAppendOnly",
+    "Base",
+    "Edit",
+    "Expert",
+    "InvalidCursor",
+    "InvalidTransition",
+    "NewEdit",
+    "Page",
+    "RecordNotFound",
+    "RecoveryReport",
+    "RequeuedEdit",
+    "StackState",
+    "TrainingRun",
+    "active_run",
+    "add_edits",
+    "add_expert",
+    "alembic_config",
+    "append_audit",
+    "bump_stack_version",
+    "claim_pending_edits",
+    "count_edits",
+    "create_run",
+    "edits_of_expert",
+    "finish_run",
+    "get_edit",
+    "get_expert",
+    "get_expert_by_name",
+    "get_run",
+    "get_stack_version",
+    "list_audit",
+    "list_edits",
+    "list_experts",
+    "list_runs",
+    "make_engine",
+    "make_session_factory",
+    "migrate",
+    "normalize_url",
+    "ping",
+    "requeue_interrupted",
+    "set_edit_status",
+    "set_expert_status",
+    "start_run",
+    "update_run_progress",
+    "utcnow",
+]

@@ -1,0 +1,82 @@
+"""The audit log: append and read, never change or remove (see the guards in models.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.domain import AuditAction
+from app.store.models import ACTOR_LENGTH, AuditEvent
+from app.store.pagination import DEFAULT_LIMIT, Order, Page, paginate
+from app.store.types import coerce_enum, require_aware, utcnow
+from app.store.validation import check_actor, check_id, check_json
+
+
+def append_audit(
+    session: Session,
+    *,
+    actor: str,
+    action: AuditAction | str,
+    edit_id: int | None = None,
+    expert_id: int | None = None,
+    training_run_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Add one event; it is committed together with the change it describes."""
+    event = AuditEvent(
+        at=utcnow(),
+        actor=check_actor(actor, max_length=ACTOR_LENGTH),
+        action=coerce_enum(AuditAction, action, name="action"),
+        edit_id=None if edit_id is None else check_id(edit_id, name="edit_id"),
+        expert_id=None if expert_id is None else check_id(expert_id, name="expert_id"),
+        training_run_id=(
+            None if training_run_id is None else check_id(training_run_id, name="training_run_id")
+        ),
+        payload=check_json(payload, name="payload") or {},
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_audit(
+    session: Session,
+    *,
+    action: AuditAction | str | None = None,
+    actor: str | None = None,
+    edit_id: int | None = None,
+    expert_id: int | None = None,
+    training_run_id: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    order: Order = "desc",
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> Page[AuditEvent]:
+    """Audit events in id (= time) order: "desc" (newest first) for the log, "asc" for a history.
+
+    `since` is inclusive and `until` exclusive. A cursor continues the order it was issued for.
+    """
+    stmt = select(AuditEvent)
+    if action is not None:
+        stmt = stmt.where(AuditEvent.action == coerce_enum(AuditAction, action, name="action"))
+    if actor:
+        stmt = stmt.where(AuditEvent.actor == actor)
+    if edit_id is not None:
+        stmt = stmt.where(AuditEvent.edit_id == check_id(edit_id, name="edit_id"))
+    if expert_id is not None:
+        stmt = stmt.where(AuditEvent.expert_id == check_id(expert_id, name="expert_id"))
+    if training_run_id is not None:
+        stmt = stmt.where(
+            AuditEvent.training_run_id == check_id(training_run_id, name="training_run_id")
+        )
+    if since is not None:
+        stmt = stmt.where(AuditEvent.at >= require_aware(since, name="since"))
+    if until is not None:
+        stmt = stmt.where(AuditEvent.at < require_aware(until, name="until"))
+    return paginate(
+        session, stmt, AuditEvent.id, kind="audit", order=order, limit=limit, cursor=cursor
+    )

@@ -1,0 +1,224 @@
+"""Queries on edits. Every function adds and flushes; the caller commits (with its audit event)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.domain import EditStatus
+from app.store.errors import InvalidTransition, RecordNotFound
+from app.store.models import Edit, TrainingRun
+from app.store.pagination import DEFAULT_LIMIT, Page, paginate
+from app.store.runs import ACTIVE_RUN_STATUSES
+from app.store.types import coerce_enum, require_aware, utcnow
+from app.store.validation import check_id
+
+
+@dataclass(frozen=True)
+class NewEdit:
+    """A fact edit to store: `prompt` should be completed with `target` (e.g. " Paris")."""
+
+    prompt: str
+    target: str
+    subject: str | None = None
+    rephrases: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "target"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if self.subject is not None and not isinstance(self.subject, str):
+            raise ValueError(f"subject must be a string or None, got {self.subject!r}")
+        # A lone string is a Sequence[str] too; it is almost certainly a mistake here.
+        if isinstance(self.rephrases, str | bytes) or not all(
+            isinstance(r, str) and r.strip() for r in self.rephrases
+        ):
+            raise ValueError(f"rephrases must be a list of non-empty strings, got {self.rephrases!r}")
+        object.__setattr__(self, "rephrases", tuple(self.rephrases))
+
+
+def add_edits(session: Session, *, edits: Sequence[NewEdit]) -> list[Edit]:
+    """Store new pending edits; the returned rows (with ids) are in the given order."""
+    now = utcnow()
+    rows = [
+        Edit(
+            prompt=edit.prompt,
+            target=edit.target,
+            subject=edit.subject,
+            rephrases=list(edit.rephrases),
+            status=EditStatus.PENDING,
+            created_at=now,
+            updated_at=now,
+        )
+        for edit in edits
+    ]
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def get_edit(session: Session, *, edit_id: int) -> Edit | None:
+    return session.get(Edit, check_id(edit_id, name="edit_id"))
+
+
+def _filtered_edits(
+    *,
+    status: EditStatus | str | None,
+    subject: str | None,
+    search: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    expert_id: int | None,
+) -> Select[tuple[Edit]]:
+    stmt = select(Edit)
+    if status is not None:
+        stmt = stmt.where(Edit.status == coerce_enum(EditStatus, status))
+    if subject:
+        # Case-insensitive equality; both sides lowered by the database, so they agree.
+        stmt = stmt.where(func.lower(Edit.subject) == func.lower(subject))
+    if search and search.strip():
+        term = search.strip()
+        stmt = stmt.where(
+            or_(
+                Edit.prompt.icontains(term, autoescape=True),
+                Edit.target.icontains(term, autoescape=True),
+                Edit.subject.icontains(term, autoescape=True),
+            )
+        )
+    if created_after is not None:
+        stmt = stmt.where(Edit.created_at >= require_aware(created_after, name="created_after"))
+    if created_before is not None:
+        stmt = stmt.where(Edit.created_at < require_aware(created_before, name="created_before"))
+    if expert_id is not None:
+        stmt = stmt.where(Edit.expert_id == check_id(expert_id, name="expert_id"))
+    return stmt
+
+
+def list_edits(
+    session: Session,
+    *,
+    status: EditStatus | str | None = None,
+    subject: str | None = None,
+    search: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    expert_id: int | None = None,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> Page[Edit]:
+    """Edits, newest first.
+
+    `subject` matches exactly but case-insensitively; `search` is a case-insensitive substring of
+    prompt, target or subject; `created_after` is inclusive and `created_before` exclusive, so
+    adjacent windows neither overlap nor leave gaps. Empty strings mean "no filter".
+    """
+    stmt = _filtered_edits(
+        status=status,
+        subject=subject,
+        search=search,
+        created_after=created_after,
+        created_before=created_before,
+        expert_id=expert_id,
+    )
+    return paginate(session, stmt, Edit.id, kind="edits", order="desc", limit=limit, cursor=cursor)
+
+
+def count_edits(session: Session, *, status: EditStatus | str | None = None) -> int:
+    """How many edits have `status` (all edits when None)."""
+    stmt = select(func.count()).select_from(Edit)
+    if status is not None:
+        stmt = stmt.where(Edit.status == coerce_enum(EditStatus, status))
+    return session.execute(stmt).scalar_one()
+
+
+def claim_pending_edits(session: Session, *, run_id: int, limit: int) -> list[Edit]:
+    """Move up to `limit` of the oldest pending edits to planned, owned by run `run_id`.
+
+    On PostgreSQL the candidates are locked with FOR UPDATE SKIP LOCKED, so concurrent claimers
+    take disjoint rows without waiting. SQLite has a single writer; there the UPDATE re-checks
+    that a row is still pending, and the loop takes the next ones when another claimer won.
+    """
+    run_id = check_id(run_id, name="run_id")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise RecordNotFound(f"training run {run_id} does not exist")
+    if run.status not in ACTIVE_RUN_STATUSES:
+        raise InvalidTransition(
+            f"training run {run_id} is {run.status.value}; edits can only be claimed by a "
+            f"{' or '.join(s.value for s in ACTIVE_RUN_STATUSES)} run"
+        )
+    claimed: list[Edit] = []
+    for _ in range(10):  # two rounds at most in practice; the bound only guards against bugs
+        wanted = limit - len(claimed)
+        candidates = list(
+            session.scalars(
+                select(Edit.id)
+                .where(Edit.status == EditStatus.PENDING)
+                .order_by(Edit.id)
+                .limit(wanted)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if not candidates:
+            break
+        won = session.scalars(
+            update(Edit)
+            .where(Edit.id.in_(candidates), Edit.status == EditStatus.PENDING)
+            .values(status=EditStatus.PLANNED, training_run_id=run_id, updated_at=utcnow())
+            .returning(Edit)
+            .execution_options(populate_existing=True)
+        ).all()
+        claimed.extend(won)
+        if len(claimed) >= limit or len(won) == len(candidates):
+            break
+    return sorted(claimed, key=lambda edit: edit.id)
+
+
+def set_edit_status(
+    session: Session,
+    *,
+    edit_ids: Iterable[int],
+    status: EditStatus | str,
+    expert_id: int | None = None,
+    error: str | None = None,
+) -> list[Edit]:
+    """Set the status of the given edits; all must exist (RecordNotFound names the missing ids).
+
+    `applied_at` is set when the status becomes applied; `updated_at` always. `expert_id`, when
+    given, records which expert holds the edits (it is kept otherwise, e.g. on rollback); `error`
+    replaces the stored error, so None clears it.
+    """
+    status = coerce_enum(EditStatus, status)
+    ids = sorted({check_id(i, name="edit id") for i in edit_ids})
+    if expert_id is not None:
+        check_id(expert_id, name="expert_id")
+    if not ids:
+        return []
+    edits = list(session.scalars(select(Edit).where(Edit.id.in_(ids)).order_by(Edit.id)))
+    missing = sorted(set(ids) - {edit.id for edit in edits})
+    if missing:
+        raise RecordNotFound(f"edits do not exist: {missing}")
+    now = utcnow()
+    for edit in edits:
+        edit.status = status
+        edit.updated_at = now
+        edit.error = error
+        if expert_id is not None:
+            edit.expert_id = expert_id
+        if status is EditStatus.APPLIED:
+            edit.applied_at = now
+    session.flush()
+    return edits
+
+
+def edits_of_expert(session: Session, *, expert_id: int) -> list[Edit]:
+    """The edits an expert was trained on (or holds now), oldest first."""
+    stmt = select(Edit).where(Edit.expert_id == check_id(expert_id, name="expert_id"))
+    return list(session.scalars(stmt.order_by(Edit.id)))

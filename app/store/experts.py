@@ -1,0 +1,126 @@
+"""Queries on experts. Changing which experts are active also bumps the stack version."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.domain import ExpertStatus
+from app.store.errors import RecordNotFound
+from app.store.models import NAME_LENGTH, Expert
+from app.store.stack import bump_stack_version
+from app.store.types import coerce_enum, utcnow
+from app.store.validation import check_count, check_id, check_json, check_number
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_name(name: Any) -> str:
+    """An expert's name is the name of its directory: one plain path component."""
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or len(name) > NAME_LENGTH
+        or name in (".", "..")
+        or any(sep in name for sep in ("/", "\\", "\0"))
+    ):
+        raise ValueError(
+            f"invalid expert name {name!r}: must be 1-{NAME_LENGTH} characters, a single "
+            "directory name (no '/', '\\', or '.'/'..')"
+        )
+    return name
+
+
+def add_expert(
+    session: Session,
+    *,
+    name: str,
+    path: str,
+    sha256: str,
+    edit_count: int = 0,
+    training_run_id: int | None = None,
+    final_loss: float | None = None,
+    steps: int | None = None,
+    key_summary: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    status: ExpertStatus | str = ExpertStatus.INACTIVE,
+) -> Expert:
+    """Register a trained expert whose files are already on disk; ACTIVE also activates it."""
+    name = _check_name(name)
+    status = coerce_enum(ExpertStatus, status)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"path must be a non-empty string, got {path!r}")
+    if not isinstance(sha256, str) or not SHA256_RE.fullmatch(sha256):
+        raise ValueError(f"sha256 must be 64 lowercase hex characters, got {sha256!r}")
+    edit_count = check_count(edit_count, name="edit_count")
+    if training_run_id is not None:
+        check_id(training_run_id, name="training_run_id")
+    if final_loss is not None:
+        final_loss = check_number(final_loss, name="final_loss")
+    if steps is not None:
+        steps = check_count(steps, name="steps")
+    if get_expert_by_name(session, name=name) is not None:
+        raise ValueError(f"an expert named {name!r} already exists")
+    now = utcnow()
+    expert = Expert(
+        name=name,
+        path=path,
+        sha256=sha256,
+        status=status,
+        edit_count=edit_count,
+        training_run_id=training_run_id,
+        final_loss=final_loss,
+        steps=steps,
+        key_summary=check_json(key_summary, name="key_summary"),
+        metrics=check_json(metrics, name="metrics"),
+        created_at=now,
+        activated_at=now if status is ExpertStatus.ACTIVE else None,
+    )
+    session.add(expert)
+    session.flush()
+    if status is ExpertStatus.ACTIVE:
+        bump_stack_version(session)
+    return expert
+
+
+def get_expert(session: Session, *, expert_id: int) -> Expert | None:
+    return session.get(Expert, check_id(expert_id, name="expert_id"))
+
+
+def get_expert_by_name(session: Session, *, name: str) -> Expert | None:
+    return session.scalars(select(Expert).where(Expert.name == name)).one_or_none()
+
+
+def list_experts(session: Session, *, status: ExpertStatus | str | None = None) -> list[Expert]:
+    """Experts, oldest first (the order the engine stacks them in)."""
+    stmt = select(Expert).order_by(Expert.id)
+    if status is not None:
+        stmt = stmt.where(Expert.status == coerce_enum(ExpertStatus, status))
+    return list(session.scalars(stmt))
+
+
+def set_expert_status(
+    session: Session, *, expert_id: int, status: ExpertStatus | str
+) -> Expert:
+    """Activate or deactivate an expert; a real change stamps the time and bumps the stack version.
+
+    Setting the status it already has changes nothing (the caller decides if that is an error).
+    """
+    status = coerce_enum(ExpertStatus, status)
+    expert = get_expert(session, expert_id=expert_id)
+    if expert is None:
+        raise RecordNotFound(f"expert {expert_id} does not exist")
+    if expert.status is status:
+        return expert
+    now = utcnow()
+    expert.status = status
+    if status is ExpertStatus.ACTIVE:
+        expert.activated_at = now
+    else:
+        expert.deactivated_at = now
+    session.flush()
+    bump_stack_version(session)
+    return expert

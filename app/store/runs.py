@@ -1,0 +1,143 @@
+"""Queries on training runs: queued -> running -> succeeded | failed | interrupted."""
+
+from __future__ import annotations
+
+from sqlalchemy import case, select
+from sqlalchemy.orm import Session
+
+from app.domain import RunStatus, RunTrigger
+from app.store.errors import InvalidTransition, RecordNotFound
+from app.store.models import ACTOR_LENGTH, TrainingRun
+from app.store.pagination import DEFAULT_LIMIT, Page, paginate
+from app.store.types import coerce_enum, utcnow
+from app.store.validation import check_actor, check_count, check_id, check_number
+
+ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
+FINAL_RUN_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.INTERRUPTED)
+
+
+def create_run(
+    session: Session, *, trigger: RunTrigger | str, actor: str, edits_total: int = 0
+) -> TrainingRun:
+    """A new queued run."""
+    run = TrainingRun(
+        status=RunStatus.QUEUED,
+        trigger=coerce_enum(RunTrigger, trigger, name="trigger"),
+        actor=check_actor(actor, max_length=ACTOR_LENGTH),
+        edits_total=check_count(edits_total, name="edits_total"),
+        edits_done=0,
+        experts_created=0,
+        created_at=utcnow(),
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run(session: Session, *, run_id: int) -> TrainingRun | None:
+    return session.get(TrainingRun, check_id(run_id, name="run_id"))
+
+
+def _require_run(session: Session, run_id: int) -> TrainingRun:
+    run = get_run(session, run_id=run_id)
+    if run is None:
+        raise RecordNotFound(f"training run {run_id} does not exist")
+    return run
+
+
+def _require_status(run: TrainingRun, allowed: tuple[RunStatus, ...], doing: str) -> None:
+    if run.status not in allowed:
+        raise InvalidTransition(
+            f"cannot {doing} training run {run.id}: it is {run.status.value}, "
+            f"expected {' or '.join(s.value for s in allowed)}"
+        )
+
+
+def list_runs(
+    session: Session,
+    *,
+    status: RunStatus | str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> Page[TrainingRun]:
+    """Runs, newest first."""
+    stmt = select(TrainingRun)
+    if status is not None:
+        stmt = stmt.where(TrainingRun.status == coerce_enum(RunStatus, status))
+    return paginate(
+        session, stmt, TrainingRun.id, kind="training_runs", order="desc", limit=limit, cursor=cursor
+    )
+
+
+def start_run(session: Session, *, run_id: int, edits_total: int | None = None) -> TrainingRun:
+    """Queued -> running; stamps started_at and the first heartbeat."""
+    run = _require_run(session, run_id)
+    _require_status(run, (RunStatus.QUEUED,), "start")
+    now = utcnow()
+    run.status = RunStatus.RUNNING
+    run.started_at = now
+    run.heartbeat_at = now
+    if edits_total is not None:
+        run.edits_total = check_count(edits_total, name="edits_total")
+    session.flush()
+    return run
+
+
+def update_run_progress(
+    session: Session,
+    *,
+    run_id: int,
+    edits_done: int | None = None,
+    current_loss: float | None = None,
+    heartbeat: bool = True,
+) -> TrainingRun:
+    """Record progress of a running run; `heartbeat` stamps heartbeat_at (the run is alive)."""
+    run = _require_run(session, run_id)
+    _require_status(run, (RunStatus.RUNNING,), "update progress of")
+    if edits_done is not None:
+        run.edits_done = check_count(edits_done, name="edits_done")
+    if current_loss is not None:
+        run.current_loss = check_number(current_loss, name="current_loss")
+    if heartbeat:
+        run.heartbeat_at = utcnow()
+    session.flush()
+    return run
+
+
+def finish_run(
+    session: Session,
+    *,
+    run_id: int,
+    status: RunStatus | str,
+    error: str | None = None,
+    experts_created: int | None = None,
+) -> TrainingRun:
+    """Queued or running -> succeeded | failed | interrupted; stamps finished_at."""
+    status = coerce_enum(RunStatus, status)
+    if status not in FINAL_RUN_STATUSES:
+        raise ValueError(
+            f"a run cannot finish as {status.value!r}; one of {[s.value for s in FINAL_RUN_STATUSES]}"
+        )
+    run = _require_run(session, run_id)
+    _require_status(run, ACTIVE_RUN_STATUSES, "finish")
+    now = utcnow()
+    run.status = status
+    run.finished_at = now
+    run.heartbeat_at = now
+    run.error = error
+    if experts_created is not None:
+        run.experts_created = check_count(experts_created, name="experts_created")
+    session.flush()
+    return run
+
+
+def active_run(session: Session) -> TrainingRun | None:
+    """The run in progress (running first, else the oldest queued), or None."""
+    stmt = (
+        select(TrainingRun)
+        .where(TrainingRun.status.in_(ACTIVE_RUN_STATUSES))
+        .order_by(case((TrainingRun.status == RunStatus.RUNNING, 0), else_=1), TrainingRun.id)
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
