@@ -18,7 +18,10 @@ LEMOE_SKIP_POSTGRES=1 is set, in which case the PostgreSQL params skip.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,14 +97,28 @@ def temporary_postgres_url(*, migrated: bool = True, base_url: str | URL | None 
         admin.dispose()
 
 
+_sqlite_template: Path | None = None
+
+
+def _migrated_sqlite_template() -> Path:
+    """One migrated SQLite file per test process; copying it is ~50x faster than migrating."""
+    global _sqlite_template
+    if _sqlite_template is None or not _sqlite_template.is_file():
+        directory = Path(tempfile.mkdtemp(prefix="lemoe-sqlite-template-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        path = directory / "template.db"
+        migrate(f"sqlite:///{path}")  # disposes its engine: the WAL is folded into the file
+        _sqlite_template = path
+    return _sqlite_template
+
+
 @contextmanager
 def temporary_sqlite_url(directory: Path, *, migrated: bool = True) -> Iterator[str]:
     """A URL for a new SQLite file under `directory` (e.g. pytest's tmp_path)."""
     path = Path(directory) / f"lemoe-{uuid.uuid4().hex[:8]}.db"
-    url = f"sqlite:///{path}"
     if migrated:
-        migrate(url)
-    yield url
+        shutil.copyfile(_migrated_sqlite_template(), path)
+    yield f"sqlite:///{path}"
 
 
 @contextmanager
