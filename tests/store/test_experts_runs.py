@@ -1,0 +1,257 @@
+"""Experts, training runs and the active-stack version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.domain import ExpertStatus, RunStatus, RunTrigger
+from app.store import (
+    Base,
+    Expert,
+    InvalidCursor,
+    InvalidTransition,
+    RecordNotFound,
+    active_run,
+    add_expert,
+    bump_stack_version,
+    create_run,
+    finish_run,
+    get_expert,
+    get_expert_by_name,
+    get_run,
+    get_stack_version,
+    list_audit,
+    list_experts,
+    list_runs,
+    make_engine,
+    set_expert_status,
+    start_run,
+    update_run_progress,
+)
+from tests.pg import temporary_database_url
+
+SHA = "0123456789abcdef" * 4
+
+
+def expert(session: Session, name: str, **kwargs: object) -> Expert:
+    return add_expert(session, name=name, path=f"/data/experts/{name}", sha256=SHA, **kwargs)
+
+
+# --- experts ---------------------------------------------------------------------------------
+
+
+def test_add_expert_round_trips_every_field(session_factory: sessionmaker[Session]) -> None:
+    with session_factory() as s:
+        run = create_run(s, trigger="manual", actor="alice")
+        added = expert(
+            s,
+            "expert-0001",
+            edit_count=12,
+            training_run_id=run.id,
+            final_loss=0.031,
+            steps=40,
+            key_summary={"norm": 1.5, "layer": 18},
+            metrics={"rel": 1.0, "gen": 0.8, "loc": [1, 1, 0.99]},
+        )
+        s.commit()
+    with session_factory() as s:
+        loaded = get_expert(s, expert_id=added.id)
+        by_name = get_expert_by_name(s, name="expert-0001")
+    assert loaded is not None and by_name is not None and by_name.id == loaded.id
+    assert (loaded.path, loaded.sha256, loaded.edit_count) == ("/data/experts/expert-0001", SHA, 12)
+    assert (loaded.training_run_id, loaded.final_loss, loaded.steps) == (run.id, 0.031, 40)
+    assert loaded.key_summary == {"norm": 1.5, "layer": 18}
+    assert loaded.metrics == {"rel": 1.0, "gen": 0.8, "loc": [1, 1, 0.99]}
+    assert loaded.status is ExpertStatus.INACTIVE
+    assert loaded.created_at.tzinfo is not None
+    assert loaded.activated_at is None and loaded.deactivated_at is None
+
+
+def test_get_expert_misses_return_none(session: Session) -> None:
+    assert get_expert(session, expert_id=77) is None
+    assert get_expert_by_name(session, name="nope") is None
+
+
+def test_add_expert_validates_arguments(session: Session) -> None:
+    expert(session, "taken")
+    cases = [
+        ({"name": "taken"}, "an expert named 'taken' already exists"),
+        ({"name": "../escape"}, "invalid expert name '../escape'"),
+        ({"name": ""}, "invalid expert name ''"),
+        ({"name": "ok", "sha256": "ABC"}, "sha256 must be 64 lowercase hex"),
+        ({"name": "ok", "edit_count": -1}, "edit_count must be a non-negative integer"),
+        ({"name": "ok", "metrics": {"loss": float("nan")}}, "metrics is not storable as JSON"),
+        ({"name": "ok", "key_summary": ["not", "a", "dict"]}, "key_summary must be a JSON object"),
+        ({"name": "ok", "final_loss": float("nan")}, "final_loss must not be NaN"),
+        ({"name": "ok", "status": "retired"}, "unknown status 'retired'; one of \\['active', 'inactive'\\]"),
+    ]
+    for overrides, message in cases:
+        kwargs = {"name": "ok", "path": "/p", "sha256": SHA} | overrides
+        with pytest.raises(ValueError, match=message):
+            add_expert(session, **kwargs)  # type: ignore[arg-type]
+    assert [e.name for e in list_experts(session)] == ["taken"]
+
+
+def test_expert_name_is_unique_in_the_database(session: Session) -> None:
+    expert(session, "dup")
+    session.add(Expert(name="dup", path="/p", sha256=SHA, status="inactive", edit_count=0))
+    with pytest.raises(IntegrityError):
+        session.flush()
+
+
+def test_list_experts_filters_by_status_oldest_first(session: Session) -> None:
+    a = expert(session, "a", status=ExpertStatus.ACTIVE)
+    b = expert(session, "b")
+    c = expert(session, "c", status="active")
+    assert [e.id for e in list_experts(session)] == [a.id, b.id, c.id]
+    assert [e.id for e in list_experts(session, status=ExpertStatus.ACTIVE)] == [a.id, c.id]
+    assert [e.id for e in list_experts(session, status="inactive")] == [b.id]
+    with pytest.raises(ValueError, match="unknown status 'gone'"):
+        list_experts(session, status="gone")
+
+
+def test_set_expert_status_stamps_times_and_bumps_stack_version(session: Session) -> None:
+    e = expert(session, "e")
+    assert get_stack_version(session) == 0  # registering an inactive expert changes no stack
+    set_expert_status(session, expert_id=e.id, status=ExpertStatus.ACTIVE)
+    assert e.status is ExpertStatus.ACTIVE and e.activated_at is not None
+    assert get_stack_version(session) == 1
+    set_expert_status(session, expert_id=e.id, status="active")  # no change, no bump
+    assert get_stack_version(session) == 1
+    set_expert_status(session, expert_id=e.id, status=ExpertStatus.INACTIVE)
+    assert e.status is ExpertStatus.INACTIVE
+    assert e.deactivated_at is not None and e.deactivated_at >= e.activated_at
+    assert get_stack_version(session) == 2
+    expert(session, "born-active", status=ExpertStatus.ACTIVE)
+    assert get_stack_version(session) == 3
+
+
+def test_set_expert_status_unknown_expert(session: Session) -> None:
+    with pytest.raises(RecordNotFound, match="expert 5 does not exist"):
+        set_expert_status(session, expert_id=5, status="active")
+
+
+# --- stack version ---------------------------------------------------------------------------
+
+
+def test_stack_version_bumps_are_visible_to_other_sessions(
+    session_factory: sessionmaker[Session],
+) -> None:
+    with session_factory() as s:
+        assert get_stack_version(s) == 0
+        assert bump_stack_version(s) == 1
+        assert bump_stack_version(s) == 2
+        s.commit()
+    with session_factory() as s:
+        assert get_stack_version(s) == 2
+        bump_stack_version(s)
+        s.rollback()  # an uncommitted bump is not kept
+    with session_factory() as s:
+        assert get_stack_version(s) == 2
+
+
+def test_stack_version_works_on_a_schema_without_the_seed_row(backend: str, tmp_path: Path) -> None:
+    """Other tests may build the schema with metadata.create_all(), which inserts no row."""
+    with temporary_database_url(backend, tmp_path, migrated=False) as url:
+        engine: Engine = make_engine(url)
+        try:
+            Base.metadata.create_all(engine)
+            with Session(engine) as s:
+                assert get_stack_version(s) == 0
+                assert bump_stack_version(s) == 1
+                assert bump_stack_version(s) == 2
+                s.commit()
+            with Session(engine) as s:
+                assert get_stack_version(s) == 2
+        finally:
+            engine.dispose()
+
+
+# --- training runs ---------------------------------------------------------------------------
+
+
+def test_run_lifecycle_queued_running_succeeded(session_factory: sessionmaker[Session]) -> None:
+    with session_factory() as s:
+        run = create_run(s, trigger=RunTrigger.MANUAL, actor="alice", edits_total=4)
+        assert (run.status, run.trigger, run.actor) == (RunStatus.QUEUED, RunTrigger.MANUAL, "alice")
+        assert (run.edits_total, run.edits_done, run.experts_created) == (4, 0, 0)
+        assert run.started_at is None and run.finished_at is None
+        start_run(s, run_id=run.id, edits_total=5)
+        assert run.status is RunStatus.RUNNING and run.started_at is not None
+        first_beat = run.heartbeat_at
+        assert first_beat is not None
+        update_run_progress(s, run_id=run.id, edits_done=3, current_loss=0.25)
+        assert run.heartbeat_at is not None and run.heartbeat_at >= first_beat
+        update_run_progress(s, run_id=run.id, current_loss=0.125, heartbeat=False)
+        finish_run(s, run_id=run.id, status=RunStatus.SUCCEEDED, experts_created=2)
+        s.commit()
+    with session_factory() as s:
+        done = get_run(s, run_id=run.id)
+    assert done is not None
+    assert done.status is RunStatus.SUCCEEDED
+    assert (done.edits_total, done.edits_done, done.current_loss, done.experts_created) == (5, 3, 0.125, 2)
+    assert done.finished_at is not None and done.finished_at >= done.started_at
+    assert done.error is None
+    assert all(t.tzinfo is not None for t in (done.created_at, done.started_at, done.finished_at))
+
+
+def test_run_transitions_are_checked(session: Session) -> None:
+    run = create_run(session, trigger="schedule", actor="worker")
+    with pytest.raises(InvalidTransition, match="cannot update progress of training run .*: it is queued"):
+        update_run_progress(session, run_id=run.id, edits_done=1)
+    with pytest.raises(ValueError, match="a run cannot finish as 'running'"):
+        finish_run(session, run_id=run.id, status=RunStatus.RUNNING)
+    finish_run(session, run_id=run.id, status="failed", error="CUDA out of memory")
+    assert (run.status, run.error) == (RunStatus.FAILED, "CUDA out of memory")
+    with pytest.raises(InvalidTransition, match="cannot start training run .*: it is failed"):
+        start_run(session, run_id=run.id)
+    with pytest.raises(InvalidTransition, match="cannot finish training run"):
+        finish_run(session, run_id=run.id, status="succeeded")
+    with pytest.raises(RecordNotFound, match="training run 999 does not exist"):
+        start_run(session, run_id=999)
+    assert get_run(session, run_id=999) is None
+
+
+def test_create_run_validates_arguments(session: Session) -> None:
+    with pytest.raises(ValueError, match="unknown trigger 'cron'; one of \\['manual', 'schedule'\\]"):
+        create_run(session, trigger="cron", actor="x")
+    with pytest.raises(ValueError, match="actor must be a non-empty string"):
+        create_run(session, trigger="manual", actor="  ")
+    run = create_run(session, trigger="manual", actor="x")
+    start_run(session, run_id=run.id)
+    with pytest.raises(ValueError, match="current_loss must not be NaN"):
+        update_run_progress(session, run_id=run.id, current_loss=float("nan"))
+    with pytest.raises(ValueError, match="edits_done must be a non-negative integer"):
+        update_run_progress(session, run_id=run.id, edits_done=-2)
+
+
+def test_active_run_prefers_running_then_oldest_queued(session: Session) -> None:
+    assert active_run(session) is None
+    first = create_run(session, trigger="manual", actor="a")
+    second = create_run(session, trigger="manual", actor="b")
+    assert active_run(session) is first
+    start_run(session, run_id=second.id)
+    assert active_run(session) is second
+    finish_run(session, run_id=second.id, status="succeeded")
+    assert active_run(session) is first
+    finish_run(session, run_id=first.id, status="interrupted")
+    assert active_run(session) is None
+
+
+def test_list_runs_newest_first_with_pagination_and_status(session: Session) -> None:
+    runs = [create_run(session, trigger="schedule", actor="worker") for _ in range(7)]
+    for run in runs[::3]:
+        finish_run(session, run_id=run.id, status="failed")
+    page1 = list_runs(session, limit=4)
+    page2 = list_runs(session, limit=4, cursor=page1.next_cursor)
+    assert [r.id for r in page1.items + page2.items] == [r.id for r in reversed(runs)]
+    assert page2.next_cursor is None
+    failed = list_runs(session, status=RunStatus.FAILED)
+    assert [r.id for r in failed.items] == [runs[6].id, runs[3].id, runs[0].id]
+    with pytest.raises(InvalidCursor, match="belongs to the 'training_runs' list, not 'audit'"):
+        list_audit(session, cursor=page1.next_cursor)
