@@ -65,13 +65,22 @@ def schema_url(base: URL, schema: str) -> URL:
 
 
 def _admin_engine(base: URL):
-    return create_engine(base, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    return create_engine(
+        base, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 10}
+    )
+
+
+# Set after the first failed connection, so every later test fails at once with the same reason.
+_unreachable: str | None = None
 
 
 @contextmanager
 def temporary_postgres_url(*, migrated: bool = True, base_url: str | URL | None = None) -> Iterator[str]:
     """A URL (as a string, password included) for a fresh PostgreSQL schema, dropped on exit."""
+    global _unreachable
     base = normalize_url(base_url) if base_url is not None else postgres_base_url()
+    if _unreachable is not None and base_url is None:
+        raise PostgresUnavailable(_unreachable)
     schema = f"t_{uuid.uuid4().hex}"
     admin = _admin_engine(base)
     try:
@@ -79,11 +88,14 @@ def temporary_postgres_url(*, migrated: bool = True, base_url: str | URL | None 
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except OperationalError as exc:
         admin.dispose()
-        raise PostgresUnavailable(
+        message = (
             f"cannot reach the test PostgreSQL at {base.render_as_string(hide_password=True)}: "
             f"{exc.orig}. Start it, point LEMOE_TEST_POSTGRES_URL at one, or set "
             "LEMOE_SKIP_POSTGRES=1 to skip the PostgreSQL variants."
-        ) from exc
+        )
+        if base_url is None:
+            _unreachable = message
+        raise PostgresUnavailable(message) from exc
     url = schema_url(base, schema).render_as_string(hide_password=False)
     try:
         if migrated:
