@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 # The repository's `migrations/` folder sits next to the `app` package, in a checkout and when
@@ -84,9 +87,9 @@ def ping(session: Session) -> None:
     session.execute(text("SELECT 1")).scalar_one()
 
 
-def alembic_config(url: str | URL | None = None) -> Any:
+def alembic_config(url: str | URL | None = None) -> Config:
     """An Alembic Config for this repository's migrations, built in code (no alembic.ini needed)."""
-    from alembic.config import Config
+    from alembic.config import Config  # imported late: `import app.store` stays light
 
     if not (MIGRATIONS_DIR / "env.py").is_file():
         raise FileNotFoundError(f"Alembic migrations not found at {MIGRATIONS_DIR}")

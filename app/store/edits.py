@@ -74,6 +74,7 @@ def _filtered_edits(
     created_after: datetime | None,
     created_before: datetime | None,
     expert_id: int | None,
+    training_run_id: int | None,
 ) -> Select[tuple[Edit]]:
     stmt = select(Edit)
     if status is not None:
@@ -96,6 +97,10 @@ def _filtered_edits(
         stmt = stmt.where(Edit.created_at < require_aware(created_before, name="created_before"))
     if expert_id is not None:
         stmt = stmt.where(Edit.expert_id == check_id(expert_id, name="expert_id"))
+    if training_run_id is not None:
+        stmt = stmt.where(
+            Edit.training_run_id == check_id(training_run_id, name="training_run_id")
+        )
     return stmt
 
 
@@ -108,6 +113,7 @@ def list_edits(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     expert_id: int | None = None,
+    training_run_id: int | None = None,
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> Page[Edit]:
@@ -124,6 +130,7 @@ def list_edits(
         created_after=created_after,
         created_before=created_before,
         expert_id=expert_id,
+        training_run_id=training_run_id,
     )
     return paginate(session, stmt, Edit.id, kind="edits", order="desc", limit=limit, cursor=cursor)
 

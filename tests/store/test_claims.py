@@ -22,6 +22,7 @@ from app.store import (
     finish_run,
     get_edit,
     get_run,
+    list_edits,
     requeue_interrupted,
     set_edit_status,
     start_run,
@@ -49,6 +50,8 @@ def test_claim_takes_oldest_pending_first_and_respects_limit(
         claimed = claim_pending_edits(s, run_id=run.id, limit=3)
         s.commit()
     assert ids(claimed) == ids(edits[1:4])
+    with session_factory() as s:
+        assert ids(list_edits(s, training_run_id=run.id).items) == ids(edits[3:0:-1])
     assert all(e.status is EditStatus.PLANNED and e.training_run_id == run.id for e in claimed)
     with session_factory() as s:
         stored = [get_edit(s, edit_id=e.id) for e in edits]
