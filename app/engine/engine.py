@@ -1,0 +1,174 @@
+"""The engine: one loaded model + its LEMoE stack, shared by the API and the training worker."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+from app.engine.model_loader import LoadedModel, load_model
+from app.lemoe.config import LemoeConfig
+from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
+from app.lemoe.expert import ExpertEntry
+from app.lemoe.io import ExpertFileError, load_expert, save_expert
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, float], None]  # (step, loss)
+
+
+@dataclass(frozen=True)
+class EngineEdit:
+    edit_id: int
+    prompt: str
+    target: str
+    rephrases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    prompt: str
+    text: str
+    expert_name: str | None  # None: the gate stayed shut and the base model answered
+    route_score: float | None  # centred cosine to the nearest edit anchor
+    nearest_edit_id: int | None
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """Where an expert's files are and what their checksum must be (from its SQL row)."""
+
+    name: str
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BuiltExpert:
+    name: str
+    path: Path
+    sha256: str
+    edit_ids: list[int]
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+def _edit_id(raw: str | None) -> int | None:
+    return int(raw) if raw and raw.isdigit() else None
+
+
+class Engine:
+    """Thread-safe facade: generation runs concurrently with training; stack swaps are atomic."""
+
+    def __init__(self, loaded: LoadedModel, config: LemoeConfig, experts_dir: Path) -> None:
+        self.loaded = loaded
+        self.experts_dir = experts_dir
+        self.editor = LemoeEditor(loaded.model, loaded.tokenizer, config, device=loaded.device)
+        self._loaded_entries: dict[str, ExpertEntry] = {}
+        self._sync_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings) -> Engine:
+        overrides = {}
+        if settings.adaptor_layer is not None:
+            overrides["layer"] = settings.adaptor_layer
+        if settings.gate_threshold is not None:
+            overrides["gate_threshold"] = settings.gate_threshold
+        loaded = load_model(settings.model_path, cache_dir=settings.model_cache_dir, device=settings.device)
+        engine = cls(loaded, replace(LemoeConfig(), **overrides), settings.experts_dir)
+        engine.warm_up()
+        return engine
+
+    @property
+    def model_name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def device(self) -> str:
+        return str(self.loaded.device)
+
+    def warm_up(self) -> None:
+        """The first generate in a process is slow; pay it at start-up, not on a user's request."""
+        self.editor.generate(["Hello"], SamplingParams(max_new_tokens=2), stack=())
+
+    # --- validation (raises ValueError with a message fit for a 4xx) ---------------------
+    def validate_edit(self, prompt: str, target: str) -> None:
+        self.editor.validate_edit(prompt, target)
+
+    def validate_prompt(self, prompt: str, max_new_tokens: int) -> None:
+        self.editor.validate_prompt(prompt, max_new_tokens)
+
+    # --- serving -----------------------------------------------------------------------------
+    def generate(self, prompt: str, params: GenerationParams = GenerationParams()) -> GenerationResult:
+        sampling = SamplingParams(params.max_new_tokens, params.do_sample, params.temperature, params.top_p, params.top_k)
+        stack = self.editor.stack  # one snapshot for the whole request
+        [g] = self.editor.generate([prompt], sampling, stack=stack)
+        return GenerationResult(
+            prompt=prompt,
+            text=g.text,
+            expert_name=g.route.expert_name,
+            route_score=g.route.score,
+            nearest_edit_id=_edit_id(g.route.nearest_edit_id),
+            completion_tokens=g.completion_tokens,
+        )
+
+    # --- training ------------------------------------------------------------------------------
+    def plan(self, edits: Sequence[EngineEdit], *, batch_size: int, planning: bool = True) -> list[list[EngineEdit]]:
+        by_id = {str(e.edit_id): e for e in edits}
+        batches = self.editor.plan([self._to_edit(e) for e in edits], batch_size=batch_size, planning=planning)
+        return [[by_id[e.edit_id] for e in batch] for batch in batches]
+
+    def build_expert(self, name: str, edits: Sequence[EngineEdit], progress: ProgressFn | None = None) -> BuiltExpert:
+        """Train one expert and write its files; it is not live until `sync` includes it."""
+        trained = self.editor.train([self._to_edit(e) for e in edits], name=name, progress=progress)
+        path = self.experts_dir / name
+        sha = save_expert(trained.entry, path)
+        self._loaded_entries[name] = trained.entry
+        return BuiltExpert(name, path, sha, [e.edit_id for e in edits], trained.steps, trained.final_loss, trained.seconds)
+
+    # --- the live stack ------------------------------------------------------------------------
+    def sync(self, specs: Sequence[ExpertSpec]) -> None:
+        """Make the live stack exactly `specs`, in that order (oldest first: newest wins ties).
+
+        Files are loaded and checked before the swap; any bad file raises ExpertFileError and
+        leaves the live stack as it was.
+        """
+        with self._sync_lock:
+            entries = []
+            for spec in specs:
+                entry = self._loaded_entries.get(spec.name)
+                if entry is None:
+                    entry = load_expert(Path(spec.path), expected_sha256=spec.sha256, device=self.loaded.device)
+                    if entry.name != spec.name:
+                        raise ExpertFileError(f"{spec.path} holds expert {entry.name!r}, not {spec.name!r}")
+                    self._loaded_entries[spec.name] = entry
+                entries.append(entry)
+            self.editor.set_stack(entries)
+            log.info("live stack: %s", [e.name for e in entries] or "empty")
+
+    def active_expert_names(self) -> list[str]:
+        return [e.name for e in self.editor.stack]
+
+    @staticmethod
+    def _to_edit(e: EngineEdit) -> Edit:
+        return Edit(str(e.edit_id), e.prompt, e.target, tuple(e.rephrases))
+
+
+__all__ = [
+    "BuiltExpert", "Engine", "EngineEdit", "ExpertFileError", "ExpertSpec", "GenerationParams",
+    "GenerationResult", "ProgressFn",
+]

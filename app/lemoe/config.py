@@ -1,0 +1,52 @@
+"""Hyper-parameters of the LEMoE editor (one frozen dataclass, saved beside every expert)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+Pooling = Literal["mean", "last", "mean_last"]
+ExpertKind = Literal["ffn", "lowrank"]
+
+
+@dataclass(frozen=True)
+class LemoeConfig:
+    # Decoder layer whose MLP carries the adaptor; None: two thirds of the depth.
+    layer: int | None = None
+    # Layer whose MLP input gives the routing query; None: the adaptor layer.
+    route_layer: int | None = None
+    expert_kind: ExpertKind = "ffn"
+    expert_hidden: int = 128
+    pooling: Pooling = "mean"
+    # Cosine (after centring) a query needs with some anchor for any expert to fire.
+    gate_threshold: float = 0.5
+    # Anchors this close to the best one count as the same fact: the newest expert wins.
+    supersede_margin: float = 0.02
+    lr: float = 3e-3
+    max_steps: int = 60
+    loss_threshold: float = 0.02
+    # Extra copies of each edit prompt behind a random context prefix (generalisation).
+    augmentations: int = 3
+    train_eos: bool = True
+    seed: int = 0
+
+    def resolved_layer(self, num_layers: int) -> int:
+        layer = round(num_layers * 2 / 3) if self.layer is None else self.layer
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"adaptor layer {layer} out of range; the model has {num_layers} layers")
+        return layer
+
+    def resolved_route_layer(self, num_layers: int) -> int:
+        layer = self.resolved_layer(num_layers)
+        route = layer if self.route_layer is None else self.route_layer
+        if not 0 <= route <= layer:
+            raise ValueError(f"route layer {route} must be between 0 and the adaptor layer {layer}")
+        return route
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LemoeConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,215 @@
+"""The LEMoE editor: a frozen causal LM with a growing stack of routed, frozen experts."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.lemoe.config import LemoeConfig
+from app.lemoe.expert import ExpertEntry
+from app.lemoe.layer import decoder_layers, inject_adaptor
+from app.lemoe.planner import plan_batches
+from app.lemoe.reference import REFERENCE_PROMPTS
+from app.lemoe.routing import AnchorRouter, RouteDecision, RouteState, routing
+from app.lemoe.text import check_text, encode_pair
+from app.lemoe.trainer import ProgressFn, TrainingExample, augment, capture_queries, train_expert
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One fact to teach: `prompt` should be continued by `target`."""
+
+    edit_id: str
+    prompt: str
+    target: str
+    rephrases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: str
+    text: str
+    route: RouteDecision
+    completion_tokens: int
+
+
+@dataclass
+class TrainedExpert:
+    entry: ExpertEntry
+    steps: int
+    final_loss: float
+    seconds: float
+    meta: dict = field(default_factory=dict)
+
+
+class LemoeEditor:
+    """Owns the adaptor on one layer; the expert stack is an immutable tuple swapped atomically."""
+
+    def __init__(self, model: nn.Module, tokenizer, config: LemoeConfig | None = None, *, device: torch.device | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or LemoeConfig()
+        self.device = device or next(model.parameters()).device
+        n_layers = len(decoder_layers(model))
+        self.layer = self.config.resolved_layer(n_layers)
+        self.route_layer = self.config.resolved_route_layer(n_layers)
+        self.hidden_size = model.config.hidden_size
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        model.requires_grad_(False)
+        inject_adaptor(model, self.layer, self.route_layer, self.config.pooling)
+        center = capture_queries(model, tokenizer, REFERENCE_PROMPTS, self.device).mean(dim=0)
+        self.router = AnchorRouter(center, self.config.gate_threshold, self.config.supersede_margin)
+        self._stack: tuple[ExpertEntry, ...] = ()
+        self._swap_lock = threading.Lock()
+
+    # --- the stack -----------------------------------------------------------------------
+    @property
+    def stack(self) -> tuple[ExpertEntry, ...]:
+        return self._stack
+
+    def add_expert(self, entry: ExpertEntry) -> None:
+        with self._swap_lock:
+            if any(e.name == entry.name for e in self._stack):
+                raise ValueError(f"expert {entry.name!r} is already in the stack")
+            entry.module.to(self.device).eval().requires_grad_(False)
+            entry.anchors = entry.anchors.to(self.device)
+            self._stack = self._stack + (entry,)
+
+    def remove_expert(self, name: str) -> ExpertEntry:
+        with self._swap_lock:
+            found = [e for e in self._stack if e.name == name]
+            if not found:
+                raise KeyError(f"expert {name!r} is not in the stack")
+            self._stack = tuple(e for e in self._stack if e.name != name)
+            return found[0]
+
+    def set_stack(self, entries: Sequence[ExpertEntry]) -> None:
+        for e in entries:
+            e.module.to(self.device).eval().requires_grad_(False)
+            e.anchors = e.anchors.to(self.device)
+        with self._swap_lock:
+            self._stack = tuple(entries)
+
+    # --- input checks ----------------------------------------------------------------------
+    def validate_edit(self, prompt: str, target: str) -> None:
+        """Raise ValueError for edits the model cannot learn (empty, wrong type, too long)."""
+        pair = encode_pair(self.tokenizer, prompt, target, eos=self.config.train_eos)
+        total = len(pair.prompt_ids) + len(pair.target_ids)
+        if self.max_positions is not None and total > self.max_positions:
+            raise ValueError(f"prompt + target is {total} tokens; the model's context is {self.max_positions}")
+
+    def validate_prompt(self, prompt: str, max_new_tokens: int = 0) -> None:
+        check_text("prompt", prompt)
+        total = len(self.tokenizer(prompt)["input_ids"]) + max_new_tokens
+        if self.max_positions is not None and total > self.max_positions:
+            raise ValueError(f"prompt + max_new_tokens is {total} tokens; the model's context is {self.max_positions}")
+
+    # --- planning and training -------------------------------------------------------------
+    def queries(self, prompts: Sequence[str]) -> torch.Tensor:
+        return capture_queries(self.model, self.tokenizer, prompts, self.device)
+
+    def plan(self, edits: Sequence[Edit], *, batch_size: int, planning: bool = True) -> list[list[Edit]]:
+        if not edits:
+            return []
+        embeddings = self.router.normalise(self.queries([e.prompt for e in edits])).cpu().numpy()
+        order = plan_batches(np.asarray(embeddings), batch_size=batch_size, planning=planning, random_state=self.config.seed)
+        return [[edits[i] for i in batch] for batch in order]
+
+    def train(self, edits: Sequence[Edit], *, name: str, progress: ProgressFn | None = None) -> TrainedExpert:
+        """Train one new expert for `edits` (not yet in the stack: add_expert makes it live)."""
+        if not edits:
+            raise ValueError("cannot train an expert on no edits")
+        for e in edits:
+            self.validate_edit(e.prompt, e.target)
+        import random
+
+        rng = random.Random(f"{self.config.seed}:{name}")
+        examples: list[TrainingExample] = []
+        for e in edits:
+            examples += augment(TrainingExample(e.prompt, e.target), e.rephrases, self.config, rng)
+        result = train_expert(
+            self.model, self.tokenizer, examples, config=self.config, layer=self.layer,
+            hidden_size=self.hidden_size, device=self.device, progress=progress,
+        )
+        anchor_prompts = [e.prompt for e in edits] + [r for e in edits for r in e.rephrases]
+        anchor_ids = [e.edit_id for e in edits] + [e.edit_id for e in edits for _ in e.rephrases]
+        anchors = self.queries(anchor_prompts)
+        meta = {"layer": self.layer, "route_layer": self.route_layer, "steps": result.steps,
+                "final_loss": result.final_loss, "examples": result.examples}
+        entry = ExpertEntry(name=name, module=result.expert, anchors=anchors, edit_ids=anchor_ids, meta=meta)
+        return TrainedExpert(entry, result.steps, result.final_loss, result.seconds, meta)
+
+    # --- inference -------------------------------------------------------------------------
+    def route_state(self, query_mask: torch.Tensor, *, stack: Sequence[ExpertEntry] | None, forced: Sequence[int | None] | None = None) -> RouteState:
+        return RouteState(
+            query_mask=query_mask,
+            stack=self._stack if stack is None else tuple(stack),
+            router=self.router,
+            forced=forced,
+        )
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str], params: SamplingParams = SamplingParams(), *, stack: Sequence[ExpertEntry] | None = None) -> list[Generation]:
+        """Generate through the routed stack; the route is fixed on the prompt at prefill."""
+        for p in prompts:
+            self.validate_prompt(p, params.max_new_tokens)
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        state = self.route_state(enc["attention_mask"], stack=stack)
+        kwargs: dict = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample,
+                        "pad_token_id": self.tokenizer.pad_token_id}
+        if params.do_sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with routing(state):
+            out = self.model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1]:]
+        eos = self.tokenizer.eos_token_id
+        results = []
+        for prompt, row, decision in zip(prompts, new, state.decisions or [], strict=True):
+            tokens = row.tolist()
+            if eos is not None and eos in tokens:
+                tokens = tokens[: tokens.index(eos)]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            results.append(Generation(prompt, text, decision, len(tokens)))
+        return results
+
+    @torch.inference_mode()
+    def teacher_forced(self, prompts: Sequence[str], targets: Sequence[str], *, stack: Sequence[ExpertEntry] | None = None, batch_size: int = 32) -> list[tuple[list[int], list[int], RouteDecision]]:
+        """Per pair: (argmax predictions on the target positions, target ids, route)."""
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            pairs = [encode_pair(self.tokenizer, p, t) for p, t in zip(prompts[i:i + batch_size], targets[i:i + batch_size], strict=True)]
+            length = max(len(p.prompt_ids) + len(p.target_ids) for p in pairs)
+            pad = self.tokenizer.pad_token_id or 0
+            ids = torch.full((len(pairs), length), pad, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            qmask = torch.zeros_like(ids)
+            for r, p in enumerate(pairs):
+                seq = p.prompt_ids + p.target_ids
+                ids[r, :len(seq)] = torch.tensor(seq)
+                attn[r, :len(seq)] = 1
+                qmask[r, :len(p.prompt_ids)] = 1
+            state = self.route_state(qmask.to(self.device), stack=stack)
+            with routing(state):
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device), use_cache=False).logits
+            preds = logits.argmax(-1).cpu()
+            for r, p in enumerate(pairs):
+                start = len(p.prompt_ids) - 1
+                out.append((preds[r, start:start + len(p.target_ids)].tolist(), p.target_ids, state.decisions[r]))
+        return out

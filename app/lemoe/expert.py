@@ -1,0 +1,43 @@
+"""One expert: a small FFN (or low-rank pair) added to the wrapped MLP's output when routed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from app.lemoe.config import ExpertKind
+
+
+class Expert(nn.Module):
+    """`up(act(down(x)))`; `up` starts at zero so a fresh expert changes nothing until trained."""
+
+    def __init__(self, hidden_size: int, expert_hidden: int, kind: ExpertKind = "ffn") -> None:
+        super().__init__()
+        self.kind = kind
+        self.down = nn.Linear(hidden_size, expert_hidden, bias=False)
+        self.up = nn.Linear(expert_hidden, hidden_size, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.down(x)
+        if self.kind == "ffn":
+            h = nn.functional.silu(h)
+        return self.up(h)
+
+
+@dataclass
+class ExpertEntry:
+    """A trained, frozen expert in the stack, with the anchors that route to it."""
+
+    name: str
+    module: Expert
+    anchors: torch.Tensor  # (n_edits, d): raw query vectors of the edits it learned
+    edit_ids: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> torch.Tensor:
+        """The expert's key: the mean of its edits' anchors."""
+        return self.anchors.mean(dim=0)

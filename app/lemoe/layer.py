@@ -1,0 +1,70 @@
+"""Injection of the bypass MoE adaptor into one decoder layer's MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from app.lemoe.config import Pooling
+from app.lemoe.routing import current_route, decide
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a Hugging Face causal LM (Llama-style `model.model.layers`)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} has no model.layers; only decoder-only LMs are supported")
+    return layers
+
+
+class LemoeMLP(nn.Module):
+    """`out = mlp(x) + expert_r(x)` where r is the request's route; `mlp` stays frozen."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        state = current_route()
+        if state is None:
+            return out
+        if state.train_expert is not None:
+            return out + state.train_expert(x)
+        if not state.groups:
+            return out
+        out = out.clone()
+        for expert_index, rows in state.groups:
+            out[rows] = out[rows] + state.stack[expert_index].module(x[rows])
+        return out
+
+
+class QueryProbe:
+    """Forward pre-hook on the route layer's MLP: decides the route once, at prefill."""
+
+    def __init__(self, pooling: Pooling) -> None:
+        self.pooling = pooling
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        state = current_route()
+        if state is None or state.train_expert is not None or state.decisions is not None:
+            return
+        decide(state, args[0], self.pooling)
+
+
+def inject_adaptor(model: nn.Module, layer: int, route_layer: int, pooling: Pooling) -> LemoeMLP:
+    """Wrap `layer`'s MLP (idempotent) and hook the route layer's MLP input."""
+    layers = decoder_layers(model)
+    block = layers[layer]
+    mlp = getattr(block, "mlp", None)
+    if mlp is None:
+        raise ValueError(f"decoder layer {layer} has no `mlp` to wrap")
+    if not isinstance(mlp, LemoeMLP):
+        mlp = LemoeMLP(mlp)
+        block.mlp = mlp
+    route_mlp = layers[route_layer].mlp
+    if not getattr(route_mlp, "_lemoe_probe", False):
+        route_mlp.register_forward_pre_hook(QueryProbe(pooling))
+        route_mlp._lemoe_probe = True
+    return mlp

@@ -1,0 +1,151 @@
+"""Training one new expert on one batch of edits, with only the layers above the adaptor per step."""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from app.lemoe.config import LemoeConfig
+from app.lemoe.expert import Expert
+from app.lemoe.layer import decoder_layers
+from app.lemoe.reference import CONTEXT_PREFIXES
+from app.lemoe.routing import QueryCaptured, RouteState, routing
+from app.lemoe.text import encode_pair
+
+ProgressFn = Callable[[int, float], None]  # (step, loss)
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    prompt: str
+    target: str
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    expert: Expert
+    steps: int
+    final_loss: float
+    seconds: float
+    examples: int
+
+
+def upper_model(model: nn.Module, start: int) -> nn.Module:
+    """A view of `model` that runs decoder layers start.. only (shares weights, mutates nothing)."""
+    inner = copy.copy(model.model)
+    inner._modules = dict(inner._modules)
+    inner.layers = nn.ModuleList(list(decoder_layers(model))[start:])
+    top = copy.copy(model)
+    top._modules = dict(top._modules)
+    top.model = inner
+    return top
+
+
+class _StopAtLayer(Exception):
+    pass
+
+
+def hidden_at_layer(model: nn.Module, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Input hidden states of decoder layer `layer`, without running the layers above it."""
+    captured: list[torch.Tensor] = []
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        captured.append((args[0] if args else kwargs["hidden_states"]).detach())
+        raise _StopAtLayer
+
+    handle = decoder_layers(model)[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad(), routing(RouteState()):
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopAtLayer:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def augment(edit: TrainingExample, rephrases: Sequence[str], config: LemoeConfig, rng: random.Random) -> list[TrainingExample]:
+    """The edit itself, its given rephrases, and copies behind random context prefixes."""
+    out = [edit] + [TrainingExample(r, edit.target) for r in rephrases]
+    prefixes = rng.sample(CONTEXT_PREFIXES, k=min(config.augmentations, len(CONTEXT_PREFIXES)))
+    out += [TrainingExample(f"{p} {edit.prompt}", edit.target) for p in prefixes]
+    return out
+
+
+def train_expert(
+    model: nn.Module,
+    tokenizer,
+    examples: Sequence[TrainingExample],
+    *,
+    config: LemoeConfig,
+    layer: int,
+    hidden_size: int,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Fit a fresh expert so that, when routed, the model continues each prompt with its target."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    pairs = [encode_pair(tokenizer, e.prompt, e.target, eos=config.train_eos) for e in examples]
+    length = max(len(p.prompt_ids) + len(p.target_ids) for p in pairs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(pairs), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(pairs), length), dtype=torch.long)
+    labels = torch.full((len(pairs), length), -100, dtype=torch.long)
+    for i, p in enumerate(pairs):
+        seq = p.prompt_ids + p.target_ids
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        # Label at position t is the token at t+1 (next-token prediction on target tokens only).
+        start = len(p.prompt_ids) - 1
+        labels[i, start : start + len(p.target_ids)] = torch.tensor(p.target_ids)
+    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+
+    cached = hidden_at_layer(model, layer, ids, mask)
+    upper = upper_model(model, layer).model
+    lm_head = model.get_output_embeddings()
+    # Logits only where a label is: the vocabulary projection dominates the step otherwise.
+    where = labels != -100
+    targets = labels[where]
+    expert = Expert(hidden_size, config.expert_hidden, config.expert_kind).to(device)
+    optimizer = torch.optim.Adam(expert.parameters(), lr=config.lr)
+    loss_value = float("inf")
+    step = 0
+    with routing(RouteState(train_expert=expert)):
+        for step in range(1, config.max_steps + 1):
+            hidden = upper(inputs_embeds=cached, attention_mask=mask, use_cache=False).last_hidden_state
+            loss = nn.functional.cross_entropy(lm_head(hidden[where]).float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_value = float(loss.detach())
+            if progress is not None:
+                progress(step, loss_value)
+            if loss_value < config.loss_threshold:
+                break
+    expert.eval().requires_grad_(False)
+    return TrainResult(expert, step, loss_value, time.perf_counter() - started, len(pairs))
+
+
+def capture_queries(model: nn.Module, tokenizer, prompts: Sequence[str], device: torch.device, batch_size: int = 32) -> torch.Tensor:
+    """Raw routing queries of `prompts` (the probe stops each pass at the route layer)."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = list(prompts[i : i + batch_size])
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="right")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        state = RouteState(query_mask=enc["attention_mask"], capture_only=True)
+        with torch.no_grad(), routing(state):
+            try:
+                model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], use_cache=False)
+            except QueryCaptured:
+                pass
+        assert state.queries is not None, "the query probe did not run"
+        out.append(state.queries)
+    return torch.cat(out)
