@@ -1,0 +1,65 @@
+"""`lemoe bench ...` sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from app.lemoe.config import LemoeConfig
+
+
+def add_bench_parser(subparsers) -> None:
+    bench = subparsers.add_parser("bench", help="run a benchmark and print a table")
+    kinds = bench.add_subparsers(dest="bench_kind", required=True)
+    q = kinds.add_parser("quality", help="lifelong editing quality (Rel/Gen/Loc + exact match)")
+    q.add_argument("--data", type=Path, required=True, help="a ZsRE- or CounterFact-format JSON file")
+    q.add_argument("--format", choices=["zsre", "counterfact"], required=True)
+    q.add_argument("--edits", type=int, required=True, help="T: how many records to edit in sequence")
+    q.add_argument("--batch-size", type=int, default=16, help="edits per expert")
+    q.add_argument("--no-planning", action="store_true", help="arrival order instead of clustering")
+    q.add_argument("--no-gate", action="store_true", help="always route to the nearest expert")
+    q.add_argument("--base", action="store_true", help="score the unedited model only")
+    q.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
+    q.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
+    q.add_argument("--device", default="auto")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an editor setting, e.g. --set layer=20 --set max_steps=40")
+    q.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    q.set_defaults(handler=_run_quality)
+
+
+def _parse_overrides(pairs: list[str]) -> LemoeConfig:
+    config = LemoeConfig()
+    defaults = config.to_dict()
+    changes = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in defaults:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(defaults)}")
+        current = defaults[key]
+        if raw.lower() in ("none", "null"):
+            changes[key] = None
+        elif isinstance(current, bool):
+            changes[key] = raw.lower() in ("1", "true", "yes")
+        elif isinstance(current, int) or key in ("layer", "route_layer"):
+            changes[key] = int(raw)
+        elif isinstance(current, float):
+            changes[key] = float(raw)
+        else:
+            changes[key] = raw
+    return replace(config, **changes)
+
+
+def _run_quality(args: argparse.Namespace) -> int:
+    from app.benchmarks.quality import QualityOptions, main
+
+    if args.edits < 1:
+        raise SystemExit("--edits must be at least 1")
+    opts = QualityOptions(
+        data=args.data, format=args.format, edits=args.edits, batch_size=args.batch_size,
+        planning=not args.no_planning, gate=not args.no_gate, base_only=args.base,
+        model_path=args.model, cache_dir=args.cache_dir, device=args.device,
+        config=_parse_overrides(args.set),
+    )
+    return main(opts, as_json=args.json)

@@ -1,0 +1,57 @@
+"""Readers for editing benchmarks in the ZsRE and CounterFact formats (EasyEdit/WISE files)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+DataFormat = Literal["zsre", "counterfact"]
+
+# Our field -> the field in each format.
+_FIELDS: dict[str, dict[str, str]] = {
+    "zsre": {"prompt": "src", "target": "alt", "rephrase": "rephrase", "loc_prompt": "loc", "loc_answer": "loc_ans"},
+    "counterfact": {
+        "prompt": "prompt", "target": "target_new", "rephrase": "rephrase_prompt",
+        "loc_prompt": "locality_prompt", "loc_answer": "locality_ground_truth",
+    },
+}
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    prompt: str
+    target: str
+    rephrase: str
+    loc_prompt: str
+    loc_answer: str
+    subject: str | None = None
+
+
+def _text(value: object) -> str:
+    # Some files hold a list of answers/paraphrases where one is expected: take the first.
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    return str(value).strip()
+
+
+def load_records(path: Path, fmt: DataFormat, limit: int | None = None) -> list[BenchRecord]:
+    """Read `path` (a JSON list) as `fmt`; raises ValueError naming the record and field at fault."""
+    if fmt not in _FIELDS:
+        raise ValueError(f"unknown format {fmt!r}; one of {sorted(_FIELDS)}")
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of records")
+    fields = _FIELDS[fmt]
+    records = []
+    for i, raw in enumerate(data[:limit] if limit else data):
+        missing = [src for src in fields.values() if src not in raw]
+        if missing:
+            raise ValueError(f"{path} record {i}: missing {missing} for format {fmt!r}")
+        values = {ours: _text(raw[src]) for ours, src in fields.items()}
+        empty = [k for k, v in values.items() if not v]
+        if empty:
+            raise ValueError(f"{path} record {i}: empty {empty}")
+        records.append(BenchRecord(**values, subject=raw.get("subject")))
+    return records
