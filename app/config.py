@@ -27,12 +27,23 @@ class Settings(BaseSettings):
     gate_threshold: float | None = None  # None: the editor's calibrated default
     edits_per_expert: int = Field(default=16, ge=1, le=256)
     planning: bool = True
+    # Training knobs for tests and experiments; None: the editor's default (app/lemoe/config.py).
+    train_max_steps: int | None = Field(default=None, ge=1)
+    train_augmentations: int | None = Field(default=None, ge=0)
+    train_loss_threshold: float | None = Field(default=None, ge=0)
 
     # Worker schedule.
     worker_enabled: bool = True
     worker_interval_s: float = Field(default=30.0, gt=0)
     worker_min_pending: int = Field(default=1, ge=1)
     worker_max_batch: int = Field(default=64, ge=1)
+    # How often the worker looks for runs queued by another process (an API replica).
+    worker_poll_interval_s: float = Field(default=2.0, gt=0)
+    # How often a process checks the active-stack version in SQL and reloads; 0: never.
+    stack_poll_interval_s: float = Field(default=5.0, ge=0)
+    # Start-up runs `alembic upgrade head` unless this is set (LEMOE_SKIP_MIGRATE, as the
+    # container entrypoint reads it: a separate job migrated already).
+    skip_migrate: bool = False
 
     # Request limits.
     max_edits_per_request: int = Field(default=100, ge=1)
@@ -41,7 +52,8 @@ class Settings(BaseSettings):
     max_rephrases: int = Field(default=10, ge=0)
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: str = "INFO"
 
     @property
     def experts_dir(self) -> Path:

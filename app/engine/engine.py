@@ -88,6 +88,15 @@ class Engine:
             overrides["layer"] = settings.adaptor_layer
         if settings.gate_threshold is not None:
             overrides["gate_threshold"] = settings.gate_threshold
+        # Training knobs (tests, experiments); None keeps the editor's default.
+        for setting, key in (
+            ("train_max_steps", "max_steps"),
+            ("train_augmentations", "augmentations"),
+            ("train_loss_threshold", "loss_threshold"),
+        ):
+            value = getattr(settings, setting, None)
+            if value is not None:
+                overrides[key] = value
         loaded = load_model(settings.model_path, cache_dir=settings.model_cache_dir, device=settings.device)
         engine = cls(loaded, replace(LemoeConfig(), **overrides), settings.experts_dir)
         engine.warm_up()
