@@ -38,6 +38,8 @@ def build_tiny_model(vocab_size: int, *, seed: int = 0, layers: int = 4) -> Llam
         num_key_value_heads=2,
         max_position_embeddings=256,
         tie_word_embeddings=True,
+        # Large enough embeddings that logits can be confident (the default 0.02 caps them).
+        initializer_range=0.3,
     )
     return LlamaForCausalLM(config).eval()
 

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from app.benchmarks.datasets import load_records
+from app.lemoe.expert import Expert, ExpertEntry
+from app.lemoe.io import ExpertFileError, load_expert, save_expert
+from app.lemoe.metrics import token_accuracy, unchanged_share
+from app.lemoe.planner import plan_batches
+
+
+def test_planner_groups_similar_edits_and_covers_each_once():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 10
+    points = np.concatenate([c + rng.normal(size=(4, 16)) for c in centres])  # 3 tight clusters of 4
+    order = rng.permutation(12)
+    batches = plan_batches(points[order], batch_size=4)
+    assert sorted(i for b in batches for i in b) == list(range(12))
+    for batch in batches:
+        assert len({int(order[i]) // 4 for i in batch}) == 1  # one cluster per expert
+
+
+def test_planner_without_planning_keeps_arrival_order():
+    batches = plan_batches(np.zeros((10, 4)), batch_size=4, planning=False)
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_planner_never_exceeds_batch_size():
+    points = np.random.default_rng(1).normal(size=(50, 8))
+    batches = plan_batches(points, batch_size=7)
+    assert max(len(b) for b in batches) <= 7
+    assert sorted(i for b in batches for i in b) == list(range(50))
+
+
+def test_planner_rejects_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size"):
+        plan_batches(np.zeros((3, 2)), batch_size=0)
+
+
+def _entry() -> ExpertEntry:
+    torch.manual_seed(0)
+    module = Expert(8, 4)
+    torch.nn.init.normal_(module.up.weight)
+    return ExpertEntry("e7", module, anchors=torch.randn(2, 8), edit_ids=["3", "4"], meta={"steps": 5})
+
+
+def test_expert_round_trips_through_safetensors(tmp_path):
+    entry = _entry()
+    sha = save_expert(entry, tmp_path / "e7")
+    assert sorted(p.name for p in (tmp_path / "e7").iterdir()) == ["config.json", "weights.safetensors"]
+    loaded = load_expert(tmp_path / "e7", expected_sha256=sha)
+    x = torch.randn(3, 8)
+    assert torch.equal(loaded.module(x), entry.module(x))
+    assert torch.equal(loaded.anchors, entry.anchors)
+    assert loaded.edit_ids == ["3", "4"] and loaded.meta == {"steps": 5}
+
+
+def test_corrupt_or_missing_expert_files_are_loud(tmp_path):
+    sha = save_expert(_entry(), tmp_path / "e7")
+    weights = tmp_path / "e7" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ExpertFileError, match="corrupt"):
+        load_expert(tmp_path / "e7", expected_sha256=sha)
+    with pytest.raises(ExpertFileError, match="missing"):
+        load_expert(tmp_path / "nowhere")
+
+
+def test_metric_definitions():
+    assert token_accuracy([1, 2, 3, 9], [1, 2, 3, 4]) == 0.75
+    assert unchanged_share([5, 6], [5, 7]) == 0.5
+    with pytest.raises(ValueError):
+        token_accuracy([], [])
+
+
+def test_dataset_readers_accept_both_formats_and_name_bad_records(tmp_path):
+    zsre = tmp_path / "z.json"
+    zsre.write_text(json.dumps([{"src": "Q?", "alt": "A", "rephrase": "Q2?", "loc": "L?", "loc_ans": "B", "subject": "s"}]))
+    [rec] = load_records(zsre, "zsre")
+    assert (rec.prompt, rec.target, rec.rephrase, rec.loc_prompt, rec.loc_answer) == ("Q?", "A", "Q2?", "L?", "B")
+    cf = tmp_path / "c.json"
+    cf.write_text(json.dumps([{"prompt": "P", "target_new": "T", "rephrase_prompt": ["R"], "locality_prompt": "L", "locality_ground_truth": ["G"]}]))
+    [rec] = load_records(cf, "counterfact")
+    assert (rec.rephrase, rec.loc_answer) == ("R", "G")
+    with pytest.raises(ValueError, match="record 0: missing"):
+        load_records(zsre, "counterfact")
