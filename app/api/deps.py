@@ -1,0 +1,78 @@
+"""Dependencies, declared once as Annotated aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Header, Path, Query, Request
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import NotReady
+from app.services.checks import MAX_ID, check_actor
+from app.services.runtime import Runtime
+from app.services.stack import LiveStack
+from app.store import DEFAULT_LIMIT, MAX_LIMIT
+
+if TYPE_CHECKING:
+    from app.engine.engine import Engine
+
+
+V1 = "/v1"  # every API route lives under it (health and metrics do not)
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_session(runtime: RuntimeDep) -> Iterator[Session]:
+    with runtime.session_factory() as session:
+        yield session
+
+
+def get_settings(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
+
+
+def get_engine(runtime: RuntimeDep) -> Engine:
+    if runtime.engine is None:
+        raise NotReady("the model is not loaded yet")
+    return runtime.engine
+
+
+def get_stack(runtime: RuntimeDep) -> LiveStack:
+    if runtime.stack is None:
+        raise NotReady("the expert stack is not loaded yet")
+    return runtime.stack
+
+
+def get_actor(
+    x_actor: Annotated[
+        str | None,
+        Header(description="Who is acting (recorded in the audit log); default 'anonymous'"),
+    ] = None,
+) -> str:
+    return check_actor(x_actor)
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated["Engine", Depends(get_engine)]
+StackDep = Annotated[LiveStack, Depends(get_stack)]
+ActorDep = Annotated[str, Depends(get_actor)]
+
+# Ids are 32-bit in both databases; a larger one cannot exist.
+EditId = Annotated[int, Path(ge=1, le=MAX_ID, description="An edit id")]
+ExpertId = Annotated[int, Path(ge=1, le=MAX_ID, description="An expert id")]
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="A training run id")]
+IdFilter = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1-{MAX_LIMIT}")]
+CursorQuery = Annotated[
+    str | None,
+    Query(max_length=200, description="next_cursor of the previous page; omit for the first page"),
+]
+DEFAULT_PAGE = DEFAULT_LIMIT

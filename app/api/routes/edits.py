@@ -1,0 +1,97 @@
+"""POST/GET /v1/edits, GET /v1/edits/{id}, GET /v1/edits/{id}/events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query
+
+from app.api.deps import (
+    V1,
+    DEFAULT_PAGE,
+    ActorDep,
+    CursorQuery,
+    EditId,
+    EngineDep,
+    IdFilter,
+    LimitQuery,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+)
+from app.domain import EditStatus
+from app.schemas.audit import AuditEventPublic, AuditEventsPublic
+from app.schemas.common import ERROR_RESPONSES
+from app.schemas.edits import EditCreate, EditPublic, EditsAccepted, EditsCreate, EditsPublic
+from app.services import edits as edit_service
+
+router = APIRouter(prefix=f"{V1}/edits", tags=["edits"], responses=ERROR_RESPONSES)
+
+
+@router.post("", status_code=202)
+def submit_edits(
+    *,
+    session: SessionDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    body: Annotated[EditsCreate, Body(description="One edit object, or a JSON array of them")],
+) -> EditsAccepted:
+    """Queue fact edits (committed before this returns); the next training run applies them."""
+    items = [body] if isinstance(body, EditCreate) else body
+    rows = edit_service.submit_edits(
+        session, engine=engine, settings=settings, actor=actor, drafts=[e.to_draft() for e in items]
+    )
+    runtime.metrics.edits_submitted.inc(len(rows))
+    return EditsAccepted(ids=[r.id for r in rows], items=[EditPublic.model_validate(r) for r in rows])
+
+
+@router.get("")
+def list_edits(
+    *,
+    session: SessionDep,
+    settings: SettingsDep,
+    status: Annotated[EditStatus | None, Query(description="Only edits in this status")] = None,
+    subject: Annotated[str | None, Query(description="Exact subject, any case")] = None,
+    q: Annotated[str | None, Query(description="Substring of prompt, target or subject, any case")] = None,
+    created_after: Annotated[datetime | None, Query(description="Inclusive; ISO 8601, UTC if no zone")] = None,
+    created_before: Annotated[datetime | None, Query(description="Exclusive; ISO 8601, UTC if no zone")] = None,
+    expert_id: IdFilter = None,
+    training_run_id: IdFilter = None,
+    limit: LimitQuery = DEFAULT_PAGE,
+    cursor: CursorQuery = None,
+) -> EditsPublic:
+    """Edits, newest first, with filters and cursor pagination."""
+    page = edit_service.list_edits(
+        session,
+        settings=settings,
+        status=status,
+        subject=subject,
+        search=q,
+        created_after=created_after,
+        created_before=created_before,
+        expert_id=expert_id,
+        training_run_id=training_run_id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return EditsPublic(items=[EditPublic.model_validate(e) for e in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{edit_id}")
+def get_edit(*, session: SessionDep, edit_id: EditId) -> EditPublic:
+    """One edit: its status, the expert holding it, timestamps, and the error if it failed."""
+    return EditPublic.model_validate(edit_service.get_edit(session, edit_id=edit_id))
+
+
+@router.get("/{edit_id}/events")
+def edit_events(
+    *, session: SessionDep, edit_id: EditId, limit: LimitQuery = DEFAULT_PAGE, cursor: CursorQuery = None
+) -> AuditEventsPublic:
+    """The edit's audit history, oldest first."""
+    page = edit_service.edit_events(session, edit_id=edit_id, limit=limit, cursor=cursor)
+    return AuditEventsPublic(
+        items=[AuditEventPublic.model_validate(e) for e in page.items], next_cursor=page.next_cursor
+    )

@@ -1,0 +1,63 @@
+"""GET /v1/experts, GET /v1/experts/{id}, POST /v1/experts/{id}/deactivate|activate."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import V1, ActorDep, ExpertId, SessionDep, StackDep
+from app.domain import ExpertStatus
+from app.schemas.common import ERROR_RESPONSES, ErrorResponse
+from app.schemas.experts import ExpertChange, ExpertDetail, ExpertPublic, ExpertsPublic
+from app.services import experts as expert_service
+from app.services.experts import ExpertChangeResult
+
+router = APIRouter(prefix=f"{V1}/experts", tags=["experts"], responses=ERROR_RESPONSES)
+CONFLICT = {409: {"model": ErrorResponse, "description": "Already in that state, or its files are bad"}}
+
+
+def _change(result: ExpertChangeResult) -> ExpertChange:
+    detail = ExpertDetail.model_validate(
+        {**ExpertPublic.model_validate(result.expert).model_dump(), "edit_ids": result.edit_ids}
+    )
+    return ExpertChange(
+        expert=detail,
+        changed_edit_ids=result.changed_edit_ids,
+        edit_status=result.edit_status,
+        active_experts=result.active_experts,
+    )
+
+
+@router.get("")
+def list_experts(
+    *,
+    session: SessionDep,
+    status: Annotated[ExpertStatus | None, Query(description="Only experts in this status")] = None,
+) -> ExpertsPublic:
+    """All experts, oldest first (the order they stack in)."""
+    return ExpertsPublic(
+        items=[ExpertPublic.model_validate(e) for e in expert_service.list_experts(session, status=status)]
+    )
+
+
+@router.get("/{expert_id}")
+def get_expert(*, session: SessionDep, expert_id: ExpertId) -> ExpertDetail:
+    expert, edit_ids = expert_service.get_expert(session, expert_id=expert_id)
+    return ExpertDetail.model_validate({**ExpertPublic.model_validate(expert).model_dump(), "edit_ids": edit_ids})
+
+
+@router.post("/{expert_id}/deactivate", responses=CONFLICT)
+def deactivate_expert(
+    *, session: SessionDep, stack: StackDep, actor: ActorDep, expert_id: ExpertId
+) -> ExpertChange:
+    """Rollback: its edits become rolled_back and their prompts get the base model's answers."""
+    return _change(expert_service.deactivate_expert(session, stack=stack, expert_id=expert_id, actor=actor))
+
+
+@router.post("/{expert_id}/activate", responses=CONFLICT)
+def activate_expert(
+    *, session: SessionDep, stack: StackDep, actor: ActorDep, expert_id: ExpertId
+) -> ExpertChange:
+    """Restore a deactivated expert (its files are checked first); its edits are applied again."""
+    return _change(expert_service.activate_expert(session, stack=stack, expert_id=expert_id, actor=actor))

@@ -1,0 +1,82 @@
+"""POST/GET /v1/training-runs, GET /v1/training-runs/{id}."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy.orm import Session
+
+from app import store
+from app.api.deps import (
+    V1,
+    DEFAULT_PAGE,
+    ActorDep,
+    CursorQuery,
+    LimitQuery,
+    RunId,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+)
+from app.domain import RunStatus
+from app.schemas.common import ERROR_RESPONSES, ErrorResponse
+from app.schemas.training import TrainingRunPublic, TrainingRunsPublic
+from app.services import training as training_service
+
+router = APIRouter(prefix=f"{V1}/training-runs", tags=["training"], responses=ERROR_RESPONSES)
+
+
+def _public(session: Session, runs: list[store.TrainingRun]) -> list[TrainingRunPublic]:
+    expert_ids = training_service.expert_ids_by_run(session, run_ids=[r.id for r in runs])
+    now = store.utcnow()
+    out = []
+    for run in runs:
+        duration = None
+        if run.started_at is not None:
+            duration = ((run.finished_at or now) - run.started_at).total_seconds()
+        out.append(
+            TrainingRunPublic.model_validate(
+                {
+                    **{k: getattr(run, k) for k in TrainingRunPublic.model_fields if hasattr(run, k)},
+                    "expert_ids": expert_ids.get(run.id, []),
+                    "duration_s": duration,
+                }
+            )
+        )
+    return out
+
+
+@router.post(
+    "",
+    status_code=202,
+    responses={409: {"model": ErrorResponse, "description": "A run is already queued/running "
+                     "(Location: that run), or no edit is pending"}},
+)
+def trigger_run(
+    *, session: SessionDep, settings: SettingsDep, runtime: RuntimeDep, actor: ActorDep
+) -> TrainingRunPublic:
+    """Queue a training run now (the worker starts it at once); follow it with GET."""
+    run = training_service.trigger_run(session, settings=settings, actor=actor)
+    if runtime.wake_worker is not None:
+        runtime.wake_worker()
+    return _public(session, [run])[0]
+
+
+@router.get("")
+def list_runs(
+    *,
+    session: SessionDep,
+    status: Annotated[RunStatus | None, Query(description="Only runs in this status")] = None,
+    limit: LimitQuery = DEFAULT_PAGE,
+    cursor: CursorQuery = None,
+) -> TrainingRunsPublic:
+    """Training runs, newest first."""
+    page = training_service.list_runs(session, status=status, limit=limit, cursor=cursor)
+    return TrainingRunsPublic(items=_public(session, page.items), next_cursor=page.next_cursor)
+
+
+@router.get("/{run_id}")
+def get_run(*, session: SessionDep, run_id: RunId) -> TrainingRunPublic:
+    """A run's status and progress: edits done / total, current loss, experts, duration."""
+    return _public(session, [training_service.get_run(session, run_id=run_id)])[0]

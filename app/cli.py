@@ -1,0 +1,152 @@
+"""`lemoe serve | worker | migrate | bench`: the console script."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from app.config import Settings, get_settings
+
+log = logging.getLogger("app.cli")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Once per process: one clear format on stderr."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    # Per-request lines come from uvicorn's access log; SQL and HTTP-client chatter stays quiet.
+    for noisy in ("httpx", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    app = create_app(settings)
+    log.info("serving on http://%s:%s (OpenAPI docs at /docs)", host, port)
+    # log_config=None: keep the logging configured above (one format for everything).
+    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=30)
+    return 0
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from app.store import migrate, normalize_url
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    migrate(url)
+    log.info("database at head: %s", normalize_url(url).render_as_string(hide_password=True))
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Only the training schedule, no HTTP (the compose `trainer` service)."""
+    return asyncio.run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> int:
+    from app import store
+    from app.engine.engine import Engine
+    from app.metrics_prom import Metrics
+    from app.services import training as training_service
+    from app.services.stack import LiveStack
+    from app.worker import TrainingWorker
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = store.make_engine(settings.resolved_database_url)
+    try:
+        if not settings.skip_migrate:
+            await asyncio.to_thread(store.migrate, database)
+        session_factory = store.make_session_factory(database)
+        engine = await asyncio.to_thread(Engine.from_settings, settings)
+        stack = LiveStack(engine, session_factory, settings)
+        worker = TrainingWorker(
+            settings, session_factory, engine, stack=stack, metrics=Metrics(session_factory)
+        )
+        recovered = False
+        if await asyncio.to_thread(worker.acquire_trainer_role):
+            report = await asyncio.to_thread(training_service.recover, session_factory)
+            recovered = True
+            if report.changed:
+                log.warning("recovered: runs %s interrupted, edits %s back to pending",
+                            list(report.interrupted_run_ids), list(report.edit_ids))
+        await asyncio.to_thread(stack.sync)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run_forever(recovered=recovered)
+    finally:
+        database.dispose()
+    return 0
+
+
+def _bench_missing(args: argparse.Namespace, settings: Settings) -> int:
+    print(
+        "lemoe bench is not available in this installation: the benchmark module "
+        "(app.benchmarks.cli) could not be imported.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lemoe",
+        description="lemoe-server: editing-as-a-service for language models (LEMoE experts).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="start the HTTP API (and the training worker)")
+    serve.add_argument("--host", default=None, help="interface to bind (default: LEMOE_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: LEMOE_PORT, 8000)")
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(run=_migrate)
+
+    worker = commands.add_parser("worker", help="run only the training schedule (no HTTP)")
+    worker.set_defaults(run=_worker)
+
+    try:
+        from app.benchmarks.cli import add_bench_parser
+    except ImportError as exc:  # the benchmark module is optional
+        log.debug("benchmarks unavailable: %s", exc)
+        bench = commands.add_parser("bench", help="benchmarks (not available in this installation)")
+        bench.add_argument("rest", nargs=argparse.REMAINDER)
+        bench.set_defaults(run=_bench_missing)
+    else:
+        add_bench_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"lemoe: invalid settings (environment or .env):\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    if getattr(args, "run", None) is not None:
+        return int(args.run(args, settings) or 0)
+    # A subcommand added by another module (lemoe bench ...) carries its own handler.
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        print(f"lemoe: no handler for {args.command!r}", file=sys.stderr)
+        return 2
+    return int(handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

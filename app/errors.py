@@ -1,0 +1,221 @@
+"""ServiceError tree and the handlers that turn every error into one JSON body.
+
+Every error response, whatever raised it, is `{"error": {"type": "...", "message": "..."}}`:
+the type is a stable machine-readable word, the message names the bad value and what is allowed.
+No traceback ever leaves the process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error a client can act on; `status_code` and `type` say what kind."""
+
+    status_code: int = 500
+    type: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class InvalidInput(ServiceError, ValueError):
+    """A request value the service cannot accept; the message names it and what is allowed."""
+
+    status_code = 422
+    type = "invalid_input"
+
+
+class InvalidCursor(InvalidInput):
+    type = "invalid_cursor"
+
+
+class NotFound(ServiceError, LookupError):
+    status_code = 404
+    type = "not_found"
+
+
+class EditNotFound(NotFound):
+    def __init__(self, edit_id: int) -> None:
+        super().__init__(f"edit {edit_id} does not exist")
+
+
+class ExpertNotFound(NotFound):
+    def __init__(self, expert_id: int) -> None:
+        super().__init__(f"expert {expert_id} does not exist")
+
+
+class RunNotFound(NotFound):
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"training run {run_id} does not exist")
+
+
+class Conflict(ServiceError):
+    """The request is well-formed but the current state does not allow it."""
+
+    status_code = 409
+    type = "conflict"
+
+
+class RunAlreadyActive(Conflict):
+    """A run is queued or running; the response's Location header points at it."""
+
+    type = "run_already_active"
+
+    def __init__(self, run_id: int, status: str) -> None:
+        super().__init__(
+            f"training run {run_id} is already {status}; follow it at /v1/training-runs/{run_id}",
+            headers={"Location": f"/v1/training-runs/{run_id}"},
+        )
+        self.run_id = run_id
+
+
+class NothingToTrain(Conflict):
+    type = "nothing_to_train"
+
+
+class ExpertStateConflict(Conflict):
+    type = "expert_state_conflict"
+
+
+class ExpertFilesInvalid(Conflict):
+    """An expert's files are missing or do not match the checksum in its SQL row."""
+
+    type = "expert_files_invalid"
+
+
+class NotReady(ServiceError):
+    status_code = 503
+    type = "not_ready"
+
+
+# --- the one error body -----------------------------------------------------------------------
+
+def error_body(type_: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"type": type_, "message": message}}
+
+
+def error_response(
+    status_code: int, type_: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(type_, message), status_code=status_code, headers=dict(headers or {}))
+
+
+_HTTP_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    503: "not_ready",
+}
+# Tags of the discriminated union of POST /v1/edits: they are no field names.
+_UNION_TAGS = {"one", "many"}
+_MAX_SHOWN = 80
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _field_path(loc: Sequence[Any]) -> tuple[str, str]:
+    """("body", "many", 0, "prompt") -> ("body", "[0].prompt"); ("query", "limit") -> ("query", "limit")."""
+    if not loc:
+        return "request", ""
+    where, rest = str(loc[0]), [part for part in loc[1:] if part not in _UNION_TAGS]
+    path = ""
+    for part in rest:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return where, path
+
+
+def describe_validation_error(error: Mapping[str, Any]) -> str:
+    """One pydantic/FastAPI error as a sentence naming the field, the problem and the value."""
+    where, path = _field_path(error.get("loc", ()))
+    message = str(error.get("msg", "invalid value"))
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    kind = error.get("type")
+    if kind == "missing":
+        subject = {"body": "field", "query": "query parameter", "header": "header",
+                   "path": "path parameter", "cookie": "cookie"}.get(where, where)
+        return f"{subject} {path!r} is required" if path else "a request body is required"
+    label = {
+        "body": f"field {path!r}" if path else "request body",
+        "query": f"query parameter {path!r}",
+        "path": f"path parameter {path!r}",
+        "header": f"header {path!r}",
+    }.get(where, f"{where} {path!r}")
+    text = f"{label}: {message}"
+    if "input" in error and kind != "extra_forbidden":
+        value = error["input"]
+        shown = f"a JSON {'object' if isinstance(value, dict) else 'array'}" if isinstance(
+            value, dict | list
+        ) else _shown(value)
+        text += f" (got {shown})"
+    return text
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    json_errors = [e for e in errors if e.get("type") == "json_invalid"]
+    if json_errors:
+        error = json_errors[0]
+        detail = (error.get("ctx") or {}).get("error", "malformed JSON")
+        loc = error.get("loc", ())
+        at = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+        return error_response(400, "invalid_json", f"the request body is not valid JSON{at}: {detail}")
+    messages = [describe_validation_error(e) for e in errors[:3]]
+    if len(errors) > 3:
+        messages.append(f"... and {len(errors) - 3} more")
+    return error_response(422, "invalid_input", "; ".join(messages) or "invalid request")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through the one body shape."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status_code, exc.type, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}; see /docs"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"method {request.method} is not allowed on {request.url.path}" + (
+                f"; allowed: {allowed}" if allowed else ""
+            )
+        else:
+            message = str(exc.detail)
+        return error_response(exc.status_code, type_, message, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(
+            500, "internal_error", "internal server error; the details are in the server log"
+        )

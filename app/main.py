@@ -1,0 +1,164 @@
+"""The FastAPI app: `create_app(settings)`; its lifespan loads everything and starts the worker.
+
+Start-up order: migrate the database, load the model (or take the engine given), recover what a
+dead process left half done (the trainer only), rebuild the exact active stack from SQL rows +
+files (a bad file stops start-up, naming the expert), start the training worker and the
+active-stack watcher. Shutdown stops both, interrupting a run in progress cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from app import store
+from app.api.middleware import BodyLimitMiddleware
+from app.api.routes import audit, edits, experts, generate, health, training
+from app.config import Settings, get_settings
+from app.errors import ExpertFilesInvalid, install_error_handlers
+from app.metrics_prom import Metrics, MetricsMiddleware
+from app.services import training as training_service
+from app.services.runtime import Runtime
+from app.services.stack import LiveStack
+from app.worker import STOP_TIMEOUT_S, TrainingWorker
+
+if TYPE_CHECKING:
+    from app.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+WORKER_TASK = "lemoe-training-worker"
+
+API_DESCRIPTION = """Editing as a service: submit fact edits, train them into routed experts,
+generate through the edited model, follow every change in the audit log, and roll back.
+Every error has the body `{"error": {"type": "...", "message": "..."}}`."""
+
+
+class StartupError(RuntimeError):
+    """The service cannot start (e.g. an active expert's files are missing or corrupt)."""
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """The app; `engine` lets tests share one already-loaded model between apps."""
+    settings = settings or get_settings()
+    database = store.make_engine(settings.resolved_database_url)
+    session_factory = store.make_session_factory(database)
+    metrics = Metrics(session_factory)
+    runtime = Runtime(settings=settings, database=database, session_factory=session_factory, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks: list[asyncio.Task] = []
+        worker = None
+        try:
+            worker, recovered = await asyncio.to_thread(_start, runtime, engine)
+            if worker is not None:
+                tasks.append(
+                    asyncio.create_task(worker.run_forever(recovered=recovered), name=WORKER_TASK)
+                )
+            if settings.stack_poll_interval_s > 0:
+                tasks.append(asyncio.create_task(_watch_stack(runtime), name="lemoe-stack-watcher"))
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+            for task in tasks:
+                if task.get_name() != WORKER_TASK:
+                    task.cancel()  # the worker stops by itself, interrupting a run cleanly
+            for task in tasks:
+                try:
+                    timeout = STOP_TIMEOUT_S if task.get_name() == WORKER_TASK else 5.0
+                    await asyncio.wait_for(task, timeout=timeout)
+                except (asyncio.CancelledError, TimeoutError):
+                    pass
+                except Exception:
+                    log.exception("background task %s failed", task.get_name())
+            database.dispose()
+
+    app = FastAPI(
+        title="lemoe-server",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost of the two: sees the 413s
+    for module in (edits, generate, training, experts, audit, health):
+        app.include_router(module.router)
+    return app
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """Room for the largest valid edit request (every text at its limit, JSON-escaped), no more."""
+    texts = settings.max_edits_per_request * (3 + settings.max_rephrases)
+    return max(1 << 20, texts * (settings.max_text_chars * 6 + 64))
+
+
+def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | None, bool]:
+    """Blocking start-up work (run in a thread): the worker when enabled, and whether it
+    already recovered (it holds the trainer role)."""
+    settings = runtime.settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.skip_migrate:
+        store.migrate(runtime.database)
+    if engine is None:
+        from app.engine.engine import Engine
+
+        log.info("loading the model (%s) on %s", settings.model_path or "bundled SmolLM2-135M-Instruct", settings.device)
+        engine = Engine.from_settings(settings)
+    runtime.engine = engine
+    stack = LiveStack(engine, runtime.session_factory, settings)
+
+    worker, recovered = None, False
+    if settings.worker_enabled:
+        worker = TrainingWorker(settings, runtime.session_factory, engine, stack=stack, metrics=runtime.metrics)
+        # Only the trainer recovers: on PostgreSQL another process may hold the role and be
+        # training right now; this one then recovers when (if) it takes the role over.
+        if worker.acquire_trainer_role():
+            report = training_service.recover(runtime.session_factory)
+            recovered = True
+            if report.changed:
+                log.warning(
+                    "recovered from an interrupted run: runs %s marked interrupted, edits %s back to pending",
+                    list(report.interrupted_run_ids), list(report.edit_ids),
+                )
+        runtime.worker = worker
+        runtime.wake_worker = worker.wake
+        runtime.worker_state = lambda: worker.state
+
+    try:
+        names = stack.sync()
+    except ExpertFilesInvalid as exc:
+        if worker is not None:
+            worker.release_trainer_role()
+        raise StartupError(
+            f"cannot start: {exc.message}. Restore the files, or deactivate the expert in SQL "
+            "(experts.status = 'inactive') to start without it."
+        ) from exc
+    runtime.stack = stack
+    log.info(
+        "ready: model %s on %s, %d active experts %s, database %s",
+        engine.model_name, engine.device, len(names), names,
+        store.normalize_url(settings.resolved_database_url).render_as_string(hide_password=True),
+    )
+    return worker, recovered
+
+
+async def _watch_stack(runtime: Runtime) -> None:
+    """Reload the experts when another process changed the active set (DESIGN section 6)."""
+    interval = runtime.settings.stack_poll_interval_s
+    while True:
+        await asyncio.sleep(interval)
+        if runtime.stack is None:
+            continue
+        try:
+            await asyncio.to_thread(runtime.stack.sync_if_changed)
+        except Exception:
+            log.exception("reloading the expert stack failed; the previous stack stays live")

@@ -1,0 +1,123 @@
+"""Prometheus metrics: HTTP requests, edits by status, generation latency, training runs.
+
+Each app has its own registry (several apps live in one test process); /metrics renders it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import store
+from app.domain import EditStatus, ExpertStatus
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+TRAINING_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+
+
+class _StoreCollector(Collector):
+    """Edits by status and active experts, read from SQL at scrape time (always current)."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self.session_factory = session_factory
+
+    def describe(self) -> list:  # no SQL at registration time
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        edits = GaugeMetricFamily("lemoe_edits", "Edits by status", labels=["status"])
+        experts = GaugeMetricFamily("lemoe_active_experts", "Experts in the active stack")
+        try:
+            with self.session_factory() as session:
+                counts = {s: store.count_edits(session, status=s) for s in EditStatus}
+                active = len(store.list_experts(session, status=ExpertStatus.ACTIVE))
+        except Exception:  # a scrape must not fail because the database is down
+            log.warning("metrics: cannot read edit counts", exc_info=True)
+            return
+        for status, count in counts.items():
+            edits.add_metric([status.value], count)
+        experts.add_metric([], active)
+        yield edits
+        yield experts
+
+
+class Metrics:
+    def __init__(self, session_factory: sessionmaker[Session] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "lemoe_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
+        )
+        self.http_latency = Histogram(
+            "lemoe_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.generation_latency = Histogram(
+            "lemoe_generation_duration_seconds", "Generation latency (model time)", ["routed"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.generated_tokens = Counter("lemoe_generated_tokens", "Generated tokens", registry=r)
+        self.edits_submitted = Counter("lemoe_edits_submitted", "Edits accepted", registry=r)
+        self.training_runs = Counter(
+            "lemoe_training_runs", "Finished training runs", ["status"], registry=r
+        )
+        self.training_duration = Histogram(
+            "lemoe_training_run_duration_seconds", "Training run duration", ["status"],
+            buckets=TRAINING_BUCKETS, registry=r,
+        )
+        if session_factory is not None:
+            r.register(_StoreCollector(session_factory))
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_latency.labels(method, route).observe(seconds)
+
+    def observe_generation(self, seconds: float, *, routed: bool, tokens: int) -> None:
+        self.generation_latency.labels("true" if routed else "false").observe(seconds)
+        self.generated_tokens.inc(tokens)
+
+    def observe_run(self, status: str, seconds: float) -> None:
+        self.training_runs.labels(status).inc()
+        self.training_duration.labels(status).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template (not raw path: bounded labels)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(
+                scope.get("method", "?"), template, status, time.perf_counter() - started
+            )

@@ -1,0 +1,41 @@
+"""Experts: one trained adaptor per batch of edits; rollback by deactivating one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from app.domain import EditStatus, ExpertStatus
+from app.schemas.common import PublicModel
+
+
+class ExpertPublic(PublicModel):
+    id: int
+    name: str
+    status: ExpertStatus
+    edit_count: int
+    training_run_id: int | None
+    final_loss: float | None
+    steps: int | None
+    sha256: str = Field(description="Checksum of weights.safetensors, checked at every load")
+    created_at: datetime
+    activated_at: datetime | None
+    deactivated_at: datetime | None
+
+
+class ExpertDetail(ExpertPublic):
+    edit_ids: list[int] = Field(description="The edits this expert was trained on")
+
+
+class ExpertsPublic(BaseModel):
+    items: list[ExpertPublic]
+
+
+class ExpertChange(BaseModel):
+    """The result of deactivate / activate."""
+
+    expert: ExpertDetail
+    changed_edit_ids: list[int] = Field(description="Edits whose status this changed")
+    edit_status: EditStatus = Field(description="Their status now (rolled_back or applied)")
+    active_experts: list[str] = Field(description="The live stack after the change, oldest first")

@@ -1,0 +1,27 @@
+"""Frozen internal parameters that request schemas convert themselves into (no torch, no SQL)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EditDraft:
+    """A submitted edit before validation against the settings and the model."""
+
+    prompt: str
+    target: str
+    subject: str | None = None
+    rephrases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationDraft:
+    """A generation request before validation against the settings and the model."""
+
+    prompt: str
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
