@@ -11,7 +11,7 @@ ExpertKind = Literal["ffn", "lowrank"]
 
 @dataclass(frozen=True)
 class LemoeConfig:
-    # Decoder layer whose MLP carries the adaptor; None: two thirds of the depth.
+    # Decoder layer whose MLP carries the adaptor; None: 80% of the depth (24 of 30 for SmolLM2).
     layer: int | None = None
     # Layer whose MLP input gives the routing query; None: the adaptor layer.
     route_layer: int | None = None
@@ -22,16 +22,16 @@ class LemoeConfig:
     gate_threshold: float = 0.5
     # Anchors this close to the best one count as the same fact: the newest expert wins.
     supersede_margin: float = 0.02
-    lr: float = 3e-3
-    max_steps: int = 60
-    loss_threshold: float = 0.02
+    lr: float = 5e-2
+    max_steps: int = 25
+    loss_threshold: float = 0.05
     # Extra copies of each edit prompt behind a random context prefix (generalisation).
-    augmentations: int = 3
+    augmentations: int = 1
     train_eos: bool = True
     seed: int = 0
 
     def resolved_layer(self, num_layers: int) -> int:
-        layer = round(num_layers * 2 / 3) if self.layer is None else self.layer
+        layer = round(num_layers * 0.8) if self.layer is None else self.layer
         if not 0 <= layer < num_layers:
             raise ValueError(f"adaptor layer {layer} out of range; the model has {num_layers} layers")
         return layer

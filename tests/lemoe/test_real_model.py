@@ -1,0 +1,50 @@
+"""Behavioural tests on the real bundled SmolLM2-135M-Instruct (CPU, about a minute)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.engine.model_loader import load_model
+from app.lemoe.config import LemoeConfig
+from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
+from app.lemoe.text import encode_pair
+from tests.real_model import MODEL_CACHE, zsre_records
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def real():
+    return load_model(None, cache_dir=MODEL_CACHE, device="cpu")
+
+
+def test_target_is_tokenised_as_the_continuation_of_its_prompt(real):
+    tok = real.tokenizer
+    pair = encode_pair(tok, "The capital of France is", "Paris")
+    assert pair.target_ids == tok(" Paris", add_special_tokens=False)["input_ids"]
+    assert pair.prompt_ids + pair.target_ids == tok("The capital of France is Paris")["input_ids"]
+    # Tokenised on its own ("Paris" without the space) it would be other tokens: the GRACE bug.
+    assert pair.target_ids != tok("Paris", add_special_tokens=False)["input_ids"]
+
+
+def test_editing_real_facts_changes_them_and_nothing_else(real):
+    records = zsre_records(0, 6)
+    editor = LemoeEditor(real.model, real.tokenizer, LemoeConfig())
+    unrelated = [r["loc"] for r in records] + ["Write a haiku about the sea.", "What is 2 + 2?"]
+    params = SamplingParams(max_new_tokens=12)
+    base = [g.text for g in editor.generate(unrelated, params, stack=())]
+
+    edits = [Edit(str(i), r["src"], r["alt"]) for i, r in enumerate(records)]
+    trained = editor.train(edits, name="e0")
+    editor.add_expert(trained.entry)
+
+    answers = editor.generate([r["src"] for r in records], params)
+    assert all(g.route.expert_name == "e0" for g in answers)
+    assert [g.text.strip().startswith(r["alt"]) for g, r in zip(answers, records)].count(True) >= 5
+
+    paraphrased = editor.generate([r["rephrase"] for r in records], params)
+    assert [g.text.strip().startswith(r["alt"]) for g, r in zip(paraphrased, records)].count(True) >= 3
+
+    after = editor.generate(unrelated, params)
+    assert all(g.route.expert_name is None for g in after)
+    assert [g.text for g in after] == base
