@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,17 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     return error_response(422, "invalid_input", "; ".join(messages) or "invalid request")
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's Allow names one route's only)."""
+    allowed = []
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        scope.pop("fastapi", None)  # per-request routing state: do not share it
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error through the one body shape."""
 
@@ -205,7 +217,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and exc.detail == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}; see /docs"
         elif exc.status_code == 405:
-            allowed = (exc.headers or {}).get("Allow", "")
+            allowed = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
+            if allowed:
+                exc.headers = {**(exc.headers or {}), "Allow": allowed}
             message = f"method {request.method} is not allowed on {request.url.path}" + (
                 f"; allowed: {allowed}" if allowed else ""
             )

@@ -1,0 +1,90 @@
+"""The audit log over HTTP, on SQLite and PostgreSQL: a whole life, filters, pages, append-only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.api.support import FOX, FRANCE, submit, worker_for
+
+
+def _actions(client, **params) -> list[str]:
+    response = client.get("/v1/audit", params=params)
+    assert response.status_code == 200, response.text
+    return [event["action"] for event in response.json()["items"]]
+
+
+def test_the_log_tells_the_whole_life_of_edits(db_client):
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    [france, fox] = submit(db_client, FRANCE, FOX, actor="frank")
+    run_id = db_client.post("/v1/training-runs", headers={"X-Actor": "grace"}).json()["id"]
+    worker_for(db_client).run_once(run_id=run_id)
+    [expert] = db_client.get("/v1/experts").json()["items"]
+    db_client.post(f"/v1/experts/{expert['id']}/deactivate", headers={"X-Actor": "heidi"})
+
+    life = _actions(db_client, order="asc")
+
+    assert life == [
+        "edit.submitted", "edit.submitted",
+        "training_run.created", "training_run.started", "edit.planned", "edit.planned",
+        "expert.registered", "expert.activated", "edit.applied", "edit.applied",
+        "training_run.finished",
+        "expert.deactivated", "edit.rolled_back", "edit.rolled_back",
+    ]
+    assert _actions(db_client) == list(reversed(life))  # newest first by default
+    # Filters.
+    assert _actions(db_client, actor="frank") == ["edit.submitted"] * 2
+    assert _actions(db_client, actor="heidi", order="asc") == ["expert.deactivated"] + ["edit.rolled_back"] * 2
+    assert _actions(db_client, edit_id=france, order="asc") == [
+        "edit.submitted", "edit.planned", "edit.applied", "edit.rolled_back",
+    ]
+    assert _actions(db_client, training_run_id=run_id, action="edit.applied") == ["edit.applied"] * 2
+    assert "expert.deactivated" in _actions(db_client, expert_id=expert["id"])
+    assert _actions(db_client, action="edit.failed") == []
+    assert len(_actions(db_client, since=start.isoformat())) == len(life)
+    assert _actions(db_client, until=start.isoformat()) == []
+    assert _actions(db_client, since=(datetime.now(UTC) + timedelta(seconds=5)).isoformat()) == []
+    event = db_client.get("/v1/audit", params={"action": "expert.registered"}).json()["items"][0]
+    assert event["actor"] == "grace"  # the worker acts for whoever triggered the run
+    assert sorted(event["payload"]["edit_ids"]) == sorted([france, fox])
+    assert event["training_run_id"] == run_id and event["expert_id"] == expert["id"]
+    assert datetime.fromisoformat(event["at"]).tzinfo is not None
+
+
+def test_audit_pages_do_not_overlap(db_client):
+    submit(db_client, *[{"prompt": f"Page fact {i} is", "target": "x"} for i in range(5)])
+
+    for order in ("desc", "asc"):
+        seen, cursor = [], None
+        while True:
+            params = {"limit": 2, "order": order, **({"cursor": cursor} if cursor else {})}
+            body = db_client.get("/v1/audit", params=params).json()
+            seen += [e["id"] for e in body["items"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert len(seen) == 5 and len(set(seen)) == 5
+        assert seen == sorted(seen, reverse=order == "desc")
+
+
+def test_a_cursor_keeps_its_order(db_client):
+    submit(db_client, FRANCE, FOX)
+    cursor = db_client.get("/v1/audit", params={"limit": 1, "order": "asc"}).json()["next_cursor"]
+
+    response = db_client.get("/v1/audit", params={"cursor": cursor, "order": "desc"})
+
+    assert response.status_code == 422 and "order" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+@pytest.mark.parametrize("path", ["/v1/audit", "/v1/edits/1/events"])
+def test_no_route_changes_the_log(client, method, path):
+    submit(client, FRANCE)
+    before = client.get("/v1/audit").json()
+
+    response = client.request(method, path, json={"actor": "mallory"})
+
+    assert response.status_code == 405
+    assert response.json()["error"]["type"] == "method_not_allowed"
+    assert client.get("/v1/audit").json() == before

@@ -1,0 +1,75 @@
+"""Rollback and restore: deactivating an expert gives its prompts the base answers back."""
+
+from __future__ import annotations
+
+from tests.api.support import FOX, FRANCE, UNRELATED, assert_error, generate, submit, worker_for
+
+
+def test_deactivate_rolls_back_and_activate_restores(client):
+    base = {p: generate(client, p)["text"] for p in (FRANCE["prompt"], UNRELATED)}
+    ids = submit(client, FRANCE, FOX)
+    worker_for(client).run_once()
+    [expert] = client.get("/v1/experts").json()["items"]
+    edited = generate(client, FRANCE["prompt"])
+    assert edited["text"] != base[FRANCE["prompt"]] and edited["expert"]["id"] == expert["id"]
+
+    off = client.post(f"/v1/experts/{expert['id']}/deactivate", headers={"X-Actor": "erin"})
+
+    assert off.status_code == 200, off.text
+    change = off.json()
+    assert change["expert"]["status"] == "inactive" and change["expert"]["deactivated_at"]
+    assert sorted(change["changed_edit_ids"]) == sorted(ids) and change["edit_status"] == "rolled_back"
+    assert change["active_experts"] == []
+    for edit_id in ids:
+        edit = client.get(f"/v1/edits/{edit_id}").json()
+        assert edit["status"] == "rolled_back" and edit["expert_id"] == expert["id"]
+    rolled_back = generate(client, FRANCE["prompt"])
+    assert rolled_back["text"] == base[FRANCE["prompt"]] and rolled_back["expert"] is None
+    assert generate(client, UNRELATED)["text"] == base[UNRELATED]
+    assert client.get("/v1/experts", params={"status": "active"}).json()["items"] == []
+
+    on = client.post(f"/v1/experts/{expert['id']}/activate", headers={"X-Actor": "erin"})
+
+    assert on.status_code == 200, on.text
+    assert on.json()["expert"]["status"] == "active" and on.json()["edit_status"] == "applied"
+    assert on.json()["active_experts"] == [expert["name"]]
+    assert {client.get(f"/v1/edits/{i}").json()["status"] for i in ids} == {"applied"}
+    restored = generate(client, FRANCE["prompt"])
+    assert restored["text"] == edited["text"] and restored["expert"]["id"] == expert["id"]
+    # The whole story is in the edit's history, by the actor who did it.
+    events = client.get(f"/v1/edits/{ids[0]}/events").json()["items"]
+    assert [e["action"] for e in events][-2:] == ["edit.rolled_back", "edit.restored"]
+    assert events[-1]["actor"] == "erin"
+    expert_events = client.get("/v1/audit", params={"expert_id": expert["id"], "order": "asc"}).json()["items"]
+    assert [e["action"] for e in expert_events if e["edit_id"] is None] == [
+        "expert.registered", "expert.activated", "expert.deactivated", "expert.activated",
+    ]
+
+
+def test_deactivating_twice_is_a_conflict(client):
+    submit(client, FRANCE)
+    worker_for(client).run_once()
+    [expert] = client.get("/v1/experts").json()["items"]
+
+    assert_error(client.post(f"/v1/experts/{expert['id']}/activate"), 409, "expert_state_conflict", "already active")
+    assert client.post(f"/v1/experts/{expert['id']}/deactivate").status_code == 200
+    assert_error(client.post(f"/v1/experts/{expert['id']}/deactivate"), 409, "expert_state_conflict", "already inactive")
+
+
+def test_rolling_back_one_expert_keeps_the_other(client):
+    [france] = submit(client, FRANCE)
+    worker = worker_for(client)
+    worker.run_once()
+    [fox] = submit(client, FOX)
+    worker.run_once()
+    first, second = client.get("/v1/experts").json()["items"]
+    fox_answer = generate(client, FOX["prompt"])
+    assert fox_answer["expert"]["id"] == second["id"]
+
+    client.post(f"/v1/experts/{first['id']}/deactivate")
+
+    assert client.get(f"/v1/edits/{france}").json()["status"] == "rolled_back"
+    assert client.get(f"/v1/edits/{fox}").json()["status"] == "applied"
+    assert generate(client, FOX["prompt"]) == fox_answer
+    assert generate(client, FRANCE["prompt"])["expert"] is None
+    assert client.get("/readyz").json()["active_experts"] == [second["name"]]
