@@ -207,7 +207,13 @@ class TrainingWorker:
         if bind is None or bind.dialect.name != "postgresql":
             return True
         if self._lock_connection is not None:
-            return True
+            try:  # the lock lives as long as this database session does
+                self._lock_connection.execute(select(literal(1)))
+                self._lock_connection.commit()
+                return True
+            except Exception:
+                log.warning("lost the database session that held the trainer lock; re-electing")
+                self.release_trainer_role()
         connection = bind.connect()
         try:
             key = func.hashtext(func.current_schema())
@@ -224,7 +230,10 @@ class TrainingWorker:
 
     def release_trainer_role(self) -> None:
         if self._lock_connection is not None:
-            self._lock_connection.close()  # closing the session releases the lock
+            # Really close the database session (not just return it to the pool): that
+            # releases the lock even if the connection is in a bad state.
+            self._lock_connection.invalidate()
+            self._lock_connection.close()
             self._lock_connection = None
 
     def _tick(self, scheduled: bool) -> None:

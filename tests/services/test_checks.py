@@ -1,0 +1,81 @@
+"""Input checks and error messages of the service layer (no HTTP, no model)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings
+from app.errors import InvalidInput, describe_validation_error
+from app.services.checks import check_actor, check_filter, check_text, to_utc
+from app.services.stack import resolve_path, stored_path
+
+
+@pytest.mark.parametrize("actor", ["alice", "ci-bot@example.com", "Team A/ops:1", "x" * 100])
+def test_good_actors_pass(actor):
+    assert check_actor(actor) == actor
+
+
+def test_missing_actor_is_anonymous():
+    assert check_actor(None) == "anonymous"
+
+
+@pytest.mark.parametrize("actor", ["", " lead", "a" * 101, "<b>", "tab\there", "é", "new\nline"])
+def test_bad_actors_name_the_header(actor):
+    with pytest.raises(InvalidInput, match="X-Actor"):
+        check_actor(actor)
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [(None, "string"), ("", "empty"), ("  ", "whitespace"), ("x" * 11, "at most 10"), ("a\x00", "NUL"),
+     ("\ud800", "surrogate")],
+)
+def test_check_text_names_field_and_problem(value, words):
+    with pytest.raises(InvalidInput) as error:
+        check_text(value, field="edits[2].target", max_chars=10)
+    assert "edits[2].target" in str(error.value) and words in str(error.value)
+
+
+def test_blank_filters_mean_no_filter():
+    assert check_filter("  ", field="q", max_chars=5) is None
+    assert check_filter(None, field="q", max_chars=5) is None
+    assert check_filter("abc", field="q", max_chars=5) == "abc"
+
+
+def test_to_utc_takes_naive_as_utc_and_converts_others():
+    naive = datetime(2024, 5, 1, 12, 0)
+    assert to_utc(naive, field="since") == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    paris = datetime(2024, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert to_utc(paris, field="since") == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert to_utc(None, field="since") is None
+
+
+def test_to_utc_out_of_range_is_invalid_input():
+    with pytest.raises(InvalidInput, match="until"):
+        to_utc(datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5))), field="until")
+
+
+def test_validation_messages_name_the_field_and_value():
+    message = describe_validation_error(
+        {"loc": ("body", "many", 1, "prompt"), "msg": "Input should be a valid string", "type": "string_type", "input": 5}
+    )
+    assert message == "field '[1].prompt': Input should be a valid string (got 5)"
+    missing = describe_validation_error({"loc": ("query", "prompt"), "msg": "Field required", "type": "missing"})
+    assert missing == "query parameter 'prompt' is required"
+
+
+def test_expert_paths_are_stored_relative_to_the_data_dir(tmp_path: Path):
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data")
+    inside = settings.experts_dir / "expert-r1-b0"
+    outside = tmp_path / "elsewhere" / "expert-r1-b0"
+
+    assert stored_path(settings, inside) == "experts/expert-r1-b0"
+    assert resolve_path(settings, stored_path(settings, inside)) == settings.data_dir / "experts/expert-r1-b0"
+    assert stored_path(settings, outside) == str(outside.resolve())
+    assert resolve_path(settings, str(outside.resolve())) == outside.resolve()
+    # Moving the data dir keeps relative paths valid.
+    moved = Settings(_env_file=None, data_dir=tmp_path / "moved")
+    assert resolve_path(moved, "experts/expert-r1-b0") == moved.data_dir / "experts" / "expert-r1-b0"
