@@ -19,7 +19,7 @@ class LemoeConfig:
     expert_hidden: int = 128
     pooling: Pooling = "mean"
     # Cosine (after centring) a query needs with some anchor for any expert to fire.
-    gate_threshold: float = 0.5
+    gate_threshold: float = 0.55
     # Anchors this close to the best one count as the same fact: the newest expert wins.
     supersede_margin: float = 0.02
     lr: float = 5e-2
