@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     # A local Hugging Face causal-LM directory; unset means the bundled SmolLM2-135M-Instruct.
     model_path: Path | None = None
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    # Where the bundled GGUF's converted checkpoint is cached; unset: <data_dir>/model-cache.
+    model_cache: Path | None = None
 
     # Editor (see app/lemoe/config.py for the meaning of each).
     adaptor_layer: int | None = None  # None: the editor's default for the model's depth
@@ -61,7 +63,7 @@ class Settings(BaseSettings):
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.data_dir / "model-cache"
+        return self.model_cache or self.data_dir / "model-cache"
 
     @property
     def resolved_database_url(self) -> str:
