@@ -1,0 +1,84 @@
+"""End to end on the real bundled SmolLM2-135M-Instruct, through HTTP: edit three ZsRE facts,
+train, ask, check an unrelated prompt, roll back, restart."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings
+from app.engine.engine import Engine
+from tests.api.support import running_app
+from tests.real_model import MODEL_CACHE, zsre_records
+
+pytestmark = pytest.mark.real_model
+
+UNRELATED = "nq question: who sang the song i will always love you"
+
+
+def real_settings(data_dir: Path) -> Settings:
+    return Settings(
+        _env_file=None, data_dir=data_dir, model_cache=MODEL_CACHE, device="cpu",
+        database_url=f"sqlite:///{data_dir / 'lemoe.db'}", worker_enabled=True,
+        worker_interval_s=3600, stack_poll_interval_s=0,
+    )
+
+
+def ask(client, prompt: str) -> dict:
+    response = client.get("/v1/generate", params={"prompt": prompt, "max_new_tokens": 10})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def train_now(client) -> dict:
+    response = client.post("/v1/training-runs", headers={"X-Actor": "e2e"})
+    assert response.status_code == 202, response.text
+    run_id = response.json()["id"]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        run = client.get(f"/v1/training-runs/{run_id}").json()
+        if run["status"] in ("succeeded", "failed", "interrupted"):
+            return run
+        time.sleep(1)
+    raise AssertionError(f"training run {run_id} did not finish: {run}")
+
+
+def test_edit_ask_roll_back_and_restart_on_the_real_model(tmp_path):
+    records = zsre_records(10, 3)
+    prompts = [r["src"] for r in records]
+    settings = real_settings(tmp_path / "data")
+
+    with running_app(settings, Engine.from_settings(settings)) as client:
+        base = {p: ask(client, p)["text"] for p in [*prompts, UNRELATED]}
+        edits = [{"prompt": r["src"], "target": r["alt"], "subject": r["subject"]} for r in records]
+        accepted = client.post("/v1/edits", json=edits)
+        assert accepted.status_code == 202 and accepted.json()["status"] == "pending"
+
+        run = train_now(client)
+        assert run["status"] == "succeeded" and run["edits_done"] == 3, run
+        [expert] = client.get("/v1/experts").json()["items"]
+
+        for record in records:
+            answer = ask(client, record["src"])
+            assert answer["expert"]["name"] == expert["name"]
+            assert answer["text"].strip().startswith(record["alt"]), (record, answer)
+        unrelated = ask(client, UNRELATED)
+        assert unrelated["expert"] is None and unrelated["text"] == base[UNRELATED]
+
+        history = client.get(f"/v1/edits/{accepted.json()['ids'][0]}/events").json()["items"]
+        assert [e["action"] for e in history] == ["edit.submitted", "edit.planned", "edit.applied"]
+
+        assert client.post(f"/v1/experts/{expert['id']}/deactivate").status_code == 200
+        for prompt in prompts:
+            answer = ask(client, prompt)
+            assert answer["expert"] is None and answer["text"] == base[prompt]
+        assert client.post(f"/v1/experts/{expert['id']}/activate").status_code == 200
+        before_restart = {p: ask(client, p) for p in [*prompts, UNRELATED]}
+
+    with running_app(settings, Engine.from_settings(settings)) as client:
+        after_restart = {p: ask(client, p) for p in [*prompts, UNRELATED]}
+        statuses = {e["status"] for e in client.get("/v1/edits").json()["items"]}
+    assert after_restart == before_restart
+    assert statuses == {"applied"}
