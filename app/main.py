@@ -139,8 +139,8 @@ def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | No
         if worker is not None:
             worker.release_trainer_role()
         raise StartupError(
-            f"cannot start: {exc.message}. Restore the files, or deactivate the expert in SQL "
-            "(experts.status = 'inactive') to start without it."
+            f"cannot start: {exc.message}. Restore the expert's files (config.json and "
+            "weights.safetensors) from a backup: the server never serves a silently incomplete stack."
         ) from exc
     runtime.stack = stack
     log.info(

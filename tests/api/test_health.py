@@ -22,18 +22,21 @@ def test_readyz_reports_model_database_and_stack(client):
     assert body["active_experts"] == [] and body["worker"] == "disabled"
 
 
-def test_readyz_is_503_when_the_database_is_unreachable(client):
+def test_readyz_and_queries_are_503_when_the_database_is_unreachable(client):
     runtime = runtime_of(client)
     healthy = runtime.session_factory
     dead = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
     runtime.session_factory = sessionmaker(bind=dead)
     try:
         response = client.get("/readyz")
+        listing = client.get("/v1/edits")
     finally:
         runtime.session_factory = healthy
         dead.dispose()
 
     assert_error(response, 503, "not_ready", "database")
+    assert_error(listing, 503, "database_unavailable", "retry")  # not a 500
+    assert listing.headers["Retry-After"] == "5"
     assert client.get("/healthz").status_code == 200  # alive, just not ready
     assert client.get("/readyz").status_code == 200
 
