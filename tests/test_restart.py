@@ -20,6 +20,7 @@ from tests.api.support import (
     FOX,
     FRANCE,
     UNRELATED,
+    assert_error,
     generate,
     running_app,
     submit,
@@ -109,6 +110,25 @@ def test_a_missing_expert_file_stops_start_up_naming_the_expert(trained):
             pass
 
     assert name in str(failure.value) and "missing" in str(failure.value)
+
+
+def test_activating_an_expert_with_a_corrupt_file_is_refused(trained):
+    settings, before = trained
+    inactive = before["experts"][0]
+    assert inactive["status"] == "inactive"
+    weights = settings.experts_dir / inactive["name"] / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+
+    with fresh_app(settings) as client:  # only active experts are loaded at start-up
+        response = client.post(f"/v1/experts/{inactive['id']}/activate")
+
+        error = assert_error(response, 409, "expert_files_invalid", inactive["name"])
+        assert "corrupt" in error["message"]
+        assert client.get(f"/v1/experts/{inactive['id']}").json()["status"] == "inactive"
+        assert client.get("/readyz").json()["active_experts"] == before["active"]
+        assert {e["status"] for e in client.get("/v1/edits", params={"expert_id": inactive["id"]}).json()["items"]} == {"rolled_back"}
+        assert client.get("/v1/audit", params={"action": "edit.restored"}).json()["items"] == []
+        assert answers(client) == before["answers"]
 
 
 # --- kill -9 during training, with the real server process ------------------------------------
