@@ -111,14 +111,17 @@ def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | No
     if engine is None:
         from app.engine.engine import Engine
 
-        log.info("loading the model (%s) on %s", settings.model_path or "bundled SmolLM2-135M-Instruct", settings.device)
+        model = settings.model_path or "bundled SmolLM2-135M-Instruct"
+        log.info("loading the model (%s) on %s", model, settings.device)
         engine = Engine.from_settings(settings)
     runtime.engine = engine
     stack = LiveStack(engine, runtime.session_factory, settings)
 
     worker, recovered = None, False
     if settings.worker_enabled:
-        worker = TrainingWorker(settings, runtime.session_factory, engine, stack=stack, metrics=runtime.metrics)
+        worker = TrainingWorker(
+            settings, runtime.session_factory, engine, stack=stack, metrics=runtime.metrics
+        )
         # Only the trainer recovers: on PostgreSQL another process may hold the role and be
         # training right now; this one then recovers when (if) it takes the role over.
         if worker.acquire_trainer_role():

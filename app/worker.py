@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, func, literal, select
@@ -34,6 +35,18 @@ TRAINER_LOCK_CLASS = 0x1E0E  # first key of the PostgreSQL advisory lock that el
 
 class WorkerStopping(Exception):
     """Raised inside training when the process is shutting down."""
+
+
+@dataclass
+class _Tally:
+    applied: int = 0
+    failed: int = 0
+    experts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.applied + self.failed
 
 
 class TrainingWorker:
@@ -87,93 +100,101 @@ class TrainingWorker:
         from app.engine.engine import EngineEdit
 
         clock = time.perf_counter()
-        total = len(run.edits)
-        log.info("training run %s started (%s by %s): %d edits", run.run_id, run.trigger.value, run.actor, total)
-        if total == 0:
-            self._finish(run, RunStatus.SUCCEEDED, None, clock, experts=0, applied=0, failed=0)
-            return
-        applied = failed = experts = 0
-        errors: list[str] = []
+        log.info("training run %s started (%s by %s): %d edits",
+                 run.run_id, run.trigger.value, run.actor, len(run.edits))
+        tally = _Tally()
         try:
-            engine_edits = [EngineEdit(e.edit_id, e.prompt, e.target, e.rephrases) for e in run.edits]
+            edits = [EngineEdit(e.edit_id, e.prompt, e.target, e.rephrases) for e in run.edits]
             batches = self.engine.plan(
-                engine_edits, batch_size=self.settings.edits_per_expert, planning=self.settings.planning
-            )
-            log.info("run %s: %d batches of up to %d edits", run.run_id, len(batches), self.settings.edits_per_expert)
+                edits, batch_size=self.settings.edits_per_expert, planning=self.settings.planning
+            ) if edits else []
+            log.info("run %s: %d batches of up to %d edits",
+                     run.run_id, len(batches), self.settings.edits_per_expert)
             for index, batch in enumerate(batches):
                 self._check_stop()
-                ids = [e.edit_id for e in batch]
-                done_before = applied + failed
-                training.mark_training(self.session_factory, edit_ids=ids)
-                # Deterministic (the editor seeds its augmentation by name); run ids never repeat.
-                name = f"expert-r{run.run_id}-b{index}"
-                log.info("run %s batch %d/%d: training %s on edits %s", run.run_id, index + 1, len(batches), name, ids)
-                try:
-                    built = self.engine.build_expert(name, batch, progress=self._progress(run, done_before))
-                except WorkerStopping:
-                    raise
-                except Exception as exc:
-                    log.exception("run %s batch %d failed", run.run_id, index + 1)
-                    message = f"training failed: {type(exc).__name__}: {exc}"
-                    failed += len(ids)
-                    errors.append(f"batch {index + 1}: {message}")
-                    training.fail_batch(self.session_factory, run=run, edit_ids=ids, error=message, edits_done=applied + failed)
-                    continue
-                log.info("run %s batch %d: %s trained in %d steps (loss %.4f, %.1f s)",
-                         run.run_id, index + 1, name, built.steps, built.final_loss, built.seconds)
-                applied += len(ids)
-                training.register_expert(self.session_factory, settings=self.settings, run=run, built=built, edits_done=applied + failed)
-                experts += 1
-                self.stack.sync()  # the new expert goes live atomically, between requests
+                self._train_batch(run, index, len(batches), batch, tally)
         except WorkerStopping:
             log.warning("run %s interrupted by shutdown; its unfinished edits return to pending", run.run_id)
-            training.interrupt_run(self.session_factory, run=run, reason="interrupted: the server is shutting down")
+            training.interrupt_run(
+                self.session_factory, run=run, reason="interrupted: the server is shutting down"
+            )
             if self.metrics is not None:
                 self.metrics.observe_run(RunStatus.INTERRUPTED.value, time.perf_counter() - clock)
             return
         except Exception as exc:
-            # Planning, the database or the stack failed: the rest of the batch cannot go on.
+            # Planning, the database or the stack failed: the rest of the run cannot go on.
             log.exception("run %s failed", run.run_id)
-            errors.append(f"{type(exc).__name__}: {exc}")
+            tally.errors.append(f"{type(exc).__name__}: {exc}")
             self._fail_leftovers(run, f"run failed: {type(exc).__name__}: {exc}")
-            status = RunStatus.FAILED
-        else:
-            status = RunStatus.SUCCEEDED if not errors else RunStatus.FAILED
-        error = None
-        if errors:
-            error = f"{len(errors)} problem(s): " + "; ".join(errors)
-        self._finish(run, status, error, clock, experts=experts, applied=applied, failed=failed)
-
-    def _finish(self, run, status, error, clock, *, experts, applied, failed) -> None:
+        status = RunStatus.FAILED if tally.errors else RunStatus.SUCCEEDED
+        error = f"{len(tally.errors)} problem(s): " + "; ".join(tally.errors) if tally.errors else None
         seconds = time.perf_counter() - clock
         training.finish_run(
             self.session_factory, run=run, status=status, error=error,
-            payload={"experts_created": experts, "edits_applied": applied, "edits_failed": failed,
-                     "seconds": round(seconds, 3)},
+            payload={"experts_created": tally.experts, "edits_applied": tally.applied,
+                     "edits_failed": tally.failed, "seconds": round(seconds, 3)},
         )
         if self.metrics is not None:
             self.metrics.observe_run(status.value, seconds)
         log.info("training run %s %s in %.1f s: %d experts, %d edits applied, %d failed",
-                 run.run_id, status.value, seconds, experts, applied, failed)
+                 run.run_id, status.value, seconds, tally.experts, tally.applied, tally.failed)
+
+    def _train_batch(self, run: training.StartedRun, index: int, count: int, batch, tally: _Tally) -> None:
+        """Train, register and make live one expert; a training error fails only this batch."""
+        ids = [e.edit_id for e in batch]
+        training.mark_training(self.session_factory, edit_ids=ids)
+        # Deterministic (the editor seeds its augmentation by name); run ids never repeat.
+        name = f"expert-r{run.run_id}-b{index}"
+        log.info("run %s batch %d/%d: training %s on edits %s", run.run_id, index + 1, count, name, ids)
+        try:
+            built = self.engine.build_expert(name, batch, progress=self._progress(run, tally.done))
+        except WorkerStopping:
+            raise
+        except Exception as exc:
+            log.exception("run %s batch %d failed", run.run_id, index + 1)
+            message = f"training failed: {type(exc).__name__}: {exc}"
+            tally.failed += len(ids)
+            tally.errors.append(f"batch {index + 1}: {message}")
+            training.fail_batch(
+                self.session_factory, run=run, edit_ids=ids, error=message, edits_done=tally.done
+            )
+            return
+        log.info("run %s batch %d: %s trained in %d steps (loss %.4f, %.1f s)",
+                 run.run_id, index + 1, name, built.steps, built.final_loss, built.seconds)
+        training.register_expert(
+            self.session_factory, settings=self.settings, run=run, built=built,
+            edits_done=tally.done + len(ids),
+        )
+        tally.applied += len(ids)
+        tally.experts += 1
+        self.stack.sync()  # the new expert goes live atomically, between requests
 
     def _fail_leftovers(self, run: training.StartedRun, message: str) -> None:
         """Edits of the run not yet applied or failed are marked failed (best effort)."""
+        in_flight = (EditStatus.PLANNED, EditStatus.TRAINING)
         try:
             leftover: list[int] = []
             cursor = None
             with self.session_factory() as session:
                 while True:
-                    page = store.list_edits(session, training_run_id=run.run_id, limit=store.MAX_LIMIT, cursor=cursor)
-                    leftover += [e.id for e in page.items if e.status in (EditStatus.PLANNED, EditStatus.TRAINING)]
+                    page = store.list_edits(
+                        session, training_run_id=run.run_id, limit=store.MAX_LIMIT, cursor=cursor
+                    )
+                    leftover += [e.id for e in page.items if e.status in in_flight]
                     if page.next_cursor is None:
                         break
                     cursor = page.next_cursor
             if leftover:
-                training.fail_batch(self.session_factory, run=run, edit_ids=leftover, error=message, edits_done=len(run.edits))
+                training.fail_batch(
+                    self.session_factory, run=run, edit_ids=leftover, error=message,
+                    edits_done=len(run.edits),
+                )
         except Exception:
-            log.exception("run %s: could not mark its unfinished edits failed; recovery will requeue them", run.run_id)
+            log.exception("run %s: could not mark its unfinished edits failed; "
+                          "recovery at the next start requeues them", run.run_id)
 
     def _progress(self, run: training.StartedRun, edits_done: int) -> Callable[[int, float], None]:
+        """The build's progress hook: stops on shutdown, writes progress at most every 2 s."""
         last = [0.0]
 
         def progress(step: int, loss: float) -> None:
@@ -181,7 +202,9 @@ class TrainingWorker:
             now = time.monotonic()
             if now - last[0] >= PROGRESS_WRITE_INTERVAL_S:
                 last[0] = now
-                training.record_progress(self.session_factory, run_id=run.run_id, edits_done=edits_done, current_loss=loss)
+                training.record_progress(
+                    self.session_factory, run_id=run.run_id, edits_done=edits_done, current_loss=loss
+                )
                 log.info("run %s: step %d, loss %.4f", run.run_id, step, loss)
 
         return progress
@@ -217,7 +240,8 @@ class TrainingWorker:
         connection = bind.connect()
         try:
             key = func.hashtext(func.current_schema())
-            got = connection.execute(select(func.pg_try_advisory_lock(literal(TRAINER_LOCK_CLASS), key))).scalar()
+            lock = func.pg_try_advisory_lock(literal(TRAINER_LOCK_CLASS), key)
+            got = connection.execute(select(lock)).scalar()
             connection.commit()  # the lock is session-level: it outlives the transaction
         except Exception:
             connection.close()
@@ -257,7 +281,8 @@ class TrainingWorker:
         self._wake = asyncio.Event()
         poll = min(self.settings.worker_poll_interval_s, self.settings.worker_interval_s)
         next_schedule = time.monotonic() + self.settings.worker_interval_s
-        log.info("training worker: every %.0f s when >= %d edits are pending (batches of %d, at most %d per run)",
+        log.info("training worker: every %.0f s when >= %d edits are pending "
+                 "(batches of %d, at most %d per run)",
                  self.settings.worker_interval_s, self.settings.worker_min_pending,
                  self.settings.edits_per_expert, self.settings.worker_max_batch)
         try:

@@ -232,7 +232,9 @@ def register_expert(
             },
             **common,
         )
-        store.append_audit(session, action=AuditAction.EXPERT_ACTIVATED, payload={"name": expert.name}, **common)
+        store.append_audit(
+            session, action=AuditAction.EXPERT_ACTIVATED, payload={"name": expert.name}, **common
+        )
         for edit_id in built.edit_ids:
             store.append_audit(session, action=AuditAction.EDIT_APPLIED, edit_id=edit_id, **common)
         db_run = get_run(session, run_id=run.run_id)

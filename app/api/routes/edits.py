@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 
 from app.api.deps import (
-    V1,
     DEFAULT_PAGE,
+    V1,
     ActorDep,
     CursorQuery,
     EditId,
@@ -55,9 +55,9 @@ def list_edits(
     settings: SettingsDep,
     status: Annotated[EditStatus | None, Query(description="Only edits in this status")] = None,
     subject: Annotated[str | None, Query(description="Exact subject, any case")] = None,
-    q: Annotated[str | None, Query(description="Substring of prompt, target or subject, any case")] = None,
-    created_after: Annotated[datetime | None, Query(description="Inclusive; ISO 8601, UTC if no zone")] = None,
-    created_before: Annotated[datetime | None, Query(description="Exclusive; ISO 8601, UTC if no zone")] = None,
+    q: Annotated[str | None, Query(description="Substring of prompt, target or subject")] = None,
+    created_after: Annotated[datetime | None, Query(description="Inclusive; UTC if no zone")] = None,
+    created_before: Annotated[datetime | None, Query(description="Exclusive; UTC if no zone")] = None,
     expert_id: IdFilter = None,
     training_run_id: IdFilter = None,
     limit: LimitQuery = DEFAULT_PAGE,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Query
 
@@ -13,16 +13,20 @@ from app.schemas.experts import ExpertChange, ExpertDetail, ExpertPublic, Expert
 from app.services import experts as expert_service
 from app.services.experts import ExpertChangeResult
 
+if TYPE_CHECKING:
+    from app.store import Expert
+
 router = APIRouter(prefix=f"{V1}/experts", tags=["experts"], responses=ERROR_RESPONSES)
 CONFLICT = {409: {"model": ErrorResponse, "description": "Already in that state, or its files are bad"}}
 
 
+def _detail(expert: Expert, edit_ids: list[int]) -> ExpertDetail:
+    return ExpertDetail(**ExpertPublic.model_validate(expert).model_dump(), edit_ids=edit_ids)
+
+
 def _change(result: ExpertChangeResult) -> ExpertChange:
-    detail = ExpertDetail.model_validate(
-        {**ExpertPublic.model_validate(result.expert).model_dump(), "edit_ids": result.edit_ids}
-    )
     return ExpertChange(
-        expert=detail,
+        expert=_detail(result.expert, result.edit_ids),
         changed_edit_ids=result.changed_edit_ids,
         edit_status=result.edit_status,
         active_experts=result.active_experts,
@@ -43,8 +47,9 @@ def list_experts(
 
 @router.get("/{expert_id}")
 def get_expert(*, session: SessionDep, expert_id: ExpertId) -> ExpertDetail:
+    """One expert and the edits it was trained on."""
     expert, edit_ids = expert_service.get_expert(session, expert_id=expert_id)
-    return ExpertDetail.model_validate({**ExpertPublic.model_validate(expert).model_dump(), "edit_ids": edit_ids})
+    return _detail(expert, edit_ids)
 
 
 @router.post("/{expert_id}/deactivate", responses=CONFLICT)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
-from app import store
 from app.api.deps import (
-    V1,
     DEFAULT_PAGE,
+    V1,
     ActorDep,
     CursorQuery,
     LimitQuery,
@@ -24,12 +24,15 @@ from app.schemas.common import ERROR_RESPONSES, ErrorResponse
 from app.schemas.training import TrainingRunPublic, TrainingRunsPublic
 from app.services import training as training_service
 
+if TYPE_CHECKING:
+    from app.store import TrainingRun
+
 router = APIRouter(prefix=f"{V1}/training-runs", tags=["training"], responses=ERROR_RESPONSES)
 
 
-def _public(session: Session, runs: list[store.TrainingRun]) -> list[TrainingRunPublic]:
+def _public(session: Session, runs: list[TrainingRun]) -> list[TrainingRunPublic]:
     expert_ids = training_service.expert_ids_by_run(session, run_ids=[r.id for r in runs])
-    now = store.utcnow()
+    now = datetime.now(UTC)
     out = []
     for run in runs:
         duration = None
