@@ -28,6 +28,18 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     q.set_defaults(handler=_run_quality)
 
+    g = kinds.add_parser("gate", help="how well routing queries separate paraphrases from unrelated prompts")
+    g.add_argument("--data", type=Path, required=True)
+    g.add_argument("--format", choices=["zsre", "counterfact"], required=True)
+    g.add_argument("--edits", type=int, required=True)
+    g.add_argument("--layers", type=int, nargs="*", default=[], help="route layers to compare (default: the adaptor layer)")
+    g.add_argument("--poolings", nargs="*", default=["mean", "last", "mean_last"], choices=["mean", "last", "mean_last"])
+    g.add_argument("--model", type=Path, default=None)
+    g.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
+    g.add_argument("--device", default="auto")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(handler=_run_gate)
+
 
 def _parse_overrides(pairs: list[str]) -> LemoeConfig:
     config = LemoeConfig()
@@ -61,5 +73,15 @@ def _run_quality(args: argparse.Namespace) -> int:
         planning=not args.no_planning, gate=not args.no_gate, base_only=args.base,
         model_path=args.model, cache_dir=args.cache_dir, device=args.device,
         config=_parse_overrides(args.set),
+    )
+    return main(opts, as_json=args.json)
+
+
+def _run_gate(args: argparse.Namespace) -> int:
+    from app.benchmarks.gate import GateOptions, main
+
+    opts = GateOptions(
+        data=args.data, format=args.format, edits=args.edits, layers=tuple(args.layers),
+        poolings=tuple(args.poolings), model_path=args.model, cache_dir=args.cache_dir, device=args.device,
     )
     return main(opts, as_json=args.json)

@@ -1,0 +1,74 @@
+"""Gate calibration: how well the routing query separates paraphrases from unrelated prompts.
+
+No training is needed: routing depends only on the frozen model's queries. For each setting
+(route layer, pooling) it reports, at several thresholds, the share of paraphrases whose nearest
+edit anchor is their own edit and clears the threshold, and the share of locality prompts that
+clear it against any anchor (those would reach an expert and could change).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from app.benchmarks.datasets import DataFormat, load_records
+from app.engine.model_loader import load_model
+from app.lemoe.config import LemoeConfig
+from app.lemoe.editor import LemoeEditor
+from app.lemoe.layer import decoder_layers
+
+THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    data: Path
+    format: DataFormat
+    edits: int
+    layers: tuple[int, ...] = ()
+    poolings: tuple[str, ...] = ("mean", "last", "mean_last")
+    model_path: Path | None = None
+    cache_dir: Path = Path("lemoe-data/model-cache")
+    device: str = "auto"
+
+
+def run_gate(opts: GateOptions) -> list[dict]:
+    records = load_records(opts.data, opts.format, limit=opts.edits)
+    loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
+    n_layers = len(decoder_layers(loaded.model))
+    default_layer = LemoeConfig().resolved_layer(n_layers)
+    rows = []
+    for layer in opts.layers or (default_layer,):
+        for pooling in opts.poolings:
+            # A fresh model copy per setting: probes and wrappers are installed per editor.
+            model = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device).model
+            config = replace(LemoeConfig(), layer=max(layer, default_layer), route_layer=layer, pooling=pooling)
+            editor = LemoeEditor(model, loaded.tokenizer, config, device=loaded.device)
+            norm = editor.router.normalise
+            anchors = norm(editor.queries([r.prompt for r in records]))
+            para = norm(editor.queries([r.rephrase for r in records])) @ anchors.T
+            loc = norm(editor.queries([r.loc_prompt for r in records])) @ anchors.T
+            own = para.argmax(dim=1) == torch.arange(len(records))
+            best_para, best_loc = para.max(dim=1).values, loc.max(dim=1).values
+            row = {"route_layer": layer, "pooling": pooling, "nearest_is_own": round(float(own.float().mean()), 3)}
+            for t in THRESHOLDS:
+                row[f"para@{t}"] = round(float((own & (best_para >= t)).float().mean()), 3)
+                row[f"loc@{t}"] = round(float((best_loc >= t).float().mean()), 3)
+            rows.append(row)
+            print(format_row(row), flush=True)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    cells = "  ".join(f"{t}: {row[f'para@{t}']:.3f}/{row[f'loc@{t}']:.3f}" for t in THRESHOLDS)
+    return f"layer {row['route_layer']:>2} {row['pooling']:<9} own-nearest {row['nearest_is_own']:.3f} | paraphrase routed / locality gated in at t = {cells}"
+
+
+def main(opts: GateOptions, *, as_json: bool) -> int:
+    rows = run_gate(opts)
+    if as_json:
+        print(json.dumps(rows))
+    return 0
