@@ -131,6 +131,21 @@ def test_activating_an_expert_with_a_corrupt_file_is_refused(trained):
         assert answers(client) == before["answers"]
 
 
+def test_reactivating_an_expert_whose_file_changed_after_loading_is_refused(trained):
+    settings, before = trained
+    with fresh_app(settings) as client:  # loads the active expert, then its file is damaged
+        active = next(e for e in client.get("/v1/experts").json()["items"] if e["status"] == "active")
+        assert client.post(f"/v1/experts/{active['id']}/deactivate").status_code == 200
+        weights = settings.experts_dir / active["name"] / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-8])
+
+        response = client.post(f"/v1/experts/{active['id']}/activate")
+
+        error = assert_error(response, 409, "expert_files_invalid", active["name"])
+        assert "corrupt" in error["message"]
+        assert client.get("/readyz").json()["active_experts"] == []
+
+
 # --- kill -9 during training, with the real server process ------------------------------------
 
 def _free_port() -> int:

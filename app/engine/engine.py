@@ -13,7 +13,7 @@ from app.engine.model_loader import LoadedModel, load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
 from app.lemoe.expert import ExpertEntry
-from app.lemoe.io import ExpertFileError, load_expert, save_expert
+from app.lemoe.io import ExpertFileError, load_expert, save_expert, weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,9 @@ class Engine:
             entries = []
             for spec in specs:
                 entry = self._loaded_entries.get(spec.name)
+                if entry is not None and weights_sha256(Path(spec.path)) != spec.sha256:
+                    # Loaded earlier, but the file changed since: never serve what SQL did not record.
+                    raise ExpertFileError(f"{spec.path} is corrupt: its sha256 no longer matches the record")
                 if entry is None:
                     entry = load_expert(Path(spec.path), expected_sha256=spec.sha256, device=self.loaded.device)
                     if entry.name != spec.name:

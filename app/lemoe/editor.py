@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from app.lemoe.config import LemoeConfig
 from app.lemoe.expert import ExpertEntry
 from app.lemoe.layer import decoder_layers, inject_adaptor
 from app.lemoe.planner import plan_batches
-from app.lemoe.reference import REFERENCE_PROMPTS
+from app.lemoe.reference import CONTEXT_PREFIXES, REFERENCE_PROMPTS
 from app.lemoe.routing import AnchorRouter, RouteDecision, RouteState, routing
 from app.lemoe.text import check_text, encode_pair
 from app.lemoe.trainer import ProgressFn, TrainingExample, augment, capture_queries, train_expert
@@ -74,6 +75,11 @@ class LemoeEditor:
         center = capture_queries(model, tokenizer, REFERENCE_PROMPTS, self.device).mean(dim=0)
         self.router = AnchorRouter(center, self.config.gate_threshold, self.config.supersede_margin)
         self._stack: tuple[ExpertEntry, ...] = ()
+        self._prefix_room = (
+            max(len(tokenizer(p + " ", add_special_tokens=False)["input_ids"]) for p in CONTEXT_PREFIXES)
+            if self.config.augmentations
+            else 0
+        )
         self._swap_lock = threading.Lock()
 
     # --- the stack -----------------------------------------------------------------------
@@ -108,7 +114,8 @@ class LemoeEditor:
     def validate_edit(self, prompt: str, target: str) -> None:
         """Raise ValueError for edits the model cannot learn (empty, wrong type, too long)."""
         pair = encode_pair(self.tokenizer, prompt, target, eos=self.config.train_eos)
-        total = len(pair.prompt_ids) + len(pair.target_ids)
+        # Training also sees the prompt behind a context prefix: leave room for the longest.
+        total = len(pair.prompt_ids) + len(pair.target_ids) + self._prefix_room
         if self.max_positions is not None and total > self.max_positions:
             raise ValueError(f"prompt + target is {total} tokens; the model's context is {self.max_positions}")
 
@@ -135,8 +142,6 @@ class LemoeEditor:
             raise ValueError("cannot train an expert on no edits")
         for e in edits:
             self.validate_edit(e.prompt, e.target)
-        import random
-
         rng = random.Random(f"{self.config.seed}:{name}")
         examples: list[TrainingExample] = []
         for e in edits:

@@ -46,6 +46,8 @@ def save_expert(entry: ExpertEntry, directory: Path) -> str:
 
 
 def weights_sha256(directory: Path) -> str:
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise ExpertFileError(f"expert files missing in {directory}")
     digest = hashlib.sha256()
     with (directory / WEIGHTS_FILE).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -10,6 +10,7 @@ from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
 from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.layer import LemoeMLP, decoder_layers
 from app.lemoe.routing import RouteState, routing
+from app.lemoe.text import encode_pair
 from app.lemoe.trainer import hidden_at_layer, upper_model
 
 FAST = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, gate_threshold=0.9, loss_threshold=0.05)
@@ -133,3 +134,13 @@ def test_bad_edits_raise_clear_value_errors(editor, prompt, target, message):
 def test_training_on_no_edits_raises(editor):
     with pytest.raises(ValueError, match="no edits"):
         editor.train([], name="none")
+
+
+def test_validation_leaves_room_for_the_training_prefix(tiny_model, tiny_tokenizer):
+    editor = LemoeEditor(tiny_model, tiny_tokenizer, dataclasses.replace(FAST, augmentations=1))
+    target = "Rome"
+    room = editor.max_positions - len(encode_pair(tiny_tokenizer, "x", target, eos=True).target_ids)
+    words = tiny_tokenizer.decode(tiny_tokenizer("ab " * 400)["input_ids"][: room - 1])
+    assert len(tiny_tokenizer(words)["input_ids"]) <= room  # fits without the prefix ...
+    with pytest.raises(ValueError, match="context"):
+        editor.validate_edit(words, target)  # ... but not behind one

@@ -87,3 +87,10 @@ def test_dataset_readers_accept_both_formats_and_name_bad_records(tmp_path):
     assert (rec.rephrase, rec.loc_answer) == ("R", "G")
     with pytest.raises(ValueError, match="record 0: missing"):
         load_records(zsre, "counterfact")
+
+
+def test_checksum_of_missing_weights_is_an_expert_file_error(tmp_path):
+    from app.lemoe.io import weights_sha256
+
+    with pytest.raises(ExpertFileError, match="missing"):
+        weights_sha256(tmp_path)
