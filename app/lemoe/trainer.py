@@ -36,6 +36,36 @@ class TrainResult:
     examples: int
 
 
+CHUNK = 16  # examples per forward pass during training
+
+
+@dataclass
+class _Chunk:
+    """Examples of similar length, right-padded, with the adaptor layer's inputs cached."""
+
+    cached: torch.Tensor
+    mask: torch.Tensor
+    where: torch.Tensor
+    targets: torch.Tensor
+
+    @classmethod
+    def build(cls, pairs: list, pad: int, model: nn.Module, layer: int, device: torch.device) -> _Chunk:
+        length = max(len(p.prompt_ids) + len(p.target_ids) for p in pairs)
+        ids = torch.full((len(pairs), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(pairs), length), dtype=torch.long)
+        labels = torch.full((len(pairs), length), -100, dtype=torch.long)
+        for i, p in enumerate(pairs):
+            seq = p.prompt_ids + p.target_ids
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+            # Label at position t is the token at t+1 (next-token prediction on target tokens only).
+            start = len(p.prompt_ids) - 1
+            labels[i, start : start + len(p.target_ids)] = torch.tensor(p.target_ids)
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+        where = labels != -100
+        return cls(hidden_at_layer(model, layer, ids, mask), mask, where, labels[where])
+
+
 def upper_model(model: nn.Module, start: int) -> nn.Module:
     """A view of `model` that runs decoder layers start.. only (shares weights, mutates nothing)."""
     inner = copy.copy(model.model)
@@ -93,38 +123,30 @@ def train_expert(
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     pairs = [encode_pair(tokenizer, e.prompt, e.target, eos=config.train_eos) for e in examples]
-    length = max(len(p.prompt_ids) + len(p.target_ids) for p in pairs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(pairs), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(pairs), length), dtype=torch.long)
-    labels = torch.full((len(pairs), length), -100, dtype=torch.long)
-    for i, p in enumerate(pairs):
-        seq = p.prompt_ids + p.target_ids
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-        # Label at position t is the token at t+1 (next-token prediction on target tokens only).
-        start = len(p.prompt_ids) - 1
-        labels[i, start : start + len(p.target_ids)] = torch.tensor(p.target_ids)
-    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-
-    cached = hidden_at_layer(model, layer, ids, mask)
+    # Similar lengths share a chunk, so little compute goes to padding; the loss over all chunks
+    # is the same token-weighted mean a single padded batch would give.
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + len(pairs[i].target_ids))
+    chunks = [_Chunk.build([pairs[i] for i in order[k : k + CHUNK]], pad, model, layer, device) for k in range(0, len(order), CHUNK)]
+    n_targets = sum(int(c.targets.numel()) for c in chunks)
     upper = upper_model(model, layer).model
     lm_head = model.get_output_embeddings()
-    # Logits only where a label is: the vocabulary projection dominates the step otherwise.
-    where = labels != -100
-    targets = labels[where]
     expert = Expert(hidden_size, config.expert_hidden, config.expert_kind).to(device)
     optimizer = torch.optim.Adam(expert.parameters(), lr=config.lr)
     loss_value = float("inf")
     step = 0
     with routing(RouteState(train_expert=expert)):
         for step in range(1, config.max_steps + 1):
-            hidden = upper(inputs_embeds=cached, attention_mask=mask, use_cache=False).last_hidden_state
-            loss = nn.functional.cross_entropy(lm_head(hidden[where]).float(), targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total = 0.0
+            for chunk in chunks:
+                hidden = upper(inputs_embeds=chunk.cached, attention_mask=chunk.mask, use_cache=False).last_hidden_state
+                # Logits only where a label is: the vocabulary projection dominates otherwise.
+                loss = nn.functional.cross_entropy(lm_head(hidden[chunk.where]).float(), chunk.targets, reduction="sum") / n_targets
+                loss.backward()
+                total += float(loss.detach())
             optimizer.step()
-            loss_value = float(loss.detach())
+            loss_value = total
             if progress is not None:
                 progress(step, loss_value)
             if loss_value < config.loss_threshold:
