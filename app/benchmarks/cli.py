@@ -85,3 +85,15 @@ def _run_gate(args: argparse.Namespace) -> int:
         poolings=tuple(args.poolings), model_path=args.model, cache_dir=args.cache_dir, device=args.device,
     )
     return main(opts, as_json=args.json)
+
+
+def script_main(kind: str) -> int:
+    """Entry point of the scripts in bench/: `python bench/<kind>.py ARGS` == `lemoe bench <kind> ARGS`."""
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog=f"bench/{kind}.py")
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", kind, *sys.argv[1:]])
+    return args.handler(args)

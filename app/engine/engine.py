@@ -11,7 +11,8 @@ from pathlib import Path
 
 from app.engine.model_loader import LoadedModel, load_model
 from app.lemoe.config import LemoeConfig
-from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
+from app.lemoe.editor import Edit, LemoeEditor
+from app.lemoe.editor import SamplingParams as GenerationParams
 from app.lemoe.expert import ExpertEntry
 from app.lemoe.io import ExpertFileError, load_expert, save_expert, weights_sha256
 
@@ -26,15 +27,6 @@ class EngineEdit:
     prompt: str
     target: str
     rephrases: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,7 +104,7 @@ class Engine:
 
     def warm_up(self) -> None:
         """The first generate in a process is slow; pay it at start-up, not on a user's request."""
-        self.editor.generate(["Hello"], SamplingParams(max_new_tokens=2), stack=())
+        self.editor.generate(["Hello"], GenerationParams(max_new_tokens=2), stack=())
 
     # --- validation (raises ValueError with a message fit for a 4xx) ---------------------
     def validate_edit(self, prompt: str, target: str) -> None:
@@ -123,9 +115,8 @@ class Engine:
 
     # --- serving -----------------------------------------------------------------------------
     def generate(self, prompt: str, params: GenerationParams = GenerationParams()) -> GenerationResult:
-        sampling = SamplingParams(params.max_new_tokens, params.do_sample, params.temperature, params.top_p, params.top_k)
         stack = self.editor.stack  # one snapshot for the whole request
-        [g] = self.editor.generate([prompt], sampling, stack=stack)
+        [g] = self.editor.generate([prompt], params, stack=stack)
         return GenerationResult(
             prompt=prompt,
             text=g.text,
