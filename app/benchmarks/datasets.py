@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+log = logging.getLogger(__name__)
 
 DataFormat = Literal["zsre", "counterfact"]
 
@@ -45,13 +48,17 @@ def load_records(path: Path, fmt: DataFormat, limit: int | None = None) -> list[
         raise ValueError(f"{path}: expected a JSON list of records")
     fields = _FIELDS[fmt]
     records = []
-    for i, raw in enumerate(data[:limit] if limit else data):
+    for i, raw in enumerate(data):
+        if limit is not None and len(records) == limit:
+            break
         missing = [src for src in fields.values() if src not in raw]
         if missing:
             raise ValueError(f"{path} record {i}: missing {missing} for format {fmt!r}")
         values = {ours: _text(raw[src]) for ours, src in fields.items()}
         empty = [k for k, v in values.items() if not v]
         if empty:
-            raise ValueError(f"{path} record {i}: empty {empty}")
+            # A record with nothing to teach or score cannot be an edit; the next one takes its place.
+            log.warning("%s record %d: empty %s, skipped", path, i, empty)
+            continue
         records.append(BenchRecord(**values, subject=raw.get("subject")))
     return records

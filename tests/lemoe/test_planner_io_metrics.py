@@ -94,3 +94,10 @@ def test_checksum_of_missing_weights_is_an_expert_file_error(tmp_path):
 
     with pytest.raises(ExpertFileError, match="missing"):
         weights_sha256(tmp_path)
+
+
+def test_dataset_reader_skips_records_with_nothing_to_teach(tmp_path):
+    rows = [{"src": f"Q{i}?", "alt": "" if i == 1 else "A", "rephrase": "R", "loc": "L", "loc_ans": "B"} for i in range(4)]
+    path = tmp_path / "z.json"
+    path.write_text(json.dumps(rows))
+    assert [r.prompt for r in load_records(path, "zsre", limit=3)] == ["Q0?", "Q2?", "Q3?"]
