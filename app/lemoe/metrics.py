@@ -43,15 +43,19 @@ def locality_scores(editor: LemoeEditor, prompts: Sequence[str], answers: Sequen
     )
 
 
-def exact_match(editor: LemoeEditor, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 16, **kw) -> list[float]:
+def exact_match(editor: LemoeEditor, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 32, **kw) -> list[float]:
     """1.0 where greedy generation of the target's length reproduces the target exactly."""
-    scores: list[float] = []
-    for i in range(0, len(prompts), batch_size):
-        chunk_p, chunk_t = prompts[i:i + batch_size], targets[i:i + batch_size]
-        n_tokens = max(len(encode_pair(editor.tokenizer, p, t).target_ids) for p, t in zip(chunk_p, chunk_t))
-        gens = editor.generate(chunk_p, SamplingParams(max_new_tokens=n_tokens), **kw)
-        for g, t in zip(gens, chunk_t, strict=True):
-            scores.append(float(g.text.strip().startswith(t.strip()) and _whole(g.text.strip(), t.strip())))
+    lengths = [len(encode_pair(editor.tokenizer, p, t).target_ids) for p, t in zip(prompts, targets, strict=True)]
+    # Batches of similar target length: each batch generates only as long as its longest target.
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    scores = [0.0] * len(prompts)
+    for k in range(0, len(order), batch_size):
+        chunk = order[k:k + batch_size]
+        params = SamplingParams(max_new_tokens=max(lengths[i] for i in chunk))
+        gens = editor.generate([prompts[i] for i in chunk], params, **kw)
+        for i, g in zip(chunk, gens, strict=True):
+            text, target = g.text.strip(), targets[i].strip()
+            scores[i] = float(text.startswith(target) and _whole(text, target))
     return scores
 
 

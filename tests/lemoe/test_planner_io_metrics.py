@@ -101,3 +101,28 @@ def test_dataset_reader_skips_records_with_nothing_to_teach(tmp_path):
     path = tmp_path / "z.json"
     path.write_text(json.dumps(rows))
     assert [r.prompt for r in load_records(path, "zsre", limit=3)] == ["Q0?", "Q2?", "Q3?"]
+
+
+def test_exact_match_scores_each_prompt_in_its_own_order(tiny_model, tiny_tokenizer):
+    from app.lemoe.config import LemoeConfig
+    from app.lemoe.editor import LemoeEditor, SamplingParams
+    from app.lemoe.metrics import exact_match
+
+    editor = LemoeEditor(tiny_model, tiny_tokenizer, LemoeConfig(layer=2))
+    prompts = ["The capital of France is", "Who wrote the novel?", "The quick brown fox", "Answer the question"]
+    greedy = [g.text for g in editor.generate(prompts, SamplingParams(max_new_tokens=1), stack=())]
+    # One-token targets the model produces, and long ones it cannot: sorting by length must not
+    # mix up whose score is whose.
+    targets = [greedy[0], "zzzz zzzz zzzz", greedy[2], "qqq qqq"]
+    one_by_one = exact_match(editor, prompts, targets, batch_size=1, stack=())
+    batched = exact_match(editor, prompts, targets, batch_size=3, stack=())
+    assert batched == one_by_one
+    assert batched[1] == batched[3] == 0.0
+    assert 1.0 in batched  # so a mix-up of whose score is whose would show
+
+
+def test_exact_match_needs_the_whole_word():
+    from app.lemoe.metrics import _whole
+
+    assert _whole("Paris, France", "Paris") and _whole("Paris", "Paris")
+    assert not _whole("Parisian", "Paris")
