@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from app.benchmarks.datasets import BenchRecord, DataFormat, load_records
@@ -83,11 +84,11 @@ def run_quality(opts: QualityOptions) -> dict:
     config = opts.config if opts.gate else replace(opts.config, gate_threshold=-2.0)
     editor = LemoeEditor(loaded.model, loaded.tokenizer, config, device=loaded.device)
     owner: dict[str, str] = {}
-    train_s = 0.0
+    train_s = train_cpu_s = 0.0
     experts = 0
     if not opts.base_only:
         edits = [Edit(str(i), r.prompt, r.target) for i, r in enumerate(records)]
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         batches = editor.plan(edits, batch_size=opts.batch_size, planning=opts.planning)
         bar = tqdm(total=len(edits), desc="training", unit="edit", file=sys.stderr, dynamic_ncols=True)
         for k, batch in enumerate(batches):
@@ -98,6 +99,7 @@ def run_quality(opts: QualityOptions) -> dict:
             bar.update(len(batch))
         bar.close()
         train_s = time.perf_counter() - started
+        train_cpu_s = time.process_time() - cpu_started
         experts = len(batches)
     log.info("evaluating %d records", len(records))
     scores = evaluate(editor, records, owner)
@@ -106,6 +108,9 @@ def run_quality(opts: QualityOptions) -> dict:
         "experts": experts, "batch_size": opts.batch_size, "planning": opts.planning, "gate": opts.gate,
         **{k: v for k, v in scores.items()},
         "train_s": round(train_s, 1), "s_per_edit": round(train_s / len(records), 3) if experts else 0.0,
+        # CPU seconds of this process: unlike wall time, not inflated by other jobs on the machine.
+        "train_cpu_s": round(train_cpu_s, 1), "cpu_s_per_edit": round(train_cpu_s / len(records), 3) if experts else 0.0,
+        "torch_threads": torch.get_num_threads(),
         "config": asdict(config),
     }
 
@@ -118,6 +123,7 @@ def format_table(result: dict) -> str:
         ("Gen exact (greedy)", result["gen_exact"]), ("routed to own expert: edit", result["rel_routed_right"]),
         ("routed to own expert: paraphrase", result["gen_routed_right"]), ("locality prompts gated in", result["loc_fired"]),
         ("training seconds", result["train_s"]), ("seconds per edit", result["s_per_edit"]),
+        ("training CPU seconds per edit", result["cpu_s_per_edit"]), ("torch threads", result["torch_threads"]),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{result['model']} on {Path(result['data']).name} ({result['format']}), planning={result['planning']}, gate={result['gate']}"]
