@@ -33,7 +33,7 @@ def add_bench_parser(subparsers) -> None:
     g.add_argument("--format", choices=["zsre", "counterfact"], required=True)
     g.add_argument("--edits", type=int, required=True)
     g.add_argument("--layers", type=int, nargs="*", default=[], help="route layers to compare (default: the adaptor layer)")
-    g.add_argument("--poolings", nargs="*", default=["mean", "last", "mean_last"], choices=["mean", "last", "mean_last"])
+    g.add_argument("--poolings", nargs="*", default=["mean", "last", "mean_last"], choices=["mean", "last", "mean_last", "subject"])
     g.add_argument("--model", type=Path, default=None)
     g.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
     g.add_argument("--device", default="auto")
