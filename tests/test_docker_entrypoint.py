@@ -319,16 +319,25 @@ def test_wait_for_db_succeeds_once_postgres_comes_up(fake_env):
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
-    assert proc.poll() is None, "gave up or succeeded before the database existed"
+    # Bring the database up only once the helper has reported a failed attempt (a fixed sleep
+    # raced with a slow interpreter start on a loaded machine).
+    seen = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if "not reachable yet" in line or not line:
+            break
+    assert proc.poll() is None, f"gave up or succeeded before the database existed: {seen}"
     server = _Forwarder(("127.0.0.1", port), _forward_to((target.host, target.port or 5432)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        _, stderr = proc.communicate(timeout=30)
+        _, rest = proc.communicate(timeout=30)
     finally:
         server.shutdown()
         server.server_close()
+    stderr = "".join(seen) + rest
 
     assert proc.returncode == 0, stderr
     assert "not reachable yet" in stderr and "is reachable" in stderr
