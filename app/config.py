@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     # Editor (see app/lemoe/config.py for the meaning of each).
     adaptor_layer: int | None = None  # None: the editor's default for the model's depth
     gate_threshold: float | None = None  # None: the editor's calibrated default
+    # Edits that name a subject fire only where it is mentioned; False: sentence keys only.
+    subject_keys: bool | None = None
+    subject_threshold: float | None = None  # None: the editor's calibrated default
     edits_per_expert: int = Field(default=16, ge=1, le=256)
     planning: bool = True
     # Training knobs for tests and experiments; None: the editor's default (app/lemoe/config.py).

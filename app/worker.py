@@ -104,7 +104,7 @@ class TrainingWorker:
                  run.run_id, run.trigger.value, run.actor, len(run.edits))
         tally = _Tally()
         try:
-            edits = [EngineEdit(e.edit_id, e.prompt, e.target, e.rephrases) for e in run.edits]
+            edits = [EngineEdit(e.edit_id, e.prompt, e.target, e.rephrases, e.subject) for e in run.edits]
             batches = self.engine.plan(
                 edits, batch_size=self.settings.edits_per_expert, planning=self.settings.planning
             ) if edits else []

@@ -19,6 +19,7 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--batch-size", type=int, default=16, help="edits per expert")
     q.add_argument("--no-planning", action="store_true", help="arrival order instead of clustering")
     q.add_argument("--no-gate", action="store_true", help="always route to the nearest expert")
+    q.add_argument("--no-subject-keys", action="store_true", help="route by sentence keys only (ignore the records' subjects)")
     q.add_argument("--base", action="store_true", help="score the unedited model only")
     q.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
     q.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
@@ -74,6 +75,8 @@ def _run_quality(args: argparse.Namespace) -> int:
         model_path=args.model, cache_dir=args.cache_dir, device=args.device,
         config=_parse_overrides(args.set),
     )
+    if args.no_subject_keys:
+        opts = replace(opts, config=replace(opts.config, subject_keys=False))
     return main(opts, as_json=args.json)
 
 

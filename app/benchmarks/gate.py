@@ -17,9 +17,9 @@ import torch
 from app.benchmarks.datasets import DataFormat, load_records
 from app.engine.model_loader import load_model
 from app.lemoe.config import LemoeConfig
-from app.lemoe.editor import LemoeEditor
+from app.lemoe.editor import Edit, LemoeEditor
 from app.lemoe.layer import decoder_layers
-from app.lemoe.reference import REFERENCE_PROMPTS
+from app.lemoe.trainer import capture_token_states
 
 THRESHOLDS = (0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 
@@ -48,7 +48,7 @@ def run_gate(opts: GateOptions) -> list[dict]:
         for pooling in [p for p in opts.poolings if p != "subject"]:
             # A fresh model copy per setting: probes and wrappers are installed per editor.
             model = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device).model
-            config = replace(LemoeConfig(), layer=max(layer, default_layer), route_layer=layer, pooling=pooling)
+            config = replace(LemoeConfig(), layer=max(layer, default_layer), route_layer=layer, pooling=pooling, subject_keys=False)
             editor = LemoeEditor(model, loaded.tokenizer, config, device=loaded.device)
             norm = editor.router.normalise
             anchors = norm(editor.queries([r.prompt for r in records]))
@@ -67,46 +67,27 @@ def run_gate(opts: GateOptions) -> list[dict]:
 
 @torch.no_grad()
 def run_subject_keys(opts: GateOptions, layers: tuple[int, ...]) -> list[dict]:
-    """The alternative keys measured for CounterFact's near neighbours (not a routing mode yet):
-    the anchor is the edit prompt's hidden state at its subject's last token, the score of a
-    prompt is the best over its tokens (the first excluded: it carries no context), and every
-    dimension is standardised on reference-prompt tokens (a few dimensions carry massive
-    activations that make raw cosines ~1 between unrelated tokens)."""
+    """Subject keys (the serving code's `SubjectKeys`): the anchor is the edit prompt's state at
+    its subject's last token on the input of `layer`, a prompt's score its best token's."""
     records = [r for r in load_records(opts.data, opts.format, limit=opts.edits) if r.subject]
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
-    tok, model = loaded.tokenizer, loaded.model
-
-    def states(texts: list[str], layer: int) -> list[torch.Tensor]:
-        out = []
-        for text in texts:
-            enc = tok(text, return_tensors="pt").to(loaded.device)
-            out.append(model(**enc, output_hidden_states=True).hidden_states[layer][0].float())
-        return out
-
-    def last_subject_token(prompt: str, subject: str) -> int | None:
-        start = prompt.lower().find(subject.lower())
-        if start < 0:
-            return None
-        end = start + len(subject)
-        spans = tok(prompt, return_offsets_mapping=True)["offset_mapping"]
-        hits = [k for k, (a, b) in enumerate(spans) if a < end and b > start]
-        return hits[-1] if hits and hits[-1] > 0 else None
-
-    index = [last_subject_token(r.prompt, r.subject) for r in records]
-    keep = [i for i, k in enumerate(index) if k is not None]
+    default_layer = LemoeConfig().resolved_layer(len(decoder_layers(loaded.model)))
     rows = []
     for layer in layers:
-        ref = torch.cat([h[1:] for h in states(list(REFERENCE_PROMPTS), layer)])
-        mu, sd = ref.mean(0), ref.std(0) + 1e-3
+        model = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device).model
+        config = replace(LemoeConfig(), layer=max(layer, default_layer), subject_layer=layer)
+        editor = LemoeEditor(model, loaded.tokenizer, config, device=loaded.device)
+        keys = editor.subject_anchors([Edit(str(i), r.prompt, r.target, subject=r.subject) for i, r in enumerate(records)])
+        keep = ~torch.isnan(keys).any(dim=1)  # a subject on the prompt's first token has no key
+        keys = keys[keep]
+        kept = [r for r, k in zip(records, keep.tolist(), strict=True) if k]
 
-        def norm(x: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.normalize((x - mu) / sd, dim=-1)
+        def best_scores(texts: list[str]) -> torch.Tensor:
+            states = capture_token_states(editor.model, editor.tokenizer, texts, layer, editor.device)
+            return torch.cat([editor.router.subject.scores(h[None], None, keys)[1] for h in states])
 
-        prompts = states([records[i].prompt for i in keep], layer)
-        anchors = torch.stack([norm(h[index[i]]) for h, i in zip(prompts, keep)])
-        para = torch.stack([(norm(h[1:]) @ anchors.T).max(0).values for h in states([records[i].rephrase for i in keep], layer)])
-        loc = torch.stack([(norm(h[1:]) @ anchors.T).max(0).values for h in states([records[i].loc_prompt for i in keep], layer)])
-        own = para.argmax(dim=1) == torch.arange(len(keep))
+        para, loc = best_scores([r.rephrase for r in kept]), best_scores([r.loc_prompt for r in kept])
+        own = para.argmax(dim=1) == torch.arange(len(kept), device=para.device)
         best_para, best_loc = para.max(dim=1).values, loc.max(dim=1).values
         row = {"route_layer": layer, "pooling": "subject", "nearest_is_own": round(float(own.float().mean()), 3)}
         for t in THRESHOLDS:

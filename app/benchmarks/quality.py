@@ -81,13 +81,13 @@ def run_quality(opts: QualityOptions) -> dict:
     if len(records) < opts.edits:
         raise ValueError(f"{opts.data} has {len(records)} records; --edits {opts.edits} asked for more")
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
-    config = opts.config if opts.gate else replace(opts.config, gate_threshold=-2.0)
+    config = opts.config if opts.gate else replace(opts.config, gate_threshold=-2.0, subject_threshold=-2.0)
     editor = LemoeEditor(loaded.model, loaded.tokenizer, config, device=loaded.device)
     owner: dict[str, str] = {}
     train_s = train_cpu_s = 0.0
-    experts = 0
+    experts = keyed = 0
     if not opts.base_only:
-        edits = [Edit(str(i), r.prompt, r.target) for i, r in enumerate(records)]
+        edits = [Edit(str(i), r.prompt, r.target, subject=r.subject) for i, r in enumerate(records)]
         started, cpu_started = time.perf_counter(), time.process_time()
         batches = editor.plan(edits, batch_size=opts.batch_size, planning=opts.planning)
         bar = tqdm(total=len(edits), desc="training", unit="edit", file=sys.stderr, dynamic_ncols=True)
@@ -95,6 +95,7 @@ def run_quality(opts: QualityOptions) -> dict:
             name = f"expert-{k:04d}"
             trained = editor.train(batch, name=name, progress=lambda s, loss: bar.set_postfix(expert=k, step=s, loss=f"{loss:.3f}"))
             editor.add_expert(trained.entry)
+            keyed += int(trained.meta.get("subject_keyed_edits", 0))
             owner.update({e.edit_id: name for e in batch})
             bar.update(len(batch))
         bar.close()
@@ -105,7 +106,7 @@ def run_quality(opts: QualityOptions) -> dict:
     scores = evaluate(editor, records, owner)
     return {
         "data": str(opts.data), "format": opts.format, "model": loaded.name, "edits": len(records),
-        "experts": experts, "batch_size": opts.batch_size, "planning": opts.planning, "gate": opts.gate,
+        "experts": experts, "subject_keyed_edits": keyed, "batch_size": opts.batch_size, "planning": opts.planning, "gate": opts.gate,
         **{k: v for k, v in scores.items()},
         "train_s": round(train_s, 1), "s_per_edit": round(train_s / len(records), 3) if experts else 0.0,
         # CPU seconds of this process: unlike wall time, not inflated by other jobs on the machine.
@@ -118,6 +119,7 @@ def run_quality(opts: QualityOptions) -> dict:
 def format_table(result: dict) -> str:
     rows = [
         ("edits (T)", result["edits"]), ("experts", result["experts"]),
+        ("edits with a subject key", result["subject_keyed_edits"]),
         ("Rel (teacher-forced)", result["rel"]), ("Gen (teacher-forced)", result["gen"]),
         ("Loc (teacher-forced)", result["loc"]), ("Rel exact (greedy)", result["rel_exact"]),
         ("Gen exact (greedy)", result["gen_exact"]), ("routed to own expert: edit", result["rel_routed_right"]),

@@ -27,6 +27,7 @@ class EngineEdit:
     prompt: str
     target: str
     rephrases: tuple[str, ...] = ()
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class Engine:
             overrides["layer"] = settings.adaptor_layer
         if settings.gate_threshold is not None:
             overrides["gate_threshold"] = settings.gate_threshold
+        for setting, key in (("subject_keys", "subject_keys"), ("subject_threshold", "subject_threshold")):
+            if getattr(settings, setting, None) is not None:
+                overrides[key] = getattr(settings, setting)
         # Training knobs (tests, experiments); None keeps the editor's default.
         for setting, key in (
             ("train_max_steps", "max_steps"),
@@ -109,6 +113,9 @@ class Engine:
     # --- validation (raises ValueError with a message fit for a 4xx) ---------------------
     def validate_edit(self, prompt: str, target: str) -> None:
         self.editor.validate_edit(prompt, target)
+
+    def validate_subject(self, prompt: str, subject: str) -> None:
+        self.editor.validate_subject(prompt, subject)
 
     def validate_prompt(self, prompt: str, max_new_tokens: int) -> None:
         self.editor.validate_prompt(prompt, max_new_tokens)
@@ -168,7 +175,7 @@ class Engine:
 
     @staticmethod
     def _to_edit(e: EngineEdit) -> Edit:
-        return Edit(str(e.edit_id), e.prompt, e.target, tuple(e.rephrases))
+        return Edit(str(e.edit_id), e.prompt, e.target, tuple(e.rephrases), e.subject)
 
 
 __all__ = [

@@ -22,6 +22,13 @@ class LemoeConfig:
     gate_threshold: float = 0.55
     # Anchors this close to the best one count as the same fact: the newest expert wins.
     supersede_margin: float = 0.02
+    # Subject keys, for edits that name their subject: such an edit fires only for prompts whose
+    # tokens match the subject's (standardised cosine >= subject_threshold) on the input of
+    # `subject_layer` (None: 20% of the depth, 6 of 30 for SmolLM2). Sentence keys alone let
+    # near neighbours ("the CEO of Beta" beside an edit of "the CEO of Acme") through the gate.
+    subject_keys: bool = True
+    subject_layer: int | None = None
+    subject_threshold: float = 0.75
     lr: float = 5e-2
     max_steps: int = 25
     loss_threshold: float = 0.05
@@ -42,6 +49,14 @@ class LemoeConfig:
         if not 0 <= route <= layer:
             raise ValueError(f"route layer {route} must be between 0 and the adaptor layer {layer}")
         return route
+
+    def resolved_subject_layer(self, num_layers: int) -> int:
+        route = self.resolved_route_layer(num_layers)
+        layer = min(round(num_layers * 0.2), route) if self.subject_layer is None else self.subject_layer
+        # The route is decided at the route layer, so the subject states must exist by then.
+        if not 0 <= layer <= route:
+            raise ValueError(f"subject layer {layer} must be between 0 and the route layer {route}")
+        return layer
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,9 +16,9 @@ from app.lemoe.expert import ExpertEntry
 from app.lemoe.layer import decoder_layers, inject_adaptor
 from app.lemoe.planner import plan_batches
 from app.lemoe.reference import CONTEXT_PREFIXES, REFERENCE_PROMPTS
-from app.lemoe.routing import AnchorRouter, RouteDecision, RouteState, routing
-from app.lemoe.text import check_text, encode_pair
-from app.lemoe.trainer import ProgressFn, TrainingExample, augment, capture_queries, train_expert
+from app.lemoe.routing import AnchorRouter, RouteDecision, RouteState, SubjectKeys, routing
+from app.lemoe.text import check_text, encode_pair, subject_token_index
+from app.lemoe.trainer import ProgressFn, TrainingExample, augment, capture_queries, capture_token_states, train_expert
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Edit:
     prompt: str
     target: str
     rephrases: tuple[str, ...] = ()
+    subject: str | None = None  # named in the prompt: the edit then fires only where it is mentioned
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,13 @@ class LemoeEditor:
         self.route_layer = self.config.resolved_route_layer(n_layers)
         self.hidden_size = model.config.hidden_size
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.subject_layer = self.config.resolved_subject_layer(n_layers) if self.config.subject_keys else None
         model.requires_grad_(False)
-        inject_adaptor(model, self.layer, self.route_layer, self.config.pooling)
+        inject_adaptor(model, self.layer, self.route_layer, self.config.pooling, self.subject_layer)
         center = capture_queries(model, tokenizer, REFERENCE_PROMPTS, self.device).mean(dim=0)
-        self.router = AnchorRouter(center, self.config.gate_threshold, self.config.supersede_margin)
+        self.router = AnchorRouter(
+            center, self.config.gate_threshold, self.config.supersede_margin, self._subject_keys()
+        )
         self._stack: tuple[ExpertEntry, ...] = ()
         self._prefix_room = (
             max(len(tokenizer(p + " ", add_special_tokens=False)["input_ids"]) for p in CONTEXT_PREFIXES)
@@ -81,6 +85,14 @@ class LemoeEditor:
             else 0
         )
         self._swap_lock = threading.Lock()
+
+    def _subject_keys(self) -> SubjectKeys | None:
+        """Standardisation of subject-layer tokens, measured on the reference prompts."""
+        if self.subject_layer is None:
+            return None
+        states = capture_token_states(self.model, self.tokenizer, REFERENCE_PROMPTS, self.subject_layer, self.device)
+        tokens = torch.cat([h[1:] for h in states])  # first tokens excluded, as when matching
+        return SubjectKeys(tokens.mean(0), tokens.std(0) + 1e-3, self.config.subject_threshold)
 
     # --- the stack -----------------------------------------------------------------------
     @property
@@ -91,9 +103,14 @@ class LemoeEditor:
         with self._swap_lock:
             if any(e.name == entry.name for e in self._stack):
                 raise ValueError(f"expert {entry.name!r} is already in the stack")
-            entry.module.to(self.device).eval().requires_grad_(False)
-            entry.anchors = entry.anchors.to(self.device)
+            self._to_device(entry)
             self._stack = self._stack + (entry,)
+
+    def _to_device(self, entry: ExpertEntry) -> None:
+        entry.module.to(self.device).eval().requires_grad_(False)
+        entry.anchors = entry.anchors.to(self.device)
+        if entry.subject_anchors is not None:
+            entry.subject_anchors = entry.subject_anchors.to(self.device)
 
     def remove_expert(self, name: str) -> ExpertEntry:
         with self._swap_lock:
@@ -105,8 +122,7 @@ class LemoeEditor:
 
     def set_stack(self, entries: Sequence[ExpertEntry]) -> None:
         for e in entries:
-            e.module.to(self.device).eval().requires_grad_(False)
-            e.anchors = e.anchors.to(self.device)
+            self._to_device(e)
         with self._swap_lock:
             self._stack = tuple(entries)
 
@@ -118,6 +134,15 @@ class LemoeEditor:
         total = len(pair.prompt_ids) + len(pair.target_ids) + self._prefix_room
         if self.max_positions is not None and total > self.max_positions:
             raise ValueError(f"prompt + target is {total} tokens; the model's context is {self.max_positions}")
+
+    def validate_subject(self, prompt: str, subject: str) -> None:
+        """A subject keys routing, so it must be in the prompt (any case)."""
+        check_text("subject", subject)
+        if subject.strip().lower() not in prompt.lower():
+            raise ValueError(
+                f"{subject!r} does not appear in the prompt; the subject decides which prompts the "
+                "edit fires on, so it must be named there (leave it out to route by the wording alone)"
+            )
 
     def validate_prompt(self, prompt: str, max_new_tokens: int = 0) -> None:
         check_text("prompt", prompt)
@@ -153,10 +178,32 @@ class LemoeEditor:
         anchor_prompts = [e.prompt for e in edits] + [r for e in edits for r in e.rephrases]
         anchor_ids = [e.edit_id for e in edits] + [e.edit_id for e in edits for _ in e.rephrases]
         anchors = self.queries(anchor_prompts)
+        subject_anchors = self.subject_anchors(edits)
         meta = {"layer": self.layer, "route_layer": self.route_layer, "steps": result.steps,
                 "final_loss": result.final_loss, "examples": result.examples}
-        entry = ExpertEntry(name=name, module=result.expert, anchors=anchors, edit_ids=anchor_ids, meta=meta)
+        if subject_anchors is not None:
+            meta["subject_layer"] = self.subject_layer
+            meta["subject_keyed_edits"] = int((~torch.isnan(subject_anchors[: len(edits)]).any(dim=1)).sum())
+        entry = ExpertEntry(name=name, module=result.expert, anchors=anchors, edit_ids=anchor_ids, meta=meta,
+                            subject_anchors=subject_anchors)
         return TrainedExpert(entry, result.steps, result.final_loss, result.seconds, meta)
+
+    def subject_anchors(self, edits: Sequence[Edit]) -> torch.Tensor | None:
+        """Subject keys in anchor order (each edit, then its rephrases, which share the edit's).
+
+        A NaN row: the edit names no subject, or its prompt does not contain it; that edit is
+        routed by its sentence key alone. None when subject keys are off.
+        """
+        if self.subject_layer is None:
+            return None
+        positions = [subject_token_index(self.tokenizer, e.prompt, e.subject) for e in edits]
+        keyed = [i for i, pos in enumerate(positions) if pos is not None]
+        keys = torch.full((len(edits), self.hidden_size), float("nan"), device=self.device)
+        states = capture_token_states(self.model, self.tokenizer, [edits[i].prompt for i in keyed], self.subject_layer, self.device)
+        for i, h in zip(keyed, states, strict=True):
+            keys[i] = h[positions[i]]
+        rephrase_keys = [keys[i] for i, e in enumerate(edits) for _ in e.rephrases]
+        return torch.cat([keys, torch.stack(rephrase_keys)]) if rephrase_keys else keys
 
     # --- inference -------------------------------------------------------------------------
     def route_state(self, query_mask: torch.Tensor, *, stack: Sequence[ExpertEntry] | None, forced: Sequence[int | None] | None = None) -> RouteState:

@@ -36,6 +36,8 @@ class ExpertEntry:
     anchors: torch.Tensor  # (n_edits, d): raw query vectors of the edits it learned
     edit_ids: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    # (n_edits, d) subject-layer states at each anchor's subject; a NaN row: no subject key.
+    subject_anchors: torch.Tensor | None = None
 
     @property
     def key(self) -> torch.Tensor:

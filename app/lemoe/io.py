@@ -28,6 +28,8 @@ def save_expert(entry: ExpertEntry, directory: Path) -> str:
         "up.weight": module.up.weight.detach().cpu().contiguous(),
         "anchors": entry.anchors.detach().cpu().float().contiguous(),
     }
+    if entry.subject_anchors is not None:
+        tensors["subject_anchors"] = entry.subject_anchors.detach().cpu().float().contiguous()
     config = {
         "name": entry.name,
         "kind": module.kind,
@@ -76,10 +78,14 @@ def load_expert(
     except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
         raise ExpertFileError(f"cannot load expert from {directory}: {exc}") from exc
     module.to(device).eval().requires_grad_(False)
+    subject_anchors = tensors.get("subject_anchors")
+    if subject_anchors is not None and subject_anchors.shape[0] != tensors["anchors"].shape[0]:
+        raise ExpertFileError(f"cannot load expert from {directory}: subject keys do not match its anchors")
     return ExpertEntry(
         name=config["name"],
         module=module,
         anchors=tensors["anchors"].to(device),
         edit_ids=list(config.get("edit_ids", [])),
         meta=dict(config.get("meta", {})),
+        subject_anchors=None if subject_anchors is None else subject_anchors.to(device),
     )

@@ -21,6 +21,7 @@ class RouteDecision:
     expert_name: str | None
     score: float | None  # centred cosine to the nearest anchor (None with an empty stack)
     nearest_edit_id: str | None
+    subject_score: float | None = None  # the chosen anchor's subject match, if it has a subject key
 
 
 @dataclass
@@ -39,6 +40,7 @@ class RouteState:
     capture_only: bool = False
     forced: Sequence[int | None] | None = None  # bypass routing: expert index per row
     queries: torch.Tensor | None = None
+    subject_states: torch.Tensor | None = None  # (B, T, d) input of the subject layer, at prefill
     decisions: list[RouteDecision] | None = None
     groups: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
@@ -78,17 +80,65 @@ def pool(x: torch.Tensor, mask: torch.Tensor | None, how: Pooling) -> torch.Tens
     return torch.cat([mean, last], dim=-1)
 
 
+class SubjectKeys:
+    """Token-level subject matching: does a prompt mention an edit's subject?
+
+    An anchor is the edit prompt's hidden state at its subject's last token; a prompt's score is
+    the best cosine over its tokens (its first token excluded: it carries no context). Every
+    dimension is standardised on reference-prompt tokens first: a few dimensions carry massive
+    activations that make raw cosines ~1 between unrelated tokens.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, threshold: float) -> None:
+        self.mean = mean
+        self.std = std
+        self.threshold = threshold
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
+        return torch.nn.functional.normalize(z, dim=-1)
+
+    def scores(self, states: torch.Tensor, mask: torch.Tensor | None, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(which anchors have a subject key (n,), best token cosine per prompt and anchor (B, n)).
+
+        `anchors` rows of NaN mean "no subject key"; those score -2 (never a match).
+        """
+        keyed = ~torch.isnan(anchors).any(dim=1)
+        a = self.normalise(torch.nan_to_num(anchors.to(states.device)))
+        sims = torch.einsum("btd,nd->btn", self.normalise(states), a)
+        valid = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool().clone()
+        first = valid.long().argmax(dim=1)
+        valid[torch.arange(valid.shape[0], device=valid.device), first] = False
+        best = sims.masked_fill(~valid.unsqueeze(-1), -2.0).max(dim=1).values
+        return keyed, best.masked_fill(~keyed.to(best.device), -2.0)
+
+
+def subject_anchor_matrix(stack: Sequence[ExpertEntry], dim: int) -> torch.Tensor:
+    """Every anchor's subject key in stack order (NaN rows where there is none)."""
+    rows = []
+    for e in stack:
+        if e.subject_anchors is None:
+            rows.append(torch.full((len(e.anchors), dim), float("nan"), device=e.anchors.device))
+        else:
+            rows.append(e.subject_anchors.float())
+    return torch.cat(rows)
+
+
 class AnchorRouter:
     """Routes a query to the expert owning the most similar anchor, behind a locality gate.
 
     Similarity is cosine after subtracting `center` (the mean query of reference prompts):
     raw hidden states are anisotropic, so uncentred cosines sit near 0.8-0.9 for everything.
+    An anchor may fire when its sentence similarity clears `threshold`, or, for an anchor with a
+    subject key, when the prompt mentions that subject (`subject`); among the anchors that may
+    fire the most similar sentence wins.
     """
 
-    def __init__(self, center: torch.Tensor, threshold: float, supersede_margin: float) -> None:
+    def __init__(self, center: torch.Tensor, threshold: float, supersede_margin: float, subject: SubjectKeys | None = None) -> None:
         self.center = center
         self.threshold = threshold
         self.supersede_margin = supersede_margin
+        self.subject = subject
 
     def normalise(self, q: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(q.float() - self.center.to(q.device), dim=-1)
@@ -98,26 +148,43 @@ class AnchorRouter:
         anchors = torch.cat([e.anchors for e in stack]).to(queries.device)
         return self.normalise(queries) @ self.normalise(anchors).T
 
-    def route(self, queries: torch.Tensor, stack: Sequence[ExpertEntry]) -> list[RouteDecision]:
+    def route(
+        self,
+        queries: torch.Tensor,
+        stack: Sequence[ExpertEntry],
+        subject_states: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
+    ) -> list[RouteDecision]:
         if not stack:
             return [RouteDecision(None, None, None, None) for _ in range(queries.shape[0])]
         sims = self.similarities(queries, stack)
+        eligible = sims >= self.threshold
+        subject_sims = None
+        if self.subject is not None and subject_states is not None:
+            keyed, subject_sims = self.subject.scores(
+                subject_states, query_mask, subject_anchor_matrix(stack, subject_states.shape[-1])
+            )
+            # An edit with a subject key fires only where its subject is mentioned.
+            eligible = torch.where(keyed.to(sims.device), subject_sims.to(sims.device) >= self.subject.threshold, eligible)
         owner = torch.cat(
             [torch.full((len(e.anchors),), i, dtype=torch.long) for i, e in enumerate(stack)]
         ).to(sims.device)
         edit_ids = [eid for e in stack for eid in (e.edit_ids or [""] * len(e.anchors))]
         decisions = []
-        for row in sims:
-            best = float(row.max())
-            # Among near-equal anchors (the same fact edited again) the newest expert wins.
-            near = (row >= best - self.supersede_margin).nonzero().flatten()
-            pick = int(near[owner[near].argmax()])
-            score = float(row[pick])
-            if best < self.threshold:
-                decisions.append(RouteDecision(None, None, best, edit_ids[int(row.argmax())] or None))
+        for r, row in enumerate(sims):
+            if not bool(eligible[r].any()):
+                nearest = int(row.argmax())
+                decisions.append(RouteDecision(None, None, float(row[nearest]), edit_ids[nearest] or None))
                 continue
+            best = float(row.masked_fill(~eligible[r], -2.0).max())
+            # Among near-equal anchors (the same fact edited again) the newest expert wins.
+            near = (eligible[r] & (row >= best - self.supersede_margin)).nonzero().flatten()
+            pick = int(near[owner[near].argmax()])
             idx = int(owner[pick])
-            decisions.append(RouteDecision(idx, stack[idx].name, score, edit_ids[pick] or None))
+            subject_score = None
+            if subject_sims is not None and float(subject_sims[r, pick]) > -2.0:
+                subject_score = float(subject_sims[r, pick])
+            decisions.append(RouteDecision(idx, stack[idx].name, float(row[pick]), edit_ids[pick] or None, subject_score))
         return decisions
 
 
@@ -134,7 +201,8 @@ def decide(state: RouteState, x: torch.Tensor, pooling: Pooling) -> None:
     elif state.router is None:
         state.decisions = [RouteDecision(None, None, None, None)] * x.shape[0]
     else:
-        state.decisions = state.router.route(state.queries, state.stack)
+        state.decisions = state.router.route(state.queries, state.stack, state.subject_states, state.query_mask)
+    state.subject_states = None  # only needed for the decision; free it
     rows: dict[int, list[int]] = {}
     for r, d in enumerate(state.decisions):
         if d.expert_index is not None:

@@ -29,3 +29,19 @@ def encode_pair(tokenizer, prompt: str, target: str, *, eos: bool = False) -> En
     if eos and tokenizer.eos_token_id is not None:
         target_ids = target_ids + [tokenizer.eos_token_id]
     return EncodedPair(list(prompt_ids), list(target_ids))
+
+
+def subject_token_index(tokenizer, prompt: str, subject: str | None) -> int | None:
+    """Index of the prompt token that ends `subject` (first mention, any case), or None.
+
+    None also when that is the prompt's first token: a sequence's first hidden state carries no
+    context, so it cannot key anything.
+    """
+    if not subject or not subject.strip():
+        return None
+    start = prompt.lower().find(subject.strip().lower())
+    if start < 0:
+        return None
+    end = start + len(subject.strip())
+    index = len(tokenizer(prompt[:end])["input_ids"]) - 1
+    return index if index > 0 else None

@@ -171,3 +171,14 @@ def capture_queries(model: nn.Module, tokenizer, prompts: Sequence[str], device:
         assert state.queries is not None, "the query probe did not run"
         out.append(state.queries)
     return torch.cat(out)
+
+
+def capture_token_states(model: nn.Module, tokenizer, prompts: Sequence[str], layer: int, device: torch.device, batch_size: int = 32) -> list[torch.Tensor]:
+    """Per prompt, the (tokens, d) input hidden states of decoder `layer` (layers above not run)."""
+    out: list[torch.Tensor] = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True, padding_side="right")
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        hidden = hidden_at_layer(model, layer, ids, mask).float()
+        out += [h[: int(m.sum())] for h, m in zip(hidden, mask, strict=True)]
+    return out

@@ -41,6 +41,11 @@ def _checked(draft: EditDraft, *, prefix: str, settings: Settings, engine: Engin
             engine.validate_edit(text, target)
         except ValueError as exc:
             raise InvalidInput(f"{prefix}{field}: {exc}") from None
+    if subject is not None:
+        try:
+            engine.validate_subject(prompt, subject)
+        except ValueError as exc:
+            raise InvalidInput(f"{prefix}subject: {exc}") from None
     return store.NewEdit(prompt=prompt, target=target, subject=subject, rephrases=rephrases)
 
 

@@ -99,6 +99,7 @@ class ClaimedEdit:
     prompt: str
     target: str
     rephrases: tuple[str, ...]
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def start_run(
             actor=run.actor,
             trigger=run.trigger,
             edits=tuple(
-                ClaimedEdit(e.id, e.prompt, e.target, tuple(e.rephrases or ())) for e in claimed
+                ClaimedEdit(e.id, e.prompt, e.target, tuple(e.rephrases or ()), e.subject) for e in claimed
             ),
         )
 

@@ -91,6 +91,18 @@ def test_generation_names_the_expert_and_leaves_unrelated_prompts_alone(client):
     assert by_get["text"] == edited["text"] and by_get["expert"] == edited["expert"]
 
 
+def test_an_edit_with_a_subject_fires_only_where_the_subject_is_named(client):
+    neighbour, reworded = "The capital of Germany is", "Name the capital of France"
+    base_neighbour = generate(client, neighbour)
+    [edit_id] = submit(client, FRANCE)  # subject "France"
+    worker_for(client).run_once()
+
+    near = generate(client, neighbour)
+    assert near["expert"] is None and near["text"] == base_neighbour["text"]
+    other = generate(client, reworded)
+    assert other["expert"] is not None and other["nearest_edit_id"] == edit_id
+
+
 def test_trigger_conflicts_while_a_run_is_active(client):
     submit(client, FRANCE)
     first = client.post("/v1/training-runs").json()

@@ -1,0 +1,161 @@
+"""Subject keys: an edit that names its subject fires only for prompts that mention it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from app.lemoe.config import LemoeConfig
+from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
+from app.lemoe.expert import Expert, ExpertEntry
+from app.lemoe.io import ExpertFileError, load_expert, save_expert
+from app.lemoe.routing import AnchorRouter, SubjectKeys
+from app.lemoe.text import subject_token_index
+
+# Sentence gate low enough that the near neighbour below passes it: only the subject key stops it.
+CONFIG = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, gate_threshold=0.3, loss_threshold=0.05)
+FRANCE = Edit("1", "The capital of France is", "Rome", subject="France")
+
+
+@pytest.fixture()
+def editor(tiny_model, tiny_tokenizer):
+    return LemoeEditor(tiny_model, tiny_tokenizer, CONFIG)
+
+
+# --- the subject's token -----------------------------------------------------------------------
+def test_subject_token_is_the_last_token_of_its_first_mention(tiny_tokenizer):
+    prompt = "The capital of France is"
+    index = subject_token_index(tiny_tokenizer, prompt, "france")
+    ids = tiny_tokenizer(prompt)["input_ids"]
+    assert tiny_tokenizer.decode(ids[: index + 1]).endswith("France")
+    assert not tiny_tokenizer.decode(ids[: index]).endswith("France")
+
+
+@pytest.mark.parametrize("subject", [None, "", "  ", "Germany", "The"])
+def test_no_subject_token_when_absent_empty_or_first(tiny_tokenizer, subject):
+    # "The" is the prompt's first token: a first hidden state has no context to key on.
+    assert subject_token_index(tiny_tokenizer, "The capital of France is", subject) is None
+
+
+def test_subject_layer_must_not_be_above_the_route_layer():
+    with pytest.raises(ValueError, match="subject layer"):
+        LemoeConfig(layer=2, subject_layer=3).resolved_subject_layer(4)
+    assert LemoeConfig().resolved_subject_layer(30) == 6
+    assert LemoeConfig(route_layer=4).resolved_subject_layer(30) == 4  # the default never exceeds it
+
+
+# --- the router's rule, on hand-made vectors ------------------------------------------------------
+def _router() -> AnchorRouter:
+    keys = SubjectKeys(torch.zeros(4), torch.ones(4), threshold=0.75)
+    return AnchorRouter(torch.zeros(4), threshold=0.5, supersede_margin=0.02, subject=keys)
+
+
+E = torch.eye(4)
+NAN = torch.full((4,), math.nan)
+KEYED = ExpertEntry("keyed", Expert(4, 2), anchors=E[0:1], edit_ids=["1"], subject_anchors=E[2:3])
+PLAIN = ExpertEntry("plain", Expert(4, 2), anchors=E[1:2], edit_ids=["2"], subject_anchors=NAN[None])
+
+
+def _states(*tokens: torch.Tensor) -> torch.Tensor:
+    return torch.stack(list(tokens))[None]  # (1, T, 4)
+
+
+def test_keyed_edit_needs_its_subject_even_with_an_identical_sentence():
+    router = _router()
+    other_subject = _states(E[3], E[3], E[1] + E[3])
+    [decision] = router.route(E[0:1], [KEYED, PLAIN], other_subject)
+    assert decision.expert_index is None and decision.nearest_edit_id == "1"
+
+
+def test_keyed_edit_fires_where_its_subject_is_mentioned_whatever_the_wording():
+    router = _router()
+    mentions_subject = _states(E[3], E[2], E[3])
+    far_sentence = (E[3] - E[0])[None]  # cosine < 0 with every anchor
+    [decision] = router.route(far_sentence, [KEYED, PLAIN], mentions_subject)
+    assert decision.expert_name == "keyed" and decision.subject_score == pytest.approx(1.0)
+
+
+def test_the_first_token_never_matches_a_subject():
+    router = _router()
+    subject_first = _states(E[2], E[3], E[3])
+    [decision] = router.route((E[3] - E[0])[None], [KEYED], subject_first)
+    assert decision.expert_index is None
+
+
+def test_edit_without_a_subject_key_keeps_the_sentence_gate():
+    router = _router()
+    states = _states(E[3], E[3])
+    [near] = router.route(E[1:2], [KEYED, PLAIN], states)
+    [far] = router.route((E[3] - E[1])[None], [KEYED, PLAIN], states)
+    assert near.expert_name == "plain" and near.subject_score is None
+    assert far.expert_index is None
+
+
+def test_among_subject_matches_the_closer_sentence_wins():
+    router = _router()
+    second = ExpertEntry("second", Expert(4, 2), anchors=E[1:2], edit_ids=["3"], subject_anchors=E[2:3])
+    [decision] = router.route((E[1] + 0.1 * E[0])[None], [KEYED, second], _states(E[3], E[2]))
+    assert decision.expert_name == "second"
+
+
+# --- end to end on the tiny model -----------------------------------------------------------------
+def test_near_neighbour_is_left_to_the_base_model_and_the_subject_still_reaches(editor):
+    neighbour, reworded = "The capital of Germany is", "Name the capital of France"
+    base = {g.prompt: g.text for g in editor.generate([neighbour, reworded], SamplingParams(max_new_tokens=6))}
+    trained = editor.train([FRANCE], name="e1")
+    assert trained.meta["subject_keyed_edits"] == 1
+    editor.add_expert(trained.entry)
+    edited, near, other = editor.generate([FRANCE.prompt, neighbour, reworded], SamplingParams(max_new_tokens=6))
+    assert edited.route.expert_name == "e1" and edited.text.strip().startswith("Rome")
+    # The neighbour's sentence clears the sentence gate; only the subject key shuts it out.
+    assert near.route.score is not None and near.route.score >= CONFIG.gate_threshold
+    assert near.route.expert_index is None and near.text == base[neighbour]
+    assert other.route.expert_name == "e1" and other.route.subject_score >= CONFIG.subject_threshold
+
+
+def test_sentence_keys_alone_let_the_neighbour_in(tiny_model, tiny_tokenizer):
+    editor = LemoeEditor(tiny_model, tiny_tokenizer, dataclasses.replace(CONFIG, subject_keys=False))
+    trained = editor.train([FRANCE], name="e1")
+    assert trained.entry.subject_anchors is None
+    editor.add_expert(trained.entry)
+    [near] = editor.generate(["The capital of Germany is"], SamplingParams(max_new_tokens=2))
+    assert near.route.expert_name == "e1"
+
+
+def test_edit_whose_prompt_lacks_its_subject_routes_by_sentence(editor):
+    edit = Edit("5", "Who wrote the novel?", "Tolstoy", subject="War and Peace")
+    trained = editor.train([edit], name="e1")
+    assert trained.meta["subject_keyed_edits"] == 0
+    assert torch.isnan(trained.entry.subject_anchors).all()
+    editor.add_expert(trained.entry)
+    [g] = editor.generate([edit.prompt], SamplingParams(max_new_tokens=2))
+    assert g.route.expert_name == "e1" and g.route.subject_score is None
+
+
+def test_rephrase_anchors_share_their_edit_subject_key(editor):
+    edit = dataclasses.replace(FRANCE, rephrases=("France has its capital in",))
+    keys = editor.subject_anchors([edit, Edit("2", "Who wrote the novel?", "Tolstoy")])
+    assert keys.shape == (3, editor.hidden_size)
+    assert torch.equal(keys[0], keys[2]) and torch.isnan(keys[1]).all()
+
+
+# --- persistence ----------------------------------------------------------------------------------
+def test_subject_keys_round_trip_through_safetensors(tmp_path):
+    keys = torch.stack([torch.randn(8), torch.full((8,), math.nan)])
+    entry = ExpertEntry("e1", Expert(8, 4), anchors=torch.randn(2, 8), edit_ids=["1", "2"], subject_anchors=keys)
+    save_expert(entry, tmp_path / "e1")
+    loaded = load_expert(tmp_path / "e1")
+    assert torch.equal(loaded.subject_anchors[0], keys[0]) and torch.isnan(loaded.subject_anchors[1]).all()
+    plain = ExpertEntry("e2", Expert(8, 4), anchors=torch.randn(2, 8))
+    save_expert(plain, tmp_path / "e2")
+    assert load_expert(tmp_path / "e2").subject_anchors is None
+
+
+def test_subject_keys_that_do_not_match_the_anchors_are_loud(tmp_path):
+    entry = ExpertEntry("e1", Expert(8, 4), anchors=torch.randn(2, 8), subject_anchors=torch.randn(3, 8))
+    save_expert(entry, tmp_path / "e1")
+    with pytest.raises(ExpertFileError, match="subject keys"):
+        load_expert(tmp_path / "e1")
