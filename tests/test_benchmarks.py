@@ -53,7 +53,7 @@ def test_gate_calibration_finds_each_identical_paraphrase_its_own_anchor(tiny_mo
     opts = GateOptions(data=data, format="zsre", edits=3, layers=(1,), poolings=("mean", "subject"),
                        model_path=tiny_model_dir, cache_dir=tmp_path / "cache", device="cpu")
     rows = run_gate(opts)
-    assert [(r["route_layer"], r["pooling"]) for r in rows] == [(1, "subject"), (1, "mean")]
+    assert [(r["route_layer"], r["pooling"]) for r in rows] == [(1, "subject"), (1, "subject+sentence>=0.4"), (1, "mean")]
     for row in rows:
         assert row["nearest_is_own"] == 1.0
         assert row["para@0.8"] == 1.0  # cosine 1 with its own anchor clears every threshold

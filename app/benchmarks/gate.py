@@ -88,13 +88,25 @@ def run_subject_keys(opts: GateOptions, layers: tuple[int, ...]) -> list[dict]:
 
         para, loc = best_scores([r.rephrase for r in kept]), best_scores([r.loc_prompt for r in kept])
         own = para.argmax(dim=1) == torch.arange(len(kept), device=para.device)
-        best_para, best_loc = para.max(dim=1).values, loc.max(dim=1).values
-        row = {"route_layer": layer, "pooling": "subject", "nearest_is_own": round(float(own.float().mean()), 3)}
-        for t in THRESHOLDS:
-            row[f"para@{t}"] = round(float((own & (best_para >= t)).float().mean()), 3)
-            row[f"loc@{t}"] = round(float((best_loc >= t).float().mean()), 3)
-        rows.append(row)
-        print(format_row(row), flush=True)
+        # The serving rule also asks for some sentence similarity (the floor): measured beside.
+        norm = editor.router.normalise
+        anchors = norm(editor.queries([r.prompt for r in kept]))
+        para_sent = norm(editor.queries([r.rephrase for r in kept])) @ anchors.T
+        loc_sent = norm(editor.queries([r.loc_prompt for r in kept])) @ anchors.T
+        for floor in (None, config.subject_sentence_floor):
+            label = "subject" if floor is None else f"subject+sentence>={floor}"
+            row = {"route_layer": layer, "pooling": label, "nearest_is_own": round(float(own.float().mean()), 3)}
+            for t in THRESHOLDS:
+                para_in, loc_in = para >= t, loc >= t
+                if floor is not None:
+                    para_in, loc_in = para_in & (para_sent >= floor), loc_in & (loc_sent >= floor)
+                # Routed right: its own edit may fire and is the nearest of those that may.
+                pick = para_sent.masked_fill(~para_in, -2.0).argmax(dim=1) if floor is not None else para.argmax(dim=1)
+                right = para_in.any(dim=1) & (pick == torch.arange(len(kept), device=pick.device))
+                row[f"para@{t}"] = round(float(right.float().mean()), 3)
+                row[f"loc@{t}"] = round(float(loc_in.any(dim=1).float().mean()), 3)
+            rows.append(row)
+            print(format_row(row), flush=True)
     return rows
 
 

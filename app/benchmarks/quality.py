@@ -81,7 +81,7 @@ def run_quality(opts: QualityOptions) -> dict:
     if len(records) < opts.edits:
         raise ValueError(f"{opts.data} has {len(records)} records; --edits {opts.edits} asked for more")
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
-    config = opts.config if opts.gate else replace(opts.config, gate_threshold=-2.0, subject_threshold=-2.0)
+    config = opts.config if opts.gate else replace(opts.config, gate_threshold=-2.0, subject_threshold=-2.0, subject_sentence_floor=-2.0)
     editor = LemoeEditor(loaded.model, loaded.tokenizer, config, device=loaded.device)
     owner: dict[str, str] = {}
     train_s = train_cpu_s = 0.0

@@ -29,6 +29,9 @@ class LemoeConfig:
     subject_keys: bool = True
     subject_layer: int | None = None
     subject_threshold: float = 0.75
+    # ... and the prompt's sentence query must still be this close to the edit's (centred cosine):
+    # mentioning the subject in an unrelated question is not enough.
+    subject_sentence_floor: float = 0.4
     lr: float = 5e-2
     max_steps: int = 25
     loss_threshold: float = 0.05

@@ -92,7 +92,7 @@ class LemoeEditor:
             return None
         states = capture_token_states(self.model, self.tokenizer, REFERENCE_PROMPTS, self.subject_layer, self.device)
         tokens = torch.cat([h[1:] for h in states])  # first tokens excluded, as when matching
-        return SubjectKeys(tokens.mean(0), tokens.std(0) + 1e-3, self.config.subject_threshold)
+        return SubjectKeys(tokens.mean(0), tokens.std(0) + 1e-3, self.config.subject_threshold, self.config.subject_sentence_floor)
 
     # --- the stack -----------------------------------------------------------------------
     @property

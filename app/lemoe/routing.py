@@ -89,10 +89,11 @@ class SubjectKeys:
     activations that make raw cosines ~1 between unrelated tokens.
     """
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, threshold: float) -> None:
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, threshold: float, sentence_floor: float) -> None:
         self.mean = mean
         self.std = std
         self.threshold = threshold
+        self.sentence_floor = sentence_floor
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         z = (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
@@ -129,9 +130,9 @@ class AnchorRouter:
 
     Similarity is cosine after subtracting `center` (the mean query of reference prompts):
     raw hidden states are anisotropic, so uncentred cosines sit near 0.8-0.9 for everything.
-    An anchor may fire when its sentence similarity clears `threshold`, or, for an anchor with a
-    subject key, when the prompt mentions that subject (`subject`); among the anchors that may
-    fire the most similar sentence wins.
+    An anchor without a subject key may fire when its sentence similarity clears `threshold`; an
+    anchor with one, when the prompt mentions that subject and its sentence similarity clears the
+    lower `subject.sentence_floor`. Among the anchors that may fire the most similar sentence wins.
     """
 
     def __init__(self, center: torch.Tensor, threshold: float, supersede_margin: float, subject: SubjectKeys | None = None) -> None:
@@ -164,8 +165,11 @@ class AnchorRouter:
             keyed, subject_sims = self.subject.scores(
                 subject_states, query_mask, subject_anchor_matrix(stack, subject_states.shape[-1])
             )
-            # An edit with a subject key fires only where its subject is mentioned.
-            eligible = torch.where(keyed.to(sims.device), subject_sims.to(sims.device) >= self.subject.threshold, eligible)
+            # An edit with a subject key fires only where its subject is mentioned (and the
+            # sentence is not wholly unlike the edit's), whatever the sentence gate says.
+            subject_sims = subject_sims.to(sims.device)
+            keyed_ok = (subject_sims >= self.subject.threshold) & (sims >= self.subject.sentence_floor)
+            eligible = torch.where(keyed.to(sims.device), keyed_ok, eligible)
         owner = torch.cat(
             [torch.full((len(e.anchors),), i, dtype=torch.long) for i, e in enumerate(stack)]
         ).to(sims.device)

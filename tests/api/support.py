@@ -51,6 +51,8 @@ def tiny_settings(model_dir: Path, data_dir: Path, **overrides: Any) -> Settings
         "skip_migrate": False,
         "edits_per_expert": 16,
         "planning": True,
+        "subject_keys": True,
+        "subject_threshold": None,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

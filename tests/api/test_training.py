@@ -7,13 +7,16 @@ import threading
 import pytest
 
 from app.domain import EditStatus, RunTrigger
+from app.engine.engine import Engine
 from tests.api.support import (
     FOX,
     FRANCE,
     UNRELATED,
     assert_error,
     generate,
+    running_app,
     submit,
+    tiny_settings,
     worker_for,
 )
 
@@ -91,16 +94,25 @@ def test_generation_names_the_expert_and_leaves_unrelated_prompts_alone(client):
     assert by_get["text"] == edited["text"] and by_get["expert"] == edited["expert"]
 
 
-def test_an_edit_with_a_subject_fires_only_where_the_subject_is_named(client):
-    neighbour, reworded = "The capital of Germany is", "Name the capital of France"
-    base_neighbour = generate(client, neighbour)
-    [edit_id] = submit(client, FRANCE)  # subject "France"
-    worker_for(client).run_once()
+@pytest.mark.parametrize("subject_keys", [True, False])
+def test_an_edit_with_a_subject_fires_only_where_the_subject_is_named(tiny_model_dir, tmp_path, subject_keys):
+    # Sentence similarities to the edit's prompt on the tiny model: 0.64 and 0.93, both below this
+    # gate (0.95) and above the subject keys' floor (0.4), so the subject alone decides.
+    neighbour, reworded = "The capital of Germany is", "The capital of France was"
+    settings = tiny_settings(tiny_model_dir, tmp_path / "data", gate_threshold=0.95, subject_keys=subject_keys)
+    with running_app(settings, Engine.from_settings(settings)) as client:
+        base_neighbour = generate(client, neighbour)
+        [edit_id] = submit(client, FRANCE)  # subject "France"
+        worker_for(client).run_once()
 
-    near = generate(client, neighbour)
-    assert near["expert"] is None and near["text"] == base_neighbour["text"]
-    other = generate(client, reworded)
-    assert other["expert"] is not None and other["nearest_edit_id"] == edit_id
+        assert generate(client, FRANCE["prompt"])["expert"] is not None
+        near = generate(client, neighbour)
+        assert near["expert"] is None and near["text"] == base_neighbour["text"]
+        other = generate(client, reworded)
+        if subject_keys:
+            assert other["expert"] is not None and other["nearest_edit_id"] == edit_id
+        else:  # by wording alone the reworded prompt stays below the gate
+            assert other["expert"] is None
 
 
 def test_trigger_conflicts_while_a_run_is_active(client):

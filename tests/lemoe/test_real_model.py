@@ -8,7 +8,7 @@ from app.engine.model_loader import load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
 from app.lemoe.text import encode_pair
-from tests.real_model import MODEL_CACHE, zsre_records
+from tests.real_model import MODEL_CACHE, counterfact_records, zsre_records
 
 pytestmark = pytest.mark.real_model
 
@@ -48,3 +48,29 @@ def test_editing_real_facts_changes_them_and_nothing_else(real):
     after = editor.generate(unrelated, params)
     assert all(g.route.expert_name is None for g in after)
     assert [g.text for g in after] == base
+
+
+def test_subject_keys_leave_near_neighbours_to_the_base_model(real):
+    records = counterfact_records(0, 8)
+    editor = LemoeEditor(real.model, real.tokenizer, LemoeConfig())
+    params = SamplingParams(max_new_tokens=6)
+    neighbours = [r["locality_prompt"] for r in records]
+    base = [g.text for g in editor.generate(neighbours, params, stack=())]
+
+    edits = [Edit(str(i), r["prompt"], r["target_new"], subject=r["subject"]) for i, r in enumerate(records)]
+    trained = editor.train(edits, name="cf")
+    assert trained.meta["subject_keyed_edits"] == len(records)
+    editor.add_expert(trained.entry)
+
+    answers = editor.generate([r["prompt"] for r in records], params)
+    assert all(g.route.expert_name == "cf" for g in answers)
+    assert [g.text.strip().startswith(r["target_new"]) for g, r in zip(answers, records)].count(True) >= 6
+    paraphrased = editor.generate([r["rephrase_prompt"] for r in records], params)
+    assert [g.route.expert_name for g in paraphrased].count("cf") >= 6
+
+    after = editor.generate(neighbours, params)
+    kept = [g.route.expert_name is None and g.text == b for g, b in zip(after, base)]
+    assert kept.count(True) >= 7, [(g.prompt, g.route) for g in after]
+    # The same expert keyed by wording alone lets the neighbours in: the subject keys are what shut them out.
+    trained.entry.subject_anchors = None
+    assert sum(d.expert_index is not None for d in editor.router.route(editor.queries(neighbours), [trained.entry])) >= 4

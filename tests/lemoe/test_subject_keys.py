@@ -16,7 +16,8 @@ from app.lemoe.routing import AnchorRouter, SubjectKeys
 from app.lemoe.text import subject_token_index
 
 # Sentence gate low enough that the near neighbour below passes it: only the subject key stops it.
-CONFIG = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, gate_threshold=0.3, loss_threshold=0.05)
+CONFIG = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, gate_threshold=0.3, loss_threshold=0.05,
+                     subject_sentence_floor=0.0)
 FRANCE = Edit("1", "The capital of France is", "Rome", subject="France")
 
 
@@ -49,7 +50,7 @@ def test_subject_layer_must_not_be_above_the_route_layer():
 
 # --- the router's rule, on hand-made vectors ------------------------------------------------------
 def _router() -> AnchorRouter:
-    keys = SubjectKeys(torch.zeros(4), torch.ones(4), threshold=0.75)
+    keys = SubjectKeys(torch.zeros(4), torch.ones(4), threshold=0.75, sentence_floor=0.2)
     return AnchorRouter(torch.zeros(4), threshold=0.5, supersede_margin=0.02, subject=keys)
 
 
@@ -70,18 +71,25 @@ def test_keyed_edit_needs_its_subject_even_with_an_identical_sentence():
     assert decision.expert_index is None and decision.nearest_edit_id == "1"
 
 
-def test_keyed_edit_fires_where_its_subject_is_mentioned_whatever_the_wording():
+def test_keyed_edit_fires_where_its_subject_is_mentioned_below_the_sentence_gate():
     router = _router()
     mentions_subject = _states(E[3], E[2], E[3])
-    far_sentence = (E[3] - E[0])[None]  # cosine < 0 with every anchor
-    [decision] = router.route(far_sentence, [KEYED, PLAIN], mentions_subject)
+    reworded = (E[0] + 2 * E[3])[None]  # cosine 0.45 with the keyed anchor: below the gate, above the floor
+    [decision] = router.route(reworded, [KEYED, PLAIN], mentions_subject)
     assert decision.expert_name == "keyed" and decision.subject_score == pytest.approx(1.0)
+    assert decision.score == pytest.approx(1 / 5**0.5)
+
+
+def test_mentioning_the_subject_in_an_unrelated_sentence_is_not_enough():
+    router = _router()
+    [decision] = router.route((E[0] + 9 * E[3])[None], [KEYED], _states(E[3], E[2]))  # cosine 0.11 < floor
+    assert decision.expert_index is None
 
 
 def test_the_first_token_never_matches_a_subject():
     router = _router()
     subject_first = _states(E[2], E[3], E[3])
-    [decision] = router.route((E[3] - E[0])[None], [KEYED], subject_first)
+    [decision] = router.route(E[0:1], [KEYED], subject_first)
     assert decision.expert_index is None
 
 
