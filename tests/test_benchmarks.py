@@ -58,3 +58,12 @@ def test_gate_calibration_finds_each_identical_paraphrase_its_own_anchor(tiny_mo
         assert row["nearest_is_own"] == 1.0
         assert row["para@0.8"] == 1.0  # cosine 1 with its own anchor clears every threshold
         assert all(0.0 <= row[f"loc@{t}"] <= 1.0 for t in (0.4, 0.8))
+
+
+def test_gate_calibration_compares_the_sentence_floors_asked_for(tiny_model_dir, data, tmp_path):  # noqa: F811
+    opts = GateOptions(data=data, format="zsre", edits=3, layers=(1,), poolings=("subject",), subject_floors=(0.3, 2.0),
+                       model_path=tiny_model_dir, cache_dir=tmp_path / "cache", device="cpu")
+    rows = run_gate(opts)
+    assert [r["pooling"] for r in rows] == ["subject", "subject+sentence>=0.3", "subject+sentence>=2.0"]
+    assert rows[1]["para@0.4"] == 1.0
+    assert rows[2]["para@0.4"] == 0.0 and rows[2]["loc@0.4"] == 0.0  # no cosine reaches 2: nothing may fire

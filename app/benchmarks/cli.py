@@ -35,6 +35,8 @@ def add_bench_parser(subparsers) -> None:
     g.add_argument("--edits", type=int, required=True)
     g.add_argument("--layers", type=int, nargs="*", default=[], help="route layers to compare (default: the adaptor layer)")
     g.add_argument("--poolings", nargs="*", default=["mean", "last", "mean_last"], choices=["mean", "last", "mean_last", "subject"])
+    g.add_argument("--subject-floors", type=float, nargs="*", default=[],
+                   help="with --poolings subject: sentence floors to compare (default: the editor's)")
     g.add_argument("--model", type=Path, default=None)
     g.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
     g.add_argument("--device", default="auto")
@@ -85,7 +87,7 @@ def _run_gate(args: argparse.Namespace) -> int:
 
     opts = GateOptions(
         data=args.data, format=args.format, edits=args.edits, layers=tuple(args.layers),
-        poolings=tuple(args.poolings), model_path=args.model, cache_dir=args.cache_dir, device=args.device,
+        poolings=tuple(args.poolings), subject_floors=tuple(args.subject_floors), model_path=args.model, cache_dir=args.cache_dir, device=args.device,
     )
     return main(opts, as_json=args.json)
 

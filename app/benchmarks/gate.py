@@ -31,6 +31,7 @@ class GateOptions:
     edits: int
     layers: tuple[int, ...] = ()
     poolings: tuple[str, ...] = ("mean", "last", "mean_last")  # also "subject": see run_subject_keys
+    subject_floors: tuple[float, ...] = ()  # sentence floors to try with subject keys (default: the editor's)
     model_path: Path | None = None
     cache_dir: Path = Path("lemoe-data/model-cache")
     device: str = "auto"
@@ -93,7 +94,7 @@ def run_subject_keys(opts: GateOptions, layers: tuple[int, ...]) -> list[dict]:
         anchors = norm(editor.queries([r.prompt for r in kept]))
         para_sent = norm(editor.queries([r.rephrase for r in kept])) @ anchors.T
         loc_sent = norm(editor.queries([r.loc_prompt for r in kept])) @ anchors.T
-        for floor in (None, config.subject_sentence_floor):
+        for floor in (None, *(opts.subject_floors or (config.subject_sentence_floor,))):
             label = "subject" if floor is None else f"subject+sentence>={floor}"
             row = {"route_layer": layer, "pooling": label, "nearest_is_own": round(float(own.float().mean()), 3)}
             for t in THRESHOLDS:
