@@ -64,6 +64,7 @@ def test_edit_ask_roll_back_and_restart_on_the_real_model(tmp_path):
             answer = ask(client, record["src"])
             assert answer["expert"]["name"] == expert["name"]
             assert answer["text"].strip().startswith(record["alt"]), (record, answer)
+            assert answer["subject_score"] == pytest.approx(1.0, abs=1e-3)  # the edit's own subject token
         unrelated = ask(client, UNRELATED)
         assert unrelated["expert"] is None and unrelated["text"] == base[UNRELATED]
 

@@ -37,6 +37,7 @@ class GenerationResult:
     expert_name: str | None  # None: the gate stayed shut and the base model answered
     route_score: float | None  # centred cosine to the nearest edit anchor
     nearest_edit_id: int | None
+    subject_score: float | None  # the serving edit's subject match, when it has a subject key
     completion_tokens: int
 
 
@@ -129,6 +130,7 @@ class Engine:
             text=g.text,
             expert_name=g.route.expert_name,
             route_score=g.route.score,
+            subject_score=g.route.subject_score,
             nearest_edit_id=_edit_id(g.route.nearest_edit_id),
             completion_tokens=g.completion_tokens,
         )

@@ -53,5 +53,10 @@ class GenerationPublic(BaseModel):
         description="Similarity of the prompt to the nearest edit anchor; null with no experts"
     )
     nearest_edit_id: int | None = Field(description="The edit whose anchor is nearest")
+    subject_score: float | None = Field(
+        default=None,
+        description="How well the prompt matched the serving edit's subject; null unless an edit "
+        "with a subject served the request",
+    )
     model: str
     completion_tokens: int

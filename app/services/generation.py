@@ -25,6 +25,7 @@ class Generated:
     expert_id: int | None
     route_score: float | None
     nearest_edit_id: int | None
+    subject_score: float | None
     model: str
     completion_tokens: int
     seconds: float
@@ -72,6 +73,7 @@ def generate(
         expert_id=stack.expert_id(result.expert_name),
         route_score=result.route_score,
         nearest_edit_id=result.nearest_edit_id,
+        subject_score=result.subject_score,
         model=engine.model_name,
         completion_tokens=result.completion_tokens,
         seconds=seconds,

@@ -111,6 +111,7 @@ def test_an_edit_with_a_subject_fires_only_where_the_subject_is_named(tiny_model
         other = generate(client, reworded)
         if subject_keys:
             assert other["expert"] is not None and other["nearest_edit_id"] == edit_id
+            assert other["subject_score"] >= 0.75 and near["subject_score"] is None
         else:  # by wording alone the reworded prompt stays below the gate
             assert other["expert"] is None
 

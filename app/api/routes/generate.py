@@ -23,6 +23,7 @@ def _public(g: Generated) -> GenerationPublic:
         expert=expert,
         route_score=g.route_score,
         nearest_edit_id=g.nearest_edit_id,
+        subject_score=g.subject_score,
         model=g.model,
         completion_tokens=g.completion_tokens,
     )
