@@ -40,6 +40,7 @@ class AuditAction(StrEnum):
     EDIT_REQUEUED = "edit.requeued"
     EDIT_ROLLED_BACK = "edit.rolled_back"
     EDIT_RESTORED = "edit.restored"
+    EDIT_SUPERSEDED = "edit.superseded"  # a newer edit of the same fact now wins its prompt
     RUN_CREATED = "training_run.created"
     RUN_STARTED = "training_run.started"
     RUN_FINISHED = "training_run.finished"

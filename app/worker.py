@@ -165,6 +165,8 @@ class TrainingWorker:
             self.session_factory, settings=self.settings, run=run, built=built,
             edits_done=tally.done + len(ids),
         )
+        for new_id, old_id in built.superseded:
+            log.info("run %s: edit %s supersedes edit %s", run.run_id, new_id, old_id)
         tally.applied += len(ids)
         tally.experts += 1
         self.stack.sync()  # the new expert goes live atomically, between requests

@@ -59,6 +59,8 @@ class BuiltExpert:
     steps: int
     final_loss: float
     seconds: float
+    # (new edit id, older edit id): the older edit is no longer served on the new edit's prompt.
+    superseded: tuple[tuple[int, int], ...] = ()
 
 
 def _edit_id(raw: str | None) -> int | None:
@@ -143,11 +145,19 @@ class Engine:
 
     def build_expert(self, name: str, edits: Sequence[EngineEdit], progress: ProgressFn | None = None) -> BuiltExpert:
         """Train one expert and write its files; it is not live until `sync` includes it."""
-        trained = self.editor.train([self._to_edit(e) for e in edits], name=name, progress=progress)
+        editor_edits = [self._to_edit(e) for e in edits]
+        trained = self.editor.train(editor_edits, name=name, progress=progress)
         path = self.experts_dir / name
         sha = save_expert(trained.entry, path)
         self._loaded_entries[name] = trained.entry
-        return BuiltExpert(name, path, sha, [e.edit_id for e in edits], trained.steps, trained.final_loss, trained.seconds)
+        superseded = tuple(
+            (int(new), old_id)
+            for new, old in self.editor.superseded(editor_edits, trained.entry)
+            if (old_id := _edit_id(old)) is not None
+        )
+        return BuiltExpert(
+            name, path, sha, [e.edit_id for e in edits], trained.steps, trained.final_loss, trained.seconds, superseded
+        )
 
     # --- the live stack ------------------------------------------------------------------------
     def sync(self, specs: Sequence[ExpertSpec]) -> None:

@@ -16,7 +16,15 @@ from app.lemoe.expert import ExpertEntry
 from app.lemoe.layer import decoder_layers, inject_adaptor
 from app.lemoe.planner import plan_batches
 from app.lemoe.reference import CONTEXT_PREFIXES, REFERENCE_PROMPTS
-from app.lemoe.routing import AnchorRouter, RouteDecision, RouteState, SubjectKeys, routing
+from app.lemoe.routing import (
+    AnchorRouter,
+    RouteDecision,
+    RouteState,
+    SubjectKeys,
+    anchor_edit_ids,
+    anchor_owners,
+    routing,
+)
 from app.lemoe.text import check_text, encode_pair, subject_token_index
 from app.lemoe.trainer import ProgressFn, TrainingExample, augment, capture_queries, capture_token_states, train_expert
 
@@ -204,6 +212,31 @@ class LemoeEditor:
             keys[i] = h[positions[i]]
         rephrase_keys = [keys[i] for i, e in enumerate(edits) for _ in e.rephrases]
         return torch.cat([keys, torch.stack(rephrase_keys)]) if rephrase_keys else keys
+
+    def superseded(self, edits: Sequence[Edit], entry: ExpertEntry) -> list[tuple[str, str]]:
+        """(new edit id, older edit id) pairs: on the new edit's own prompt an older edit of the
+        live stack is near-equal and may fire, so the newest expert wins and the older edit is no
+        longer served there. `entry` is the expert trained on `edits`, not yet live."""
+        older = tuple(e for e in self._stack if e.name != entry.name)
+        if not older or not edits:
+            return []
+        stack = older + (entry,)
+        offset = sum(len(e.anchors) for e in older)
+        owner, ids = anchor_owners(stack), anchor_edit_ids(stack)
+        queries = self.queries([e.prompt for e in edits])
+        token_states = (
+            capture_token_states(self.model, self.tokenizer, [e.prompt for e in edits], self.subject_layer, self.device)
+            if self.subject_layer is not None else [None] * len(edits)
+        )
+        pairs = []
+        for r, (edit, states) in enumerate(zip(edits, token_states, strict=True)):
+            sims, eligible, _ = self.router.eligibility(queries[r : r + 1], stack, None if states is None else states[None])
+            own = sims[0, offset + r]  # the edit's own anchor (anchors list the edits first)
+            near = eligible[0] & (sims[0] >= own - self.config.supersede_margin) & (owner.to(sims.device) < len(older))
+            for k in near.nonzero().flatten().tolist():
+                if ids[k] and ids[k] != edit.edit_id and (edit.edit_id, ids[k]) not in pairs:
+                    pairs.append((edit.edit_id, ids[k]))
+        return pairs
 
     # --- inference -------------------------------------------------------------------------
     def route_state(self, query_mask: torch.Tensor, *, stack: Sequence[ExpertEntry] | None, forced: Sequence[int | None] | None = None) -> RouteState:

@@ -149,15 +149,14 @@ class AnchorRouter:
         anchors = torch.cat([e.anchors for e in stack]).to(queries.device)
         return self.normalise(queries) @ self.normalise(anchors).T
 
-    def route(
+    def eligibility(
         self,
         queries: torch.Tensor,
         stack: Sequence[ExpertEntry],
         subject_states: torch.Tensor | None = None,
         query_mask: torch.Tensor | None = None,
-    ) -> list[RouteDecision]:
-        if not stack:
-            return [RouteDecision(None, None, None, None) for _ in range(queries.shape[0])]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(sentence cosines, which anchors may fire, subject cosines or None), each (B, n_anchors)."""
         sims = self.similarities(queries, stack)
         eligible = sims >= self.threshold
         subject_sims = None
@@ -170,10 +169,20 @@ class AnchorRouter:
             subject_sims = subject_sims.to(sims.device)
             keyed_ok = (subject_sims >= self.subject.threshold) & (sims >= self.subject.sentence_floor)
             eligible = torch.where(keyed.to(sims.device), keyed_ok, eligible)
-        owner = torch.cat(
-            [torch.full((len(e.anchors),), i, dtype=torch.long) for i, e in enumerate(stack)]
-        ).to(sims.device)
-        edit_ids = [eid for e in stack for eid in (e.edit_ids or [""] * len(e.anchors))]
+        return sims, eligible, subject_sims
+
+    def route(
+        self,
+        queries: torch.Tensor,
+        stack: Sequence[ExpertEntry],
+        subject_states: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
+    ) -> list[RouteDecision]:
+        if not stack:
+            return [RouteDecision(None, None, None, None) for _ in range(queries.shape[0])]
+        sims, eligible, subject_sims = self.eligibility(queries, stack, subject_states, query_mask)
+        owner = anchor_owners(stack).to(sims.device)
+        edit_ids = anchor_edit_ids(stack)
         decisions = []
         for r, row in enumerate(sims):
             if not bool(eligible[r].any()):
@@ -190,6 +199,16 @@ class AnchorRouter:
                 subject_score = float(subject_sims[r, pick])
             decisions.append(RouteDecision(idx, stack[idx].name, float(row[pick]), edit_ids[pick] or None, subject_score))
         return decisions
+
+
+def anchor_owners(stack: Sequence[ExpertEntry]) -> torch.Tensor:
+    """The stack index of the expert owning each anchor, in stack order."""
+    return torch.cat([torch.full((len(e.anchors),), i, dtype=torch.long) for i, e in enumerate(stack)])
+
+
+def anchor_edit_ids(stack: Sequence[ExpertEntry]) -> list[str]:
+    """The edit id of each anchor, in stack order ("" where an expert recorded none)."""
+    return [eid for e in stack for eid in (e.edit_ids or [""] * len(e.anchors))]
 
 
 def decide(state: RouteState, x: torch.Tensor, pooling: Pooling) -> None:

@@ -238,6 +238,14 @@ def register_expert(
         )
         for edit_id in built.edit_ids:
             store.append_audit(session, action=AuditAction.EDIT_APPLIED, edit_id=edit_id, **common)
+        for new_id, old_id in built.superseded:
+            store.append_audit(
+                session,
+                action=AuditAction.EDIT_SUPERSEDED,
+                edit_id=old_id,
+                payload={"by_edit_id": new_id, "expert": expert.name},
+                **common,
+            )
         db_run = get_run(session, run_id=run.run_id)
         db_run.experts_created += 1
         store.update_run_progress(

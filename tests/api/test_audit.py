@@ -88,3 +88,19 @@ def test_no_route_changes_the_log(client, method, path):
     assert response.status_code == 405
     assert response.json()["error"]["type"] == "method_not_allowed"
     assert client.get("/v1/audit").json() == before
+
+
+def test_a_newer_edit_of_the_same_fact_marks_the_older_one_superseded(db_client):
+    [first] = submit(db_client, FRANCE)
+    worker_for(db_client).run_once()
+    [second, unrelated] = submit(db_client, {**FRANCE, "target": "Lyon"}, FOX)
+    worker_for(db_client).run_once()
+
+    events = db_client.get(f"/v1/edits/{first}/events").json()["items"]
+    [superseded] = [e for e in events if e["action"] == "edit.superseded"]
+    assert superseded["payload"]["by_edit_id"] == second
+    newest_expert = db_client.get(f"/v1/edits/{second}").json()["expert_id"]
+    assert superseded["expert_id"] == newest_expert
+    assert db_client.get(f"/v1/edits/{first}").json()["status"] == "applied"  # history, not status
+    for other in (second, unrelated):
+        assert "edit.superseded" not in [e["action"] for e in db_client.get(f"/v1/edits/{other}/events").json()["items"]]

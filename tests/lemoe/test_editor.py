@@ -106,6 +106,15 @@ def test_newest_expert_wins_for_the_same_fact(editor):
     assert gen.route.expert_name == "new" and gen.text.strip().startswith("Berlin")
 
 
+def test_a_newer_edit_of_the_same_fact_supersedes_the_older_one(editor):
+    old = editor.train([Edit("1", "The capital of France is", "Rome", subject="France")], name="old")
+    assert editor.superseded([Edit("1", "The capital of France is", "Rome")], old.entry) == []  # empty stack
+    editor.add_expert(old.entry)
+    again = [Edit("2", "The capital of France is", "Berlin", subject="France"), Edit("3", "Who wrote the novel?", "Tolstoy")]
+    new = editor.train(again, name="new")
+    assert editor.superseded(again, new.entry) == [("2", "1")]  # the unrelated edit supersedes nothing
+
+
 def test_removing_an_expert_restores_base_answers(editor):
     prompt = FACTS[0].prompt
     base = editor.generate([prompt], SamplingParams(max_new_tokens=6), stack=())[0].text
