@@ -19,7 +19,7 @@ from app.engine.model_loader import load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor
 from app.lemoe.layer import decoder_layers
-from app.lemoe.trainer import capture_token_states
+from app.lemoe.trainer import capture_token_states, pad_token_states
 
 THRESHOLDS = (0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 
@@ -84,8 +84,8 @@ def run_subject_keys(opts: GateOptions, layers: tuple[int, ...]) -> list[dict]:
         kept = [r for r, k in zip(records, keep.tolist(), strict=True) if k]
 
         def best_scores(texts: list[str]) -> torch.Tensor:
-            states = capture_token_states(editor.model, editor.tokenizer, texts, layer, editor.device)
-            return torch.cat([editor.router.subject.scores(h[None], None, keys)[1] for h in states])
+            states, mask = pad_token_states(capture_token_states(editor.model, editor.tokenizer, texts, layer, editor.device))
+            return editor.router.subject.scores(states, mask, keys)[1]
 
         para, loc = best_scores([r.rephrase for r in kept]), best_scores([r.loc_prompt for r in kept])
         own = para.argmax(dim=1) == torch.arange(len(kept), device=para.device)

@@ -79,16 +79,13 @@ class Engine:
 
     @classmethod
     def from_settings(cls, settings) -> Engine:
+        # Setting -> editor field; None keeps the editor's default.
         overrides = {}
-        if settings.adaptor_layer is not None:
-            overrides["layer"] = settings.adaptor_layer
-        if settings.gate_threshold is not None:
-            overrides["gate_threshold"] = settings.gate_threshold
-        for setting, key in (("subject_keys", "subject_keys"), ("subject_threshold", "subject_threshold")):
-            if getattr(settings, setting, None) is not None:
-                overrides[key] = getattr(settings, setting)
-        # Training knobs (tests, experiments); None keeps the editor's default.
         for setting, key in (
+            ("adaptor_layer", "layer"),
+            ("gate_threshold", "gate_threshold"),
+            ("subject_keys", "subject_keys"),
+            ("subject_threshold", "subject_threshold"),
             ("train_max_steps", "max_steps"),
             ("train_augmentations", "augmentations"),
             ("train_loss_threshold", "loss_threshold"),

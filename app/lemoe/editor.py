@@ -26,7 +26,15 @@ from app.lemoe.routing import (
     routing,
 )
 from app.lemoe.text import check_text, encode_pair, subject_token_index
-from app.lemoe.trainer import ProgressFn, TrainingExample, augment, capture_queries, capture_token_states, train_expert
+from app.lemoe.trainer import (
+    ProgressFn,
+    TrainingExample,
+    augment,
+    capture_queries,
+    capture_token_states,
+    pad_token_states,
+    train_expert,
+)
 
 
 @dataclass(frozen=True)
@@ -223,19 +231,21 @@ class LemoeEditor:
         stack = older + (entry,)
         offset = sum(len(e.anchors) for e in older)
         owner, ids = anchor_owners(stack), anchor_edit_ids(stack)
-        queries = self.queries([e.prompt for e in edits])
-        token_states = (
-            capture_token_states(self.model, self.tokenizer, [e.prompt for e in edits], self.subject_layer, self.device)
-            if self.subject_layer is not None else [None] * len(edits)
-        )
+        # The edits' own sentence queries are their anchors (listed first in the entry).
+        queries = entry.anchors[: len(edits)]
+        states = mask = None
+        if self.subject_layer is not None:
+            states, mask = pad_token_states(
+                capture_token_states(self.model, self.tokenizer, [e.prompt for e in edits], self.subject_layer, self.device)
+            )
+        sims, eligible, _ = self.router.eligibility(queries, stack, states, mask)
+        own = sims[torch.arange(len(edits)), offset + torch.arange(len(edits))]
+        near = eligible & (sims >= own[:, None] - self.config.supersede_margin) & (owner.to(sims.device) < len(older))
         pairs = []
-        for r, (edit, states) in enumerate(zip(edits, token_states, strict=True)):
-            sims, eligible, _ = self.router.eligibility(queries[r : r + 1], stack, None if states is None else states[None])
-            own = sims[0, offset + r]  # the edit's own anchor (anchors list the edits first)
-            near = eligible[0] & (sims[0] >= own - self.config.supersede_margin) & (owner.to(sims.device) < len(older))
-            for k in near.nonzero().flatten().tolist():
-                if ids[k] and ids[k] != edit.edit_id and (edit.edit_id, ids[k]) not in pairs:
-                    pairs.append((edit.edit_id, ids[k]))
+        for r, k in near.nonzero().tolist():
+            new, old = edits[r].edit_id, ids[k]
+            if old and old != new and (new, old) not in pairs:
+                pairs.append((new, old))
         return pairs
 
     # --- inference -------------------------------------------------------------------------

@@ -182,3 +182,11 @@ def capture_token_states(model: nn.Module, tokenizer, prompts: Sequence[str], la
         hidden = hidden_at_layer(model, layer, ids, mask).float()
         out += [h[: int(m.sum())] for h, m in zip(hidden, mask, strict=True)]
     return out
+
+
+def pad_token_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, d) right-padded states and their (B, T) mask, from `capture_token_states` output."""
+    padded = nn.utils.rnn.pad_sequence(list(states), batch_first=True)
+    lengths = torch.tensor([len(h) for h in states], device=padded.device)
+    mask = (torch.arange(padded.shape[1], device=padded.device) < lengths[:, None]).long()
+    return padded, mask
