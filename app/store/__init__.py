@@ -36,7 +36,7 @@ from app.store.experts import (
     list_experts,
     set_expert_status,
 )
-from app.store.models import AuditEvent, Base, Edit, Expert, StackState, TrainingRun
+from app.store.models import AuditEvent, Base, Edit, Expert, IdempotencyKey, StackState, TrainingRun
 from app.store.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from app.store.recovery import RecoveryReport, RequeuedEdit, requeue_interrupted
 from app.store.runs import (
@@ -66,6 +66,7 @@ __all__ = [
     "RecordNotFound",
     "RecoveryReport",
     "RequeuedEdit",
+    "IdempotencyKey",
     "StackState",
     "TrainingRun",
     "active_run",

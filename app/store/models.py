@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
+    UniqueConstraint,
     Float,
     ForeignKey,
     Index,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, ORMExecuteState, Session, mapped_column
 
@@ -36,6 +38,8 @@ NAMING_CONVENTION = {
 }
 
 ACTOR_LENGTH = 200
+IDEMPOTENCY_KEY_LENGTH = 255
+ACTIVE_RUN_CONDITION = "status IN ('queued', 'running')"
 NAME_LENGTH = 200
 
 
@@ -99,6 +103,16 @@ class TrainingRun(Base):
     """One pass of the worker: claim edits, train experts, register them."""
 
     __tablename__ = "training_runs"
+    # At most one queued or running run, whichever process asks: the database refuses a second.
+    __table_args__ = (
+        Index(
+            "uq_training_runs_one_active",
+            text("(1)"),
+            unique=True,
+            sqlite_where=text(ACTIVE_RUN_CONDITION),
+            postgresql_where=text(ACTIVE_RUN_CONDITION),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[RunStatus] = mapped_column(
@@ -143,6 +157,20 @@ class AuditEvent(Base):
 
     def __repr__(self) -> str:
         return f"AuditEvent(id={self.id!r}, action={self.action!r}, actor={self.actor!r})"
+
+
+class IdempotencyKey(Base):
+    """A client's Idempotency-Key on POST /v1/edits: the same key and body give the same edits."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("actor", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
+    key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_LENGTH))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    edit_ids: Mapped[list[int]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class StackState(Base):

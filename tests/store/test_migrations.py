@@ -18,7 +18,7 @@ from app.store.db import MIGRATIONS_DIR
 from tests.pg import temporary_database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"edits", "experts", "training_runs", "audit_events", "stack_state"}
+TABLES = {"edits", "experts", "training_runs", "audit_events", "stack_state", "idempotency_keys"}
 
 
 def head_revision(engine: Engine) -> str | None:
@@ -29,7 +29,7 @@ def head_revision(engine: Engine) -> str | None:
 def test_migration_creates_all_tables(engine: Engine) -> None:
     tables = set(inspect(engine).get_table_names())
     assert TABLES | {"alembic_version"} <= tables
-    assert head_revision(engine) == "0001"
+    assert head_revision(engine) == "0002"
     with Session(engine) as s:
         assert get_stack_version(s) == 0
     with engine.connect() as conn:
@@ -47,7 +47,7 @@ def test_upgrade_head_is_idempotent(db_url: str, engine: Engine) -> None:
         conn.execute(text("UPDATE stack_state SET version = 7"))
     migrate(db_url)
     migrate(engine)
-    assert head_revision(engine) == "0001"
+    assert head_revision(engine) == "0002"
     with engine.connect() as conn:
         # Nothing was recreated: the row kept its value.
         assert conn.execute(text("SELECT version FROM stack_state")).scalar() == 7
@@ -98,6 +98,6 @@ def test_alembic_command_line_from_repo_root(backend: str, tmp_path: Path) -> No
         engine = make_engine(url)
         try:
             assert TABLES <= set(inspect(engine).get_table_names())
-            assert head_revision(engine) == "0001"
+            assert head_revision(engine) == "0002"
         finally:
             engine.dispose()
