@@ -40,6 +40,7 @@ NAMING_CONVENTION = {
 ACTOR_LENGTH = 200
 IDEMPOTENCY_KEY_LENGTH = 255
 ACTIVE_RUN_CONDITION = "status IN ('queued', 'running')"
+ONE_ACTIVE_RUN_INDEX = "uq_training_runs_one_active"
 NAME_LENGTH = 200
 
 
@@ -106,7 +107,7 @@ class TrainingRun(Base):
     # At most one queued or running run, whichever process asks: the database refuses a second.
     __table_args__ = (
         Index(
-            "uq_training_runs_one_active",
+            ONE_ACTIVE_RUN_INDEX,
             text("(1)"),
             unique=True,
             sqlite_where=text(ACTIVE_RUN_CONDITION),

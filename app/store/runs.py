@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from sqlalchemy import case, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.domain import RunStatus, RunTrigger
 from app.store.errors import InvalidTransition, RecordNotFound
-from app.store.models import ACTOR_LENGTH, TrainingRun
+from app.store.models import ACTOR_LENGTH, ONE_ACTIVE_RUN_INDEX, TrainingRun
 from app.store.pagination import DEFAULT_LIMIT, Page, paginate
 from app.store.types import coerce_enum, utcnow
 from app.store.validation import check_actor, check_count, check_id, check_number
@@ -19,7 +20,9 @@ FINAL_RUN_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.INTERRUPT
 def create_run(
     session: Session, *, trigger: RunTrigger | str, actor: str, edits_total: int = 0
 ) -> TrainingRun:
-    """A new queued run."""
+    """A new queued run. While another run is queued or running the database refuses it: the
+    flush (or the commit) raises an IntegrityError that `is_second_active_run` recognises, and
+    the caller must roll its transaction back."""
     run = TrainingRun(
         status=RunStatus.QUEUED,
         trigger=coerce_enum(RunTrigger, trigger, name="trigger"),
@@ -141,3 +144,9 @@ def active_run(session: Session) -> TrainingRun | None:
     )
     return session.scalars(stmt).first()
 
+
+
+def is_second_active_run(exc: IntegrityError) -> bool:
+    """The database refused a second queued/running run (the unique index of migration 0002),
+    whichever process inserted the first one."""
+    return ONE_ACTIVE_RUN_INDEX in str(getattr(exc, "orig", None) or exc)

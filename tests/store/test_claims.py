@@ -86,15 +86,15 @@ def test_claim_checks_run_and_limit(session: Session) -> None:
 def test_concurrent_claims_get_disjoint_rows(
     backend: str, session_factory: sessionmaker[Session]
 ) -> None:
-    """A claims and holds its transaction open; B claims meanwhile. No edit goes to both.
+    """A claims and holds its transaction open; B claims for the same run meanwhile (two
+    workers racing). No edit is claimed twice.
 
     On PostgreSQL B skips A's locked rows and does not wait at all (SKIP LOCKED); SQLite has a
     single writer, so B waits for A's commit and then takes the next rows.
     """
     with session_factory() as s:
         edits = make_edits(s, 7)
-        run_a = create_run(s, trigger="manual", actor="a")
-        run_b = create_run(s, trigger="manual", actor="b")
+        run = create_run(s, trigger="manual", actor="a")  # one active run at a time
         s.commit()
 
     result: dict[str, object] = {}
@@ -105,13 +105,13 @@ def test_concurrent_claims_get_disjoint_rows(
                 if backend == "postgresql":
                     # Without SKIP LOCKED B would block on A's rows; fail fast instead of hanging.
                     b.execute(text("SET LOCAL lock_timeout = '3s'"))
-                result["b"] = ids(claim_pending_edits(b, run_id=run_b.id, limit=3))
+                result["b"] = ids(claim_pending_edits(b, run_id=run.id, limit=3))
                 b.commit()
         except Exception as exc:  # reported by the main thread
             result["error"] = exc
 
     with session_factory() as a:
-        claimed_a = ids(claim_pending_edits(a, run_id=run_a.id, limit=3))
+        claimed_a = ids(claim_pending_edits(a, run_id=run.id, limit=3))
         thread = threading.Thread(target=claim_b)
         thread.start()
         if backend == "postgresql":
@@ -128,7 +128,7 @@ def test_concurrent_claims_get_disjoint_rows(
     assert claimed_b == ids(edits[3:6])
     with session_factory() as s:
         owners = {e.id: e.training_run_id for e in map(lambda i: get_edit(s, edit_id=i), ids(edits)) if e}
-    assert [owners[i] for i in ids(edits)] == [run_a.id] * 3 + [run_b.id] * 3 + [None]
+    assert [owners[i] for i in ids(edits)] == [run.id] * 6 + [None]
 
 
 def test_requeue_interrupted_returns_in_flight_edits_and_interrupts_runs(
@@ -140,9 +140,6 @@ def test_requeue_interrupted_returns_in_flight_edits_and_interrupts_runs(
         start_run(s, run_id=running.id)
         claim_pending_edits(s, run_id=running.id, limit=2)  # edits 0, 1 -> planned
         set_edit_status(s, edit_ids=[edits[1].id], status=EditStatus.TRAINING)
-        queued = create_run(s, trigger="manual", actor="alice")
-        done = create_run(s, trigger="manual", actor="alice")
-        finish_run(s, run_id=done.id, status=RunStatus.SUCCEEDED)
         set_edit_status(s, edit_ids=[edits[3].id], status=EditStatus.APPLIED)
         set_edit_status(s, edit_ids=[edits[4].id], status=EditStatus.FAILED, error="x")
         s.commit()
@@ -157,7 +154,7 @@ def test_requeue_interrupted_returns_in_flight_edits_and_interrupts_runs(
         (EditStatus.PLANNED, running.id),
         (EditStatus.TRAINING, running.id),
     ]
-    assert report.interrupted_run_ids == (running.id, queued.id)
+    assert report.interrupted_run_ids == (running.id,)
     with session_factory() as s:
         after = [get_edit(s, edit_id=e.id) for e in edits]
         assert [e.status for e in after if e] == [
@@ -168,12 +165,9 @@ def test_requeue_interrupted_returns_in_flight_edits_and_interrupts_runs(
             EditStatus.FAILED,
         ]
         assert all(e.training_run_id is None for e in after[:2] if e)
-        for run_id in (running.id, queued.id):
-            run = get_run(s, run_id=run_id)
-            assert run is not None and run.status is RunStatus.INTERRUPTED
-            assert run.finished_at is not None and run.finished_at.tzinfo is not None
-        finished = get_run(s, run_id=done.id)
-        assert finished is not None and finished.status is RunStatus.SUCCEEDED
+        run = get_run(s, run_id=running.id)
+        assert run is not None and run.status is RunStatus.INTERRUPTED
+        assert run.finished_at is not None and run.finished_at.tzinfo is not None
         # Nothing left to recover: a second call changes nothing.
         again = requeue_interrupted(s)
         assert not again.changed and again.edit_ids == () and again.interrupted_run_ids == ()
@@ -181,19 +175,20 @@ def test_requeue_interrupted_returns_in_flight_edits_and_interrupts_runs(
 
 def test_requeue_interrupted_with_stale_before_spares_live_runs(session: Session) -> None:
     edits = make_edits(session, 3)
-    dead = create_run(session, trigger="schedule", actor="worker-1")
-    start_run(session, run_id=dead.id)
-    claim_pending_edits(session, run_id=dead.id, limit=1)
-    alive = create_run(session, trigger="schedule", actor="worker-2")
-    start_run(session, run_id=alive.id)
-    claim_pending_edits(session, run_id=alive.id, limit=1)
-    dead.heartbeat_at = utcnow() - timedelta(minutes=10)
+    run = create_run(session, trigger="schedule", actor="worker-1")
+    start_run(session, run_id=run.id)
+    claim_pending_edits(session, run_id=run.id, limit=1)
+
+    alive = requeue_interrupted(session, stale_before=utcnow() - timedelta(minutes=1))
+
+    assert not alive.changed and run.status is RunStatus.RUNNING
+    assert [e.status for e in edits] == [EditStatus.PLANNED, EditStatus.PENDING, EditStatus.PENDING]
+
+    run.heartbeat_at = utcnow() - timedelta(minutes=10)  # its process died
     session.flush()
+    dead = requeue_interrupted(session, stale_before=utcnow() - timedelta(minutes=1))
 
-    report = requeue_interrupted(session, stale_before=utcnow() - timedelta(minutes=1))
-
-    assert report.interrupted_run_ids == (dead.id,)
-    assert report.edit_ids == (edits[0].id,)
-    assert dead.status is RunStatus.INTERRUPTED and alive.status is RunStatus.RUNNING
-    assert [e.status for e in edits] == [EditStatus.PENDING, EditStatus.PLANNED, EditStatus.PENDING]
-    assert edits[1].training_run_id == alive.id
+    assert dead.interrupted_run_ids == (run.id,)
+    assert dead.edit_ids == (edits[0].id,)
+    assert run.status is RunStatus.INTERRUPTED
+    assert [e.status for e in edits] == [EditStatus.PENDING] * 3

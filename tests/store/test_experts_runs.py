@@ -25,6 +25,7 @@ from app.store import (
     get_expert_by_name,
     get_run,
     get_stack_version,
+    is_second_active_run,
     list_audit,
     list_experts,
     list_runs,
@@ -230,23 +231,49 @@ def test_create_run_validates_arguments(session: Session) -> None:
         update_run_progress(session, run_id=run.id, edits_done=-2)
 
 
-def test_active_run_prefers_running_then_oldest_queued(session: Session) -> None:
+def test_active_run_is_the_one_queued_or_running_run(session: Session) -> None:
     assert active_run(session) is None
     first = create_run(session, trigger="manual", actor="a")
-    second = create_run(session, trigger="manual", actor="b")
     assert active_run(session) is first
-    start_run(session, run_id=second.id)
-    assert active_run(session) is second
-    finish_run(session, run_id=second.id, status="succeeded")
+    start_run(session, run_id=first.id)
     assert active_run(session) is first
-    finish_run(session, run_id=first.id, status="interrupted")
+    finish_run(session, run_id=first.id, status="succeeded")
     assert active_run(session) is None
+    second = create_run(session, trigger="schedule", actor="b")
+    assert active_run(session) is second
+    finish_run(session, run_id=second.id, status="interrupted")
+    assert active_run(session) is None
+
+
+@pytest.mark.parametrize("first_status", [RunStatus.QUEUED, RunStatus.RUNNING])
+def test_the_database_refuses_a_second_active_run(
+    session_factory: sessionmaker[Session], first_status: RunStatus
+) -> None:
+    with session_factory() as s:
+        first = create_run(s, trigger="manual", actor="a")
+        if first_status is RunStatus.RUNNING:
+            start_run(s, run_id=first.id)
+        s.commit()
+
+    with session_factory() as s:
+        with pytest.raises(IntegrityError) as refused:
+            create_run(s, trigger="schedule", actor="b")
+            s.commit()
+        s.rollback()
+        assert is_second_active_run(refused.value)
+        # Once the first run is over, a new one is accepted.
+        finish_run(s, run_id=first.id, status="failed", error="x")
+        second = create_run(s, trigger="schedule", actor="b")
+        s.commit()
+        assert active_run(s) is second
+        assert [r.status for r in list_runs(s).items] == [RunStatus.QUEUED, RunStatus.FAILED]
 
 
 def test_list_runs_newest_first_with_pagination_and_status(session: Session) -> None:
-    runs = [create_run(session, trigger="schedule", actor="worker") for _ in range(7)]
-    for run in runs[::3]:
-        finish_run(session, run_id=run.id, status="failed")
+    runs = []
+    for i in range(7):  # one active run at a time: each finishes before the next is created
+        runs.append(create_run(session, trigger="schedule", actor="worker"))
+        finish_run(session, run_id=runs[-1].id, status="failed" if i % 3 == 0 else "succeeded")
     page1 = list_runs(session, limit=4)
     page2 = list_runs(session, limit=4, cursor=page1.next_cursor)
     assert [r.id for r in page1.items + page2.items] == [r.id for r in reversed(runs)]
