@@ -6,13 +6,13 @@ the functions here, each ONE transaction that also writes its audit events.
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import store
@@ -25,18 +25,22 @@ from app.services.stack import stored_path
 if TYPE_CHECKING:
     from app.engine.engine import BuiltExpert
 
-# Creating or starting a run checks "is one active?" then writes: one at a time in a process.
-RUN_LOCK = threading.Lock()
 # requeue_interrupted(stale_before=EPOCH) touches no live run: it only returns to pending the
 # in-flight edits whose run has already finished.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A run created concurrently elsewhere finished between our insert and our look-up: try again.
+CREATE_ATTEMPTS = 3
 
 
 # --- the API side ---------------------------------------------------------------------------
 
 def trigger_run(session: Session, *, settings: Settings, actor: str) -> store.TrainingRun:
-    """Queue a manual run now; 409 when one is already queued/running or nothing is pending."""
-    with RUN_LOCK:
+    """Queue a manual run now; 409 when one is already queued/running or nothing is pending.
+
+    "One active run" holds across every replica: the database refuses a second queued/running
+    row (a unique index), so two triggers racing in two processes get one run and one 409.
+    """
+    for _ in range(CREATE_ATTEMPTS):
         active = store.active_run(session)
         if active is not None:
             raise RunAlreadyActive(active.id, active.status.value)
@@ -46,21 +50,28 @@ def trigger_run(session: Session, *, settings: Settings, actor: str) -> store.Tr
                 "no pending edits to train: submit edits with POST /v1/edits first "
                 "(GET /v1/edits?status=pending lists the queue)"
             )
-        run = store.create_run(
-            session,
-            trigger=RunTrigger.MANUAL,
-            actor=actor,
-            edits_total=min(pending, settings.worker_max_batch),
-        )
-        store.append_audit(
-            session,
-            actor=actor,
-            action=AuditAction.RUN_CREATED,
-            training_run_id=run.id,
-            payload={"trigger": RunTrigger.MANUAL.value, "pending": pending},
-        )
-        session.commit()
-        return run
+        try:
+            run = store.create_run(
+                session,
+                trigger=RunTrigger.MANUAL,
+                actor=actor,
+                edits_total=min(pending, settings.worker_max_batch),
+            )
+            store.append_audit(
+                session,
+                actor=actor,
+                action=AuditAction.RUN_CREATED,
+                training_run_id=run.id,
+                payload={"trigger": RunTrigger.MANUAL.value, "pending": pending},
+            )
+            session.commit()
+            return run
+        except IntegrityError as exc:
+            session.rollback()
+            if not store.is_second_active_run(exc):
+                raise
+            # Another replica's run won the race: the next look-up names it.
+    raise Conflict("training runs are being created concurrently; retry shortly")
 
 
 def get_run(session: Session, *, run_id: int) -> store.TrainingRun:
@@ -121,7 +132,7 @@ def start_run(
     """Start run `run_id` (queued), or adopt the queued one / create one when None, and claim
     up to worker_max_batch pending edits (-> planned). None: nothing to do (no pending edits
     and no queued run, or another run is already running)."""
-    with RUN_LOCK, session_factory() as session:
+    with session_factory() as session:
         if run_id is None:
             active = store.active_run(session)
             if active is not None and active.status is RunStatus.RUNNING:
@@ -132,7 +143,15 @@ def start_run(
                 pending = store.count_edits(session, status=EditStatus.PENDING)
                 if pending == 0:
                     return None
-                run = store.create_run(session, trigger=trigger, actor=actor, edits_total=pending)
+                try:
+                    run = store.create_run(session, trigger=trigger, actor=actor, edits_total=pending)
+                except IntegrityError as exc:
+                    # Another process created a run meanwhile (the database allows one): its
+                    # trainer runs it; this one has nothing to do.
+                    session.rollback()
+                    if store.is_second_active_run(exc):
+                        return None
+                    raise
                 store.append_audit(
                     session,
                     actor=actor,
@@ -145,7 +164,14 @@ def start_run(
             if run.status is not RunStatus.QUEUED:
                 raise Conflict(f"training run {run_id} is {run.status.value}, not queued")
         claimed = store.claim_pending_edits(session, run_id=run.id, limit=settings.worker_max_batch)
-        store.start_run(session, run_id=run.id, edits_total=len(claimed))
+        try:
+            store.start_run(session, run_id=run.id, edits_total=len(claimed))
+        except store.InvalidTransition:
+            # Another process started this queued run first (its claims stand, ours roll back).
+            session.rollback()
+            if run_id is not None:
+                raise Conflict(f"training run {run_id} is no longer queued") from None
+            return None
         store.append_audit(
             session,
             actor=run.actor,

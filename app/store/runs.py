@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import case, select
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -73,16 +73,27 @@ def list_runs(
 
 
 def start_run(session: Session, *, run_id: int, edits_total: int | None = None) -> TrainingRun:
-    """Queued -> running; stamps started_at and the first heartbeat."""
+    """Queued -> running; stamps started_at and the first heartbeat.
+
+    The UPDATE itself re-checks that the run is still queued, so of two processes starting the
+    same queued run concurrently exactly one succeeds; the other gets InvalidTransition.
+    """
     run = _require_run(session, run_id)
     _require_status(run, (RunStatus.QUEUED,), "start")
     now = utcnow()
-    run.status = RunStatus.RUNNING
-    run.started_at = now
-    run.heartbeat_at = now
+    values: dict[str, object] = {"status": RunStatus.RUNNING, "started_at": now, "heartbeat_at": now}
     if edits_total is not None:
-        run.edits_total = check_count(edits_total, name="edits_total")
-    session.flush()
+        values["edits_total"] = check_count(edits_total, name="edits_total")
+    started = session.execute(
+        update(TrainingRun)
+        .where(TrainingRun.id == run.id, TrainingRun.status == RunStatus.QUEUED)
+        .values(**values)
+        .returning(TrainingRun.id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    session.refresh(run)
+    if started is None:
+        _require_status(run, (RunStatus.QUEUED,), "start")  # raises: someone else started it
     return run
 
 

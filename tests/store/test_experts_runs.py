@@ -269,6 +269,23 @@ def test_the_database_refuses_a_second_active_run(
         assert [r.status for r in list_runs(s).items] == [RunStatus.QUEUED, RunStatus.FAILED]
 
 
+def test_of_two_processes_starting_one_queued_run_only_one_starts_it(
+    session_factory: sessionmaker[Session],
+) -> None:
+    with session_factory() as s:
+        run_id = create_run(s, trigger="manual", actor="a").id
+        s.commit()
+    with session_factory() as first, session_factory() as second:
+        seen = get_run(second, run_id=run_id)  # held: the session keeps what it read
+        assert seen is not None and seen.status is RunStatus.QUEUED
+        start_run(first, run_id=run_id)
+        first.commit()
+
+        with pytest.raises(InvalidTransition, match=f"cannot start training run {run_id}: it is running"):
+            start_run(second, run_id=run_id)
+        second.rollback()
+
+
 def test_list_runs_newest_first_with_pagination_and_status(session: Session) -> None:
     runs = []
     for i in range(7):  # one active run at a time: each finishes before the next is created
