@@ -30,6 +30,9 @@ class RunTrigger(StrEnum):
 class ExpertStatus(StrEnum):
     ACTIVE = "active"
     INACTIVE = "inactive"
+    # Taken out of the active set by an operator (`lemoe experts quarantine`) because its files
+    # are bad: no process loads it; activating it again checks its files first.
+    QUARANTINED = "quarantined"
 
 
 class AuditAction(StrEnum):
@@ -49,3 +52,7 @@ class AuditAction(StrEnum):
     EXPERT_REGISTERED = "expert.registered"
     EXPERT_ACTIVATED = "expert.activated"
     EXPERT_DEACTIVATED = "expert.deactivated"
+    # A process could not load an active expert (missing/corrupt file) and serves the others;
+    # once per process, expert and reason.
+    EXPERT_LOAD_FAILED = "expert.load_failed"
+    EXPERT_QUARANTINED = "expert.quarantined"

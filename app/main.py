@@ -1,9 +1,14 @@
 """The FastAPI app: `create_app(settings)`; its lifespan loads everything and starts the worker.
 
 Start-up order: migrate the database, load the model (or take the engine given), recover what a
-dead process left half done (the trainer only), rebuild the exact active stack from SQL rows +
-files (a bad file stops start-up, naming the expert), start the training worker and the
-active-stack watcher. Shutdown stops both, interrupting a run in progress cleanly.
+dead process left half done (the trainer only), rebuild the active stack from SQL rows + files,
+start the training worker and the active-stack watcher. Shutdown stops both, interrupting a run
+in progress cleanly.
+
+An active expert whose files are missing or corrupt does not stop start-up: it is quarantined in
+this process (logged, audited as expert.load_failed, listed by /readyz as `degraded` and counted
+in /metrics), the rest of the stack serves, and every stack poll retries it, so restoring the
+file heals it. `lemoe experts check | quarantine` inspect and repair offline.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from app import store
 from app.api.middleware import BodyLimitMiddleware
 from app.api.routes import audit, edits, experts, generate, health, training
 from app.config import Settings, get_settings
-from app.errors import ExpertFilesInvalid, install_error_handlers
+from app.errors import install_error_handlers
 from app.metrics_prom import Metrics, MetricsMiddleware
 from app.services import training as training_service
 from app.services.runtime import Runtime
@@ -39,10 +44,6 @@ generate through the edited model, follow every change in the audit log, and rol
 Every error has the body `{"error": {"type": "...", "message": "..."}}`."""
 
 
-class StartupError(RuntimeError):
-    """The service cannot start (e.g. an active expert's files are missing or corrupt)."""
-
-
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
     """The app; `engine` lets tests share one already-loaded model between apps."""
     settings = settings or get_settings()
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     session_factory = store.make_session_factory(database)
     metrics = Metrics(session_factory)
     runtime = Runtime(settings=settings, database=database, session_factory=session_factory, metrics=metrics)
+    metrics.track_stack(lambda: runtime.stack)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -138,14 +140,17 @@ def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | No
 
     try:
         names = stack.sync()
-    except ExpertFilesInvalid as exc:
+    except BaseException:
         if worker is not None:
             worker.release_trainer_role()
-        raise StartupError(
-            f"cannot start: {exc.message}. Restore the expert's files (config.json and "
-            "weights.safetensors) from a backup: the server never serves a silently incomplete stack."
-        ) from exc
+        raise
     runtime.stack = stack
+    for q in stack.quarantined.values():
+        log.error(
+            "serving without expert %r (id %s): %s: %s. Restore its files (config.json and "
+            "weights.safetensors) from a backup, or run `lemoe experts quarantine %s`",
+            q.name, q.expert_id, q.path, q.reason, q.expert_id,
+        )
     log.info(
         "ready: model %s on %s, %d active experts %s, database %s",
         engine.model_name, engine.device, len(names), names,

@@ -1,4 +1,5 @@
-"""Prometheus metrics: HTTP requests, edits by status, generation latency, training runs.
+"""Prometheus metrics: HTTP requests, edits by status, generation latency, training runs, and
+the stack this process serves (served and quarantined experts).
 
 Each app has its own registry (several apps live in one test process); /metrics renders it.
 """
@@ -7,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -50,6 +52,35 @@ class _StoreCollector(Collector):
         yield experts
 
 
+class _StackCollector(Collector):
+    """The stack this process serves, read at scrape time: served and quarantined experts."""
+
+    def __init__(self, stack: Callable[[], Any]) -> None:
+        self.stack = stack  # returns the LiveStack, or None while the model loads
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stack = self.stack()
+        if stack is None or stack.version is None:
+            return
+        served = GaugeMetricFamily("lemoe_served_experts", "Experts in the stack this process serves")
+        served.add_metric([], len(stack.active_names()))
+        quarantined = GaugeMetricFamily(
+            "lemoe_quarantined_experts",
+            "Active experts this process does not serve: their files are missing or corrupt",
+        )
+        quarantined.add_metric([], len(stack.quarantined))
+        version = GaugeMetricFamily(
+            "lemoe_served_stack_version", "The active-stack version this process has loaded"
+        )
+        version.add_metric([], stack.version)
+        yield served
+        yield quarantined
+        yield version
+
+
 class Metrics:
     def __init__(self, session_factory: sessionmaker[Session] | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -76,6 +107,10 @@ class Metrics:
         )
         if session_factory is not None:
             r.register(_StoreCollector(session_factory))
+
+    def track_stack(self, stack: Callable[[], Any]) -> None:
+        """Report the stack that `stack()` returns (the app's LiveStack once it is loaded)."""
+        self.registry.register(_StackCollector(stack))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()

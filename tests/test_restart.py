@@ -1,5 +1,6 @@
 """Nothing is lost across restarts: the same active stack and answers after a clean stop, edits
-requeued and trained after kill -9 mid-training, and a loud start-up failure on a bad file."""
+requeued and trained after kill -9 mid-training, and a bad expert file quarantined (the rest
+serves, the server starts) until the file is restored."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.api.support import (
     assert_error,
     generate,
     running_app,
+    runtime_of,
     submit,
     tiny_model_dir,
     tiny_settings,
@@ -84,32 +86,83 @@ def test_restart_rebuilds_the_same_stack_and_answers(trained):
         assert generate(client, FRANCE["prompt"])["expert"]["name"] == first["name"]
 
 
-def test_a_corrupt_expert_file_stops_start_up_naming_the_expert(trained):
+def load_failures(client) -> list[dict]:
+    return client.get("/v1/audit", params={"action": "expert.load_failed"}).json()["items"]
+
+
+def test_a_corrupt_expert_file_is_quarantined_at_start_up_and_the_rest_serves(trained):
+    settings, before = trained
+    first, second = before["experts"]
+    with fresh_app(settings) as client:  # both experts active
+        assert client.post(f"/v1/experts/{first['id']}/activate").status_code == 200
+        both = answers(client)
+    weights = settings.experts_dir / second["name"] / "weights.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+
+    with fresh_app(settings) as client:  # starts: no crash loop
+        ready = client.get("/readyz")
+
+        assert ready.status_code == 200
+        body = ready.json()
+        assert body["status"] == "degraded" and body["active_experts"] == [first["name"]]
+        [quarantined] = body["quarantined_experts"]
+        assert (quarantined["id"], quarantined["name"]) == (second["id"], second["name"])
+        assert quarantined["path"] == f"experts/{second['name']}"
+        assert "corrupt" in quarantined["reason"] and "sha256" in quarantined["reason"]
+        assert str(settings.data_dir.resolve()) not in ready.text
+        assert body["stack_version"] == body["database_stack_version"] and body["stale"] is False
+        # The rest serves: the healthy expert answers its prompt, the broken one's gets the base.
+        served = answers(client)
+        assert served[FRANCE["prompt"]] == both[FRANCE["prompt"]]
+        assert served[FOX["prompt"]][1] is None and served[UNRELATED] == both[UNRELATED]
+        assert "lemoe_quarantined_experts 1.0" in client.get("/metrics").text
+        # Recorded once, not at every poll of the stack.
+        stack = runtime_of(client).stack
+        for _ in range(3):
+            assert not stack.sync_if_changed()  # its file did not change: nothing to reload
+            stack.sync()  # a reload for any other reason retries it
+        [event] = load_failures(client)
+        assert event["actor"] == "system" and event["expert_id"] == second["id"]
+        assert event["payload"]["path"] == quarantined["path"] and "corrupt" in event["payload"]["reason"]
+
+        weights.write_bytes(good)  # restored from a backup: heals without a restart
+        assert stack.sync_if_changed()
+
+        healed = client.get("/readyz").json()
+        assert healed["status"] == "ready" and healed["quarantined_experts"] == []
+        assert healed["active_experts"] == [first["name"], second["name"]]
+        assert answers(client) == both
+        assert "lemoe_quarantined_experts 0.0" in client.get("/metrics").text
+        assert len(load_failures(client)) == 1
+        assert not stack.sync_if_changed()  # nothing left to retry
+
+
+def test_a_missing_expert_file_is_quarantined_and_deactivating_it_clears_it(trained):
     settings, before = trained
     name = before["active"][0]
     weights = settings.experts_dir / name / "weights.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    weights.unlink()
 
-    with pytest.raises(Exception) as failure:
-        with fresh_app(settings):
-            pass
+    with fresh_app(settings) as client:
+        body = client.get("/readyz").json()
+        assert body["status"] == "degraded" and body["active_experts"] == []
+        [quarantined] = body["quarantined_experts"]
+        assert quarantined["name"] == name and quarantined["reason"] == "missing weights.safetensors"
+        # Another problem with its files is noticed at the next poll and recorded too.
+        weights.write_bytes(b"not a safetensors file")
+        assert runtime_of(client).stack.sync_if_changed()
+        [quarantined] = client.get("/readyz").json()["quarantined_experts"]
+        assert "corrupt" in quarantined["reason"]
+        reasons = [e["payload"]["reason"] for e in load_failures(client)]
+        assert len(reasons) == 2 and reasons[1] == "missing weights.safetensors"  # newest first
 
-    message = str(failure.value)
-    assert name in message and "sha256" in message and "corrupt" in message
+        off = client.post(f"/v1/experts/{quarantined['id']}/deactivate")
 
-
-def test_a_missing_expert_file_stops_start_up_naming_the_expert(trained):
-    settings, before = trained
-    name = before["active"][0]
-    (settings.experts_dir / name / "weights.safetensors").unlink()
-
-    with pytest.raises(Exception) as failure:
-        with fresh_app(settings):
-            pass
-
-    assert name in str(failure.value) and "missing" in str(failure.value)
+        assert off.status_code == 200, off.text
+        body = client.get("/readyz").json()
+        assert body["status"] == "ready" and body["quarantined_experts"] == []
+        assert len(load_failures(client)) == 2
 
 
 def test_activating_an_expert_with_a_corrupt_file_is_refused(trained):
@@ -122,8 +175,10 @@ def test_activating_an_expert_with_a_corrupt_file_is_refused(trained):
     with fresh_app(settings) as client:  # only active experts are loaded at start-up
         response = client.post(f"/v1/experts/{inactive['id']}/activate")
 
-        error = assert_error(response, 409, "expert_files_invalid", inactive["name"])
-        assert "corrupt" in error["message"]
+        error = assert_error(
+            response, 409, "expert_files_invalid", inactive["name"], f"experts/{inactive['name']}"
+        )
+        assert "corrupt" in error["message"] and str(settings.data_dir.resolve()) not in error["message"]
         assert client.get(f"/v1/experts/{inactive['id']}").json()["status"] == "inactive"
         assert client.get("/readyz").json()["active_experts"] == before["active"]
         assert {e["status"] for e in client.get("/v1/edits", params={"expert_id": inactive["id"]}).json()["items"]} == {"rolled_back"}

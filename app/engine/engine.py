@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 
 from app.engine.model_loader import LoadedModel, load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor
 from app.lemoe.editor import SamplingParams as GenerationParams
 from app.lemoe.expert import ExpertEntry
-from app.lemoe.io import ExpertFileError, load_expert, save_expert, weights_sha256
+from app.lemoe.io import (
+    CONFIG_FILE,
+    ExpertFileError,
+    load_expert,
+    save_expert,
+    weights_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,22 @@ class BuiltExpert:
     seconds: float
     # (new edit id, older edit id): the older edit is no longer served on the new edit's prompt.
     superseded: tuple[tuple[int, int], ...] = ()
+
+
+def check_expert_files(spec: ExpertSpec, *, device: torch.device | str = "cpu") -> ExpertEntry:
+    """Load an expert from its files and check them against its SQL row (sha256, name); needs
+    no model, so `lemoe experts check` runs it offline. Raises ExpertFileError naming it."""
+    try:
+        entry = load_expert(Path(spec.path), expected_sha256=spec.sha256, device=device)
+    except ExpertFileError as exc:
+        raise exc.naming(spec.name) from exc
+    if entry.name != spec.name:
+        raise ExpertFileError(
+            f"{CONFIG_FILE} names expert {entry.name!r}, not {spec.name!r}",
+            directory=Path(spec.path),
+            name=spec.name,
+        )
+    return entry
 
 
 def _edit_id(raw: str | None) -> int | None:
@@ -157,27 +180,45 @@ class Engine:
         )
 
     # --- the live stack ------------------------------------------------------------------------
-    def sync(self, specs: Sequence[ExpertSpec]) -> None:
-        """Make the live stack exactly `specs`, in that order (oldest first: newest wins ties).
+    def sync(
+        self, specs: Sequence[ExpertSpec], *, required: Collection[str] = ()
+    ) -> dict[str, ExpertFileError]:
+        """Make the live stack `specs`, in that order (oldest first: newest wins ties), less the
+        experts whose files are missing or bad: those are returned by name and the rest serve.
 
-        Files are loaded and checked before the swap; any bad file raises ExpertFileError and
-        leaves the live stack as it was.
+        Files are loaded and checked before the swap. A bad file of an expert in `required`
+        raises its ExpertFileError and leaves the live stack as it was.
         """
         with self._sync_lock:
-            entries = []
+            entries, failures = [], {}
             for spec in specs:
-                entry = self._loaded_entries.get(spec.name)
-                if entry is not None and weights_sha256(Path(spec.path)) != spec.sha256:
-                    # Loaded earlier, but the file changed since: never serve what SQL did not record.
-                    raise ExpertFileError(f"{spec.path} is corrupt: its sha256 no longer matches the record")
-                if entry is None:
-                    entry = load_expert(Path(spec.path), expected_sha256=spec.sha256, device=self.loaded.device)
-                    if entry.name != spec.name:
-                        raise ExpertFileError(f"{spec.path} holds expert {entry.name!r}, not {spec.name!r}")
-                    self._loaded_entries[spec.name] = entry
-                entries.append(entry)
-            self.editor.set_stack(entries)
-            log.info("live stack: %s", [e.name for e in entries] or "empty")
+                try:
+                    entries.append(self.load_checked(spec))
+                except ExpertFileError as exc:
+                    if spec.name in required:
+                        raise
+                    failures[spec.name] = exc
+            if [id(e) for e in entries] != [id(e) for e in self.editor.stack]:
+                self.editor.set_stack(entries)
+                log.info("live stack: %s", [e.name for e in entries] or "empty")
+            return failures
+
+    def load_checked(self, spec: ExpertSpec) -> ExpertEntry:
+        """The expert of `spec`, checked against its recorded sha256 and name. Cached once
+        loaded, but its weights file is re-hashed every time: never serve what SQL did not
+        record (a file changed since is loaded and judged afresh)."""
+        entry = self._loaded_entries.pop(spec.name, None)
+        if entry is not None:
+            try:
+                unchanged = weights_sha256(Path(spec.path)) == spec.sha256
+            except ExpertFileError:
+                unchanged = False
+            if not unchanged:
+                entry = None
+        if entry is None:
+            entry = check_expert_files(spec, device=self.loaded.device)
+        self._loaded_entries[spec.name] = entry
+        return entry
 
     def active_expert_names(self) -> list[str]:
         return [e.name for e in self.editor.stack]
@@ -189,5 +230,5 @@ class Engine:
 
 __all__ = [
     "BuiltExpert", "Engine", "EngineEdit", "ExpertFileError", "ExpertSpec", "GenerationParams",
-    "GenerationResult", "ProgressFn",
+    "GenerationResult", "ProgressFn", "check_expert_files",
 ]

@@ -16,7 +16,23 @@ WEIGHTS_FILE = "weights.safetensors"
 
 
 class ExpertFileError(RuntimeError):
-    """An expert's files are missing, corrupt or do not match the model."""
+    """An expert's files are missing, corrupt or do not match the model.
+
+    `reason` says what is wrong without naming the directory (callers show the directory as
+    they see fit: relative to their data dir, never an absolute path to a client); `directory`
+    and `name` say which expert.
+    """
+
+    def __init__(self, reason: str, *, directory: Path, name: str | None = None) -> None:
+        self.reason = reason.replace(str(directory), Path(directory).name)
+        self.directory = Path(directory)
+        self.name = name
+        who = f"expert {name!r} in {directory}" if name else f"expert files in {directory}"
+        super().__init__(f"{who}: {self.reason}")
+
+    def naming(self, name: str) -> ExpertFileError:
+        """The same error, attributed to expert `name`."""
+        return ExpertFileError(self.reason, directory=self.directory, name=name)
 
 
 def save_expert(entry: ExpertEntry, directory: Path) -> str:
@@ -48,43 +64,55 @@ def save_expert(entry: ExpertEntry, directory: Path) -> str:
 
 
 def weights_sha256(directory: Path) -> str:
-    if not (directory / WEIGHTS_FILE).is_file():
-        raise ExpertFileError(f"expert files missing in {directory}")
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ExpertFileError(f"missing {WEIGHTS_FILE}", directory=directory)
     digest = hashlib.sha256()
-    with (directory / WEIGHTS_FILE).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    try:
+        with weights.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        reason = f"cannot read {WEIGHTS_FILE}: {exc.strerror or exc}"
+        raise ExpertFileError(reason, directory=directory) from exc
     return digest.hexdigest()
 
 
 def load_expert(
     directory: Path, *, expected_sha256: str | None = None, device: torch.device | str = "cpu"
 ) -> ExpertEntry:
-    """Rebuild a frozen expert; a missing file or a checksum mismatch is an ExpertFileError."""
+    """Rebuild a frozen expert; a missing, unreadable or corrupt file (checksum mismatch) is an
+    ExpertFileError."""
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    if not config_path.is_file() or not weights_path.is_file():
-        raise ExpertFileError(f"expert files missing in {directory}")
+    missing = [p.name for p in (config_path, weights_path) if not p.is_file()]
+    if missing:
+        raise ExpertFileError(f"missing {' and '.join(missing)}", directory=directory)
     if expected_sha256 is not None:
         actual = weights_sha256(directory)
         if actual != expected_sha256:
             raise ExpertFileError(
-                f"{weights_path} is corrupt: sha256 {actual} != recorded {expected_sha256}"
+                f"{WEIGHTS_FILE} is corrupt: sha256 {actual} != recorded {expected_sha256}",
+                directory=directory,
             )
     try:
         config = json.loads(config_path.read_text())
         tensors = load_file(str(weights_path))
         module = Expert(config["hidden_size"], config["expert_hidden"], config["kind"])
         module.load_state_dict({"down.weight": tensors["down.weight"], "up.weight": tensors["up.weight"]})
-    except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
-        raise ExpertFileError(f"cannot load expert from {directory}: {exc}") from exc
+        anchors = tensors["anchors"]
+        name = str(config["name"])
+    except Exception as exc:  # any file we cannot make sense of (JSON, safetensors, shapes, keys)
+        raise ExpertFileError(
+            f"cannot load its files: {type(exc).__name__}: {exc}", directory=directory
+        ) from exc
     module.to(device).eval().requires_grad_(False)
     subject_anchors = tensors.get("subject_anchors")
-    if subject_anchors is not None and subject_anchors.shape[0] != tensors["anchors"].shape[0]:
-        raise ExpertFileError(f"cannot load expert from {directory}: subject keys do not match its anchors")
+    if subject_anchors is not None and subject_anchors.shape[0] != anchors.shape[0]:
+        raise ExpertFileError("subject keys do not match its anchors", directory=directory)
     return ExpertEntry(
-        name=config["name"],
+        name=name,
         module=module,
-        anchors=tensors["anchors"].to(device),
+        anchors=anchors.to(device),
         edit_ids=list(config.get("edit_ids", [])),
         meta=dict(config.get("meta", {})),
         subject_anchors=None if subject_anchors is None else subject_anchors.to(device),

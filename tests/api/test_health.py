@@ -6,6 +6,7 @@ import re
 
 from sqlalchemy.orm import sessionmaker
 
+from app import store
 from app.store import make_engine
 from tests.api.support import FRANCE, assert_error, generate, runtime_of, submit, worker_for
 
@@ -20,6 +21,30 @@ def test_readyz_reports_model_database_and_stack(client):
     assert body["status"] == "ready" and body["database"] == "ok"
     assert body["model"] and body["device"] == "cpu"
     assert body["active_experts"] == [] and body["worker"] == "disabled"
+    assert body["stack_version"] == body["database_stack_version"] == 0
+    assert body["stale"] is False and body["quarantined_experts"] == []
+
+
+def test_readyz_reports_the_stack_this_process_serves_not_the_databases(client):
+    submit(client, FRANCE)
+    worker_for(client).run_once()
+    [expert] = client.get("/v1/experts").json()["items"]
+    runtime = runtime_of(client)
+    loaded = client.get("/readyz").json()["stack_version"]
+    # Another replica deactivates the expert: SQL changes, this process has not reloaded yet.
+    with runtime.session_factory() as session:
+        store.set_expert_status(session, expert_id=expert["id"], status="inactive")
+        session.commit()
+
+    stale = client.get("/readyz").json()
+
+    assert stale["stale"] is True and stale["stack_version"] == loaded
+    assert stale["database_stack_version"] == loaded + 1
+    assert stale["active_experts"] == [expert["name"]]  # still served here, and said so
+    assert runtime.stack.sync_if_changed()
+    fresh = client.get("/readyz").json()
+    assert fresh["stale"] is False and fresh["stack_version"] == loaded + 1
+    assert fresh["active_experts"] == []
 
 
 def test_readyz_and_queries_are_503_when_the_database_is_unreachable(client):
@@ -34,7 +59,10 @@ def test_readyz_and_queries_are_503_when_the_database_is_unreachable(client):
         runtime.session_factory = healthy
         dead.dispose()
 
-    assert_error(response, 503, "not_ready", "database")
+    error = assert_error(response, 503, "not_ready", "the database is unreachable")
+    # Nothing about where the database is or what its driver said.
+    assert "127.0.0.1" not in error["message"] and "none" not in error["message"]
+    assert "connect" not in error["message"].lower()
     assert_error(listing, 503, "database_unavailable", "retry")  # not a 500
     assert listing.headers["Retry-After"] == "5"
     assert client.get("/healthz").status_code == 200  # alive, just not ready
@@ -65,6 +93,9 @@ def test_metrics_count_requests_edits_generation_and_runs(client):
     assert _sample(text, "lemoe_edits", status="applied") == 1
     assert _sample(text, "lemoe_edits", status="pending") == 0
     assert _sample(text, "lemoe_active_experts") == 1
+    assert _sample(text, "lemoe_served_experts") == 1
+    assert _sample(text, "lemoe_quarantined_experts") == 0
+    assert _sample(text, "lemoe_served_stack_version") == 1
     assert _sample(text, "lemoe_training_run_duration_seconds_count", status="succeeded") == 1
     assert _sample(text, "lemoe_edits_submitted_total") == 1
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from app.api.deps import RuntimeDep
 from app.schemas.common import ErrorResponse
-from app.schemas.health import Health, Readiness
+from app.schemas.health import Health, QuarantinedExpert, Readiness
 from app.services import health as health_service
 
 router = APIRouter(tags=["health"])
@@ -20,15 +20,23 @@ def healthz() -> Health:
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse, "description": "Not ready"}})
 def readyz(runtime: RuntimeDep) -> Readiness:
-    """The model is loaded and the database answers; 503 otherwise."""
+    """The model is loaded and the database answers (503 otherwise), and the stack this process
+    really serves: `degraded` (still 200) while an active expert's files cannot be loaded."""
     report = health_service.readiness(
         session_factory=runtime.session_factory, engine=runtime.engine, stack=runtime.stack
     )
     return Readiness(
+        status="degraded" if report.degraded else "ready",
         model=report.model,
         device=report.device,
-        active_experts=report.active_experts,
+        active_experts=report.served_experts,
         stack_version=report.stack_version,
+        database_stack_version=report.database_stack_version,
+        stale=report.stale,
+        quarantined_experts=[
+            QuarantinedExpert(id=q.expert_id, name=q.name, path=q.path, reason=q.reason)
+            for q in report.quarantined
+        ],
         worker=runtime.worker_state(),
     )
 
