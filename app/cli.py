@@ -1,4 +1,4 @@
-"""`lemoe serve | worker | migrate | bench`: the console script."""
+"""`lemoe serve | worker | migrate | experts | bench`: the console script."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings, get_settings
 
@@ -91,6 +92,77 @@ async def _run_worker(settings: Settings) -> int:
     return 0
 
 
+def _open_store(settings: Settings):
+    """The database (not migrated here: `lemoe migrate` does that) and its session factory."""
+    from app import store
+
+    database = store.make_engine(settings.resolved_database_url)
+    return database, store.make_session_factory(database)
+
+
+def _database_error(exc: Exception) -> int:
+    print(
+        f"lemoe: cannot use the database ({type(exc).__name__}): is it reachable and migrated "
+        "(lemoe migrate)?",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _experts_check(args: argparse.Namespace, settings: Settings) -> int:
+    """One line per active expert (every expert with --all); exit 1 when any is broken."""
+    from app.services import experts as expert_service
+
+    database, sessions = _open_store(settings)
+    try:
+        with sessions() as session:
+            checks = expert_service.check_experts(session, settings=settings, all_experts=args.all)
+    except SQLAlchemyError as exc:
+        return _database_error(exc)
+    finally:
+        database.dispose()
+    for c in checks:
+        verdict = "ok" if c.problem is None else "BROKEN"
+        line = f"{verdict:<7} {c.expert_id:>5}  {c.name}  {c.status.value}  {c.path}"
+        print(line if c.problem is None else f"{line}: {c.problem}")
+    broken = [c for c in checks if c.problem is not None]
+    which = "experts" if args.all else "active experts"
+    print(f"{len(checks)} {which} checked, {len(broken)} broken", file=sys.stderr)
+    if broken:
+        print(
+            "restore their files (config.json, weights.safetensors) from a backup, or take them out "
+            "of the active set everywhere: lemoe experts quarantine NAME_OR_ID --reason '...'",
+            file=sys.stderr,
+        )
+    return 1 if broken else 0
+
+
+def _experts_quarantine(args: argparse.Namespace, settings: Settings) -> int:
+    from app.errors import ServiceError
+    from app.services import experts as expert_service
+
+    database, sessions = _open_store(settings)
+    try:
+        with sessions() as session:
+            result = expert_service.quarantine_expert(
+                session, name_or_id=args.expert, reason=args.reason, actor=args.actor
+            )
+    except (ServiceError, ValueError) as exc:  # nothing was committed
+        print(f"lemoe: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        return _database_error(exc)
+    finally:
+        database.dispose()
+    expert = result.expert
+    print(
+        f"expert {expert.name!r} (id {expert.id}) is quarantined: no process serves it; "
+        f"edits rolled back: {result.changed_edit_ids or 'none'}. After restoring its files, "
+        f"POST /v1/experts/{expert.id}/activate serves it again."
+    )
+    return 0
+
+
 def _bench_missing(args: argparse.Namespace, settings: Settings) -> int:
     print(
         "lemoe bench is not available in this installation: the benchmark module "
@@ -117,6 +189,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run only the training schedule (no HTTP)")
     worker.set_defaults(run=_worker)
+
+    experts = commands.add_parser(
+        "experts", help="inspect and repair expert files offline (no model load, no server)"
+    )
+    experts_commands = experts.add_subparsers(dest="experts_command", required=True, metavar="ACTION")
+    check = experts_commands.add_parser(
+        "check",
+        help="check each active expert's files against its database row (sha256, name, "
+        "readable config and tensors); exit status 1 if any is broken",
+    )
+    check.add_argument("--all", action="store_true", help="check every expert, not only the active ones")
+    check.set_defaults(run=_experts_check)
+    quarantine = experts_commands.add_parser(
+        "quarantine",
+        help="take an expert out of the active set for every replica (status quarantined, its "
+        "applied edits rolled_back, audited)",
+    )
+    quarantine.add_argument("expert", metavar="NAME_OR_ID", help="the expert's name or id")
+    quarantine.add_argument(
+        "--reason", default="its files are broken", help="recorded in the audit log"
+    )
+    quarantine.add_argument(
+        "--actor", default="cli", help="who does it, for the audit log (default: cli)"
+    )
+    quarantine.set_defaults(run=_experts_quarantine)
 
     try:
         from app.benchmarks.cli import add_bench_parser
