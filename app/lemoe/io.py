@@ -19,16 +19,17 @@ class ExpertFileError(RuntimeError):
     """An expert's files are missing, corrupt or do not match the model.
 
     `reason` says what is wrong without naming the directory (callers show the directory as
-    they see fit: relative to their data dir, never an absolute path to a client); `directory`
-    and `name` say which expert.
+    they see fit: relative to their data dir); `directory` and `name` say which expert. The
+    message names only the directory's last component: it may travel into a run's or an edit's
+    error, which clients read, and an absolute path is none of their business.
     """
 
     def __init__(self, reason: str, *, directory: Path, name: str | None = None) -> None:
-        self.reason = reason.replace(str(directory), Path(directory).name)
         self.directory = Path(directory)
+        self.reason = reason.replace(str(directory), self.directory.name)
         self.name = name
-        who = f"expert {name!r} in {directory}" if name else f"expert files in {directory}"
-        super().__init__(f"{who}: {self.reason}")
+        where = f"expert {name!r}" if name else f"expert directory {self.directory.name!r}"
+        super().__init__(f"{where}: {self.reason}")
 
     def naming(self, name: str) -> ExpertFileError:
         """The same error, attributed to expert `name`."""

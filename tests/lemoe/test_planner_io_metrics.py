@@ -126,3 +126,32 @@ def test_exact_match_needs_the_whole_word():
 
     assert _whole("Paris, France", "Paris") and _whole("Paris", "Paris")
     assert not _whole("Parisian", "Paris")
+
+
+def test_expert_file_errors_carry_the_reason_and_no_absolute_path(tmp_path):
+    sha = save_expert(_entry(), tmp_path / "e7")
+    (tmp_path / "e7" / "weights.safetensors").write_bytes(b"not safetensors")
+
+    with pytest.raises(ExpertFileError) as corrupt:
+        load_expert(tmp_path / "e7", expected_sha256=sha)
+    with pytest.raises(ExpertFileError) as unreadable:
+        load_expert(tmp_path / "e7")  # no checksum to compare: the file itself is unreadable
+
+    assert corrupt.value.directory == tmp_path / "e7" and corrupt.value.name is None
+    assert corrupt.value.reason.startswith("weights.safetensors is corrupt: sha256")
+    assert unreadable.value.reason.startswith("cannot load its files: SafetensorError")
+    named = unreadable.value.naming("expert-7")
+    assert named.name == "expert-7" and str(named).startswith("expert 'expert-7': ")
+    for error in (corrupt.value, unreadable.value, named):
+        assert str(tmp_path) not in str(error) and str(tmp_path) not in error.reason
+
+
+def test_an_expert_whose_config_names_another_expert_is_refused(tmp_path):
+    from app.engine.engine import ExpertSpec, check_expert_files
+
+    sha = save_expert(_entry(), tmp_path / "e7")  # its config.json says "e7"
+
+    assert check_expert_files(ExpertSpec("e7", tmp_path / "e7", sha)).name == "e7"
+    with pytest.raises(ExpertFileError, match="config.json names expert 'e7', not 'e8'") as wrong:
+        check_expert_files(ExpertSpec("e8", tmp_path / "e7", sha))
+    assert wrong.value.name == "e8"
