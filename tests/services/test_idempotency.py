@@ -108,7 +108,8 @@ def test_concurrent_first_requests_with_one_key_create_one_set_of_edits(sessions
 
 def test_the_request_hash_ignores_the_body_shape_but_not_the_content():
     one = [DRAFTS[0]]
-    assert edit_service.request_sha256(one) == edit_service.request_sha256([EditDraft(*vars(DRAFTS[0]).values())])
+    copy = EditDraft(DRAFTS[0].prompt, DRAFTS[0].target, DRAFTS[0].subject, DRAFTS[0].rephrases)
+    assert edit_service.request_sha256(one) == edit_service.request_sha256([copy])
     assert edit_service.request_sha256(one) != edit_service.request_sha256(DRAFTS)
     assert edit_service.request_sha256(DRAFTS) != edit_service.request_sha256(DRAFTS[::-1])
     changed = EditDraft(DRAFTS[0].prompt, DRAFTS[0].target, None)
