@@ -44,6 +44,18 @@ class InvalidCursor(InvalidInput):
     type = "invalid_cursor"
 
 
+class IdempotencyKeyReused(InvalidInput):
+    """An Idempotency-Key this actor already used for a different request body."""
+
+    type = "idempotency_key_reused"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used with a different request body; send the "
+            "same body to get the same edits back, or use a new key for new edits"
+        )
+
+
 class NotFound(ServiceError, LookupError):
     status_code = 404
     type = "not_found"
@@ -90,6 +102,12 @@ class NothingToTrain(Conflict):
 
 class ExpertStateConflict(Conflict):
     type = "expert_state_conflict"
+
+
+class EditStateConflict(Conflict):
+    """The edit's status does not allow the change (e.g. retrying an edit that has not failed)."""
+
+    type = "edit_state_conflict"
 
 
 class ExpertFilesInvalid(Conflict):
