@@ -560,7 +560,7 @@ def format_table(r: dict) -> str:
 def main(opts: LoadOptions, *, as_json: bool, fail_on_errors: bool = True) -> int:
     try:
         report = run_load(opts)
-    except LoadError as exc:
+    except (LoadError, ValueError) as exc:
         print(f"lemoe bench load: {exc}", file=sys.stderr)
         return 2
     print(format_table(report))
