@@ -97,7 +97,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(
         RequestBodyMiddleware,
-        limits={("POST", "/v1/edits"): max_body_bytes(settings), ("POST", "/v1/generate"): generate_body_bytes(settings)},
+        limits={
+            ("POST", "/v1/edits"): max_body_bytes(settings),
+            ("POST", "/v1/generate"): generate_body_bytes(settings),
+        },
         read_timeout_s=settings.body_read_timeout_s,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outside the body checks: sees 408/413

@@ -127,7 +127,9 @@ def test_each_route_has_its_own_body_limit(client, settings, framing):
     generate_limit, edits_limit = generate_body_bytes(settings), max_body_bytes(settings)
     assert 64 * 1024 <= generate_limit < edits_limit
 
-    assert_error(post("/v1/generate", generate_limit + 1), 413, "payload_too_large", str(generate_limit), "/v1/generate")
+    too_large = post("/v1/generate", generate_limit + 1)
+    assert_error(too_large, 413, "payload_too_large", str(generate_limit), "POST /v1/generate")
+    assert too_large.headers["Connection"] == "close"
     assert_error(post("/v1/training-runs", 64 * 1024 + 1), 413, "payload_too_large", "65536")
     assert post("/v1/edits", generate_limit + 1).status_code == 422  # read and validated, not refused
     assert_error(post("/v1/edits", edits_limit + 1), 413, "payload_too_large", str(edits_limit))
