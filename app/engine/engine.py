@@ -14,6 +14,7 @@ from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor
 from app.lemoe.editor import SamplingParams as GenerationParams
 from app.lemoe.expert import ExpertEntry
+from app.lemoe.stopping import StopReason, StopSignal
 from app.lemoe.io import ExpertFileError, load_expert, save_expert, weights_sha256
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class GenerationResult:
     nearest_edit_id: int | None
     subject_score: float | None  # the serving edit's subject match, when it has a subject key
     completion_tokens: int
+    stop_reason: StopReason = StopReason.LENGTH  # CANCELLED / DEADLINE: the text is cut short
 
 
 @dataclass(frozen=True)
@@ -121,9 +123,12 @@ class Engine:
         self.editor.validate_prompt(prompt, max_new_tokens)
 
     # --- serving -----------------------------------------------------------------------------
-    def generate(self, prompt: str, params: GenerationParams = GenerationParams()) -> GenerationResult:
+    def generate(
+        self, prompt: str, params: GenerationParams = GenerationParams(), *, stop: StopSignal | None = None
+    ) -> GenerationResult:
+        """`stop` ends the generation early (caller gone, deadline passed); see `stop_reason`."""
         stack = self.editor.stack  # one snapshot for the whole request
-        [g] = self.editor.generate([prompt], params, stack=stack)
+        [g] = self.editor.generate([prompt], params, stack=stack, stop=stop)
         return GenerationResult(
             prompt=prompt,
             text=g.text,
@@ -132,6 +137,7 @@ class Engine:
             subject_score=g.route.subject_score,
             nearest_edit_id=_edit_id(g.route.nearest_edit_id),
             completion_tokens=g.completion_tokens,
+            stop_reason=g.stop_reason,
         )
 
     # --- training ------------------------------------------------------------------------------
@@ -189,5 +195,5 @@ class Engine:
 
 __all__ = [
     "BuiltExpert", "Engine", "EngineEdit", "ExpertFileError", "ExpertSpec", "GenerationParams",
-    "GenerationResult", "ProgressFn",
+    "GenerationResult", "ProgressFn", "StopReason", "StopSignal",
 ]

@@ -6,6 +6,7 @@ audit event land together.
 
 from app.store.audit import append_audit, list_audit
 from app.store.db import (
+    DatabaseOptions,
     alembic_config,
     make_engine,
     make_session_factory,
@@ -69,6 +70,7 @@ __all__ = [
     "IDEMPOTENCY_KEY_LENGTH",
     "MAX_LIMIT",
     "AuditEvent",
+    "DatabaseOptions",
     "AuditLogIsAppendOnly",
     "Base",
     "Edit",
