@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.api.support import FOX, FRANCE, UNRELATED, assert_error, generate, submit, worker_for
 
 
@@ -70,6 +72,10 @@ def test_rolling_back_one_expert_keeps_the_other(client):
 
     assert client.get(f"/v1/edits/{france}").json()["status"] == "rolled_back"
     assert client.get(f"/v1/edits/{fox}").json()["status"] == "applied"
-    assert generate(client, FOX["prompt"]) == fox_answer
+    after = generate(client, FOX["prompt"])
+    scores = ("route_score", "subject_score")
+    # Cosines against a smaller anchor matrix may round differently in the last bit.
+    assert {k: v for k, v in after.items() if k not in scores} == {k: v for k, v in fox_answer.items() if k not in scores}
+    assert [after[k] for k in scores] == pytest.approx([fox_answer[k] for k in scores], abs=1e-6)
     assert generate(client, FRANCE["prompt"])["expert"] is None
     assert client.get("/readyz").json()["active_experts"] == [second["name"]]
