@@ -22,7 +22,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 def configure_logging(level: str = "INFO") -> None:
     """Once per process: one clear format on stderr."""
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
-    # Per-request lines come from uvicorn's access log; SQL and HTTP-client chatter stays quiet.
+    # Per-request lines come from the app's own access log (app.access: no query strings, which
+    # may carry prompts); SQL and HTTP-client chatter stays quiet.
     for noisy in ("httpx", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -37,7 +38,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings)
     log.info("serving on http://%s:%s (OpenAPI docs at /docs)", host, port)
     # log_config=None: keep the logging configured above (one format for everything).
-    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=30)
+    # access_log=False: uvicorn's would log query strings; AccessLogMiddleware logs each request.
+    uvicorn.run(
+        app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=30
+    )
     return 0
 
 
@@ -61,11 +65,12 @@ async def _run_worker(settings: Settings) -> int:
     from app.engine.engine import Engine
     from app.metrics_prom import Metrics
     from app.services import training as training_service
+    from app.services.runtime import open_database
     from app.services.stack import LiveStack
     from app.worker import TrainingWorker
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    database = store.make_engine(settings.resolved_database_url)
+    database = open_database(settings)
     try:
         if not settings.skip_migrate:
             await asyncio.to_thread(store.migrate, database)

@@ -56,6 +56,20 @@ class Settings(BaseSettings):
     max_new_tokens_limit: int = Field(default=256, ge=1)
     max_rephrases: int = Field(default=10, ge=0)
 
+    # Time limits: a hung client, model or database costs a bounded time, then a clear error.
+    # A generation stops at its next token past this (503 generation_timeout) or when its client
+    # hangs up.
+    generation_timeout_s: float = Field(default=60.0, gt=0)
+    # The whole request body must arrive within this, or 408 and the connection is closed.
+    body_read_timeout_s: float = Field(default=30.0, gt=0)
+    # Database (503 database_unavailable + Retry-After when one is exceeded).
+    db_connect_timeout_s: float = Field(default=5.0, gt=0)  # PostgreSQL; libpq waits >= 2 s
+    db_statement_timeout_s: float = Field(default=30.0, ge=0)  # PostgreSQL; 0: no limit
+    db_pool_timeout_s: float = Field(default=5.0, gt=0)  # wait for a free pooled connection
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    sqlite_busy_timeout_s: float = Field(default=30.0, ge=0)  # wait for SQLite's write lock
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"

@@ -41,6 +41,7 @@ class AuditAction(StrEnum):
     EDIT_APPLIED = "edit.applied"
     EDIT_FAILED = "edit.failed"
     EDIT_REQUEUED = "edit.requeued"
+    EDIT_RETRIED = "edit.retried"  # a failed edit sent back to pending by a client
     EDIT_ROLLED_BACK = "edit.rolled_back"
     EDIT_RESTORED = "edit.restored"
     EDIT_SUPERSEDED = "edit.superseded"  # a newer edit of the same fact now wins its prompt

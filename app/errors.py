@@ -14,7 +14,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -42,6 +43,18 @@ class InvalidInput(ServiceError, ValueError):
 
 class InvalidCursor(InvalidInput):
     type = "invalid_cursor"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """An Idempotency-Key this actor already used for a different request body."""
+
+    type = "idempotency_key_reused"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used with a different request body; send the "
+            "same body to get the same edits back, or use a new key for new edits"
+        )
 
 
 class NotFound(ServiceError, LookupError):
@@ -92,6 +105,12 @@ class ExpertStateConflict(Conflict):
     type = "expert_state_conflict"
 
 
+class EditStateConflict(Conflict):
+    """The edit's status does not allow the change (e.g. retrying an edit that has not failed)."""
+
+    type = "edit_state_conflict"
+
+
 class ExpertFilesInvalid(Conflict):
     """An expert's files are missing or do not match the checksum in its SQL row."""
 
@@ -101,6 +120,33 @@ class ExpertFilesInvalid(Conflict):
 class NotReady(ServiceError):
     status_code = 503
     type = "not_ready"
+
+
+RETRY_AFTER_S = 5  # what 503s for a busy or unreachable dependency suggest
+
+
+class GenerationTimeout(ServiceError):
+    """A generation ran past LEMOE_GENERATION_TIMEOUT_S and was stopped."""
+
+    status_code = 503
+    type = "generation_timeout"
+
+    def __init__(self, limit_s: float, tokens: int) -> None:
+        super().__init__(
+            f"the generation was stopped after {tokens} tokens: it ran past the {limit_s:g} s limit "
+            "(LEMOE_GENERATION_TIMEOUT_S); retry later or ask for fewer max_new_tokens",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
+class GenerationCancelled(ServiceError):
+    """The client hung up and its generation was stopped; nobody reads this answer."""
+
+    status_code = 499  # nginx's "client closed request": shows up as such in logs and metrics
+    type = "client_closed_request"
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__(f"the client closed the connection; the generation stopped after {tokens} tokens")
 
 
 # --- the one error body -----------------------------------------------------------------------
@@ -125,6 +171,7 @@ _HTTP_TYPES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_input",
+    408: "request_timeout",
     503: "not_ready",
 }
 # Tags of the discriminated union of POST /v1/edits: they are no field names.
@@ -228,18 +275,44 @@ def install_error_handlers(app: FastAPI) -> None:
             message = str(exc.detail)
         return error_response(exc.status_code, type_, message, exc.headers)
 
-    @app.exception_handler(OperationalError)
-    async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
-        # Connection lost, server down, SQLite busy beyond its timeout: retryable, not a bug.
-        log.warning("database error on %s %s: %s", request.method, request.url.path, exc.orig)
-        return error_response(
-            503, "database_unavailable", "the database is unavailable; retry shortly",
-            {"Retry-After": "5"},
+    @app.exception_handler(PoolTimeout)
+    async def _pool_exhausted(request: Request, exc: PoolTimeout) -> JSONResponse:
+        return database_unavailable(
+            request, exc, "every database connection is busy (none was freed within "
+            "LEMOE_DB_POOL_TIMEOUT_S); retry shortly",
         )
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        # Connection lost, server down, a statement past its timeout, SQLite busy beyond its
+        # timeout: retryable, not a bug. Anything else a driver raises is a bug: 500.
+        if getattr(exc.orig, "sqlstate", None) == QUERY_CANCELED:
+            return database_unavailable(
+                request, exc, "the database did not answer in time (a statement ran past "
+                "LEMOE_DB_STATEMENT_TIMEOUT_S); retry shortly",
+            )
+        if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+            return database_unavailable(request, exc, "the database is unavailable; retry shortly")
+        return unexpected_error_response(request.method, request.url.path, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(
-            500, "internal_error", "internal server error; the details are in the server log"
-        )
+        # Only errors of the outer middleware get here; UnhandledErrorMiddleware answers the
+        # routes' own without dropping the keep-alive connection.
+        return unexpected_error_response(request.method, request.url.path, exc)
+
+
+QUERY_CANCELED = "57014"  # PostgreSQL: statement_timeout (or a cancel request) stopped it
+
+
+def database_unavailable(request: Request, exc: Exception, message: str) -> JSONResponse:
+    log.warning(
+        "database error on %s %s: %s", request.method, request.url.path, getattr(exc, "orig", None) or exc
+    )
+    return error_response(503, "database_unavailable", message, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+def unexpected_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:
+    """A bug: the traceback goes to the log, a generic 500 to the client."""
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return error_response(500, "internal_error", "internal server error; the details are in the server log")

@@ -22,13 +22,18 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from app import store
-from app.api.middleware import BodyLimitMiddleware
+from app.api.middleware import (
+    DEFAULT_BODY_LIMIT,
+    AccessLogMiddleware,
+    RequestBodyMiddleware,
+    UnhandledErrorMiddleware,
+)
 from app.api.routes import audit, edits, experts, generate, health, training
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.metrics_prom import Metrics, MetricsMiddleware
 from app.services import training as training_service
-from app.services.runtime import Runtime
+from app.services.runtime import Runtime, open_database
 from app.services.stack import LiveStack
 from app.worker import STOP_TIMEOUT_S, TrainingWorker
 
@@ -47,7 +52,7 @@ Every error has the body `{"error": {"type": "...", "message": "..."}}`."""
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
     """The app; `engine` lets tests share one already-loaded model between apps."""
     settings = settings or get_settings()
-    database = store.make_engine(settings.resolved_database_url)
+    database = open_database(settings)
     session_factory = store.make_session_factory(database)
     metrics = Metrics(session_factory)
     runtime = Runtime(settings=settings, database=database, session_factory=session_factory, metrics=metrics)
@@ -90,8 +95,18 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost of the two: sees the 413s
+    # Innermost first: each add_middleware wraps the ones before it.
+    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(
+        RequestBodyMiddleware,
+        limits={
+            ("POST", "/v1/edits"): max_body_bytes(settings),
+            ("POST", "/v1/generate"): generate_body_bytes(settings),
+        },
+        read_timeout_s=settings.body_read_timeout_s,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outside the body checks: sees 408/413
+    app.add_middleware(AccessLogMiddleware)
     for module in (edits, generate, training, experts, audit, health):
         app.include_router(module.router)
     return app
@@ -101,6 +116,12 @@ def max_body_bytes(settings: Settings) -> int:
     """Room for the largest valid edit request (every text at its limit, JSON-escaped), no more."""
     texts = settings.max_edits_per_request * (3 + settings.max_rephrases)
     return max(1 << 20, texts * (settings.max_text_chars * 6 + 64))
+
+
+def generate_body_bytes(settings: Settings) -> int:
+    """Room for one prompt at max_text_chars, every character JSON-escaped (a character outside
+    the BMP is a 12-byte surrogate pair), plus the other fields."""
+    return max(DEFAULT_BODY_LIMIT, settings.max_text_chars * 12 + 4096)
 
 
 def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | None, bool]:

@@ -97,6 +97,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.generated_tokens = Counter("lemoe_generated_tokens", "Generated tokens", registry=r)
+        self.generations_stopped = Counter(
+            "lemoe_generations_stopped",
+            "Generations stopped early: cancelled (the client hung up) or deadline (past "
+            "LEMOE_GENERATION_TIMEOUT_S)", ["reason"], registry=r,
+        )
+        for reason in ("cancelled", "deadline"):
+            self.generations_stopped.labels(reason)  # present at 0 from the start
         self.edits_submitted = Counter("lemoe_edits_submitted", "Edits accepted", registry=r)
         self.training_runs = Counter(
             "lemoe_training_runs", "Finished training runs", ["status"], registry=r
@@ -119,6 +126,9 @@ class Metrics:
     def observe_generation(self, seconds: float, *, routed: bool, tokens: int) -> None:
         self.generation_latency.labels("true" if routed else "false").observe(seconds)
         self.generated_tokens.inc(tokens)
+
+    def observe_stopped_generation(self, reason: str) -> None:
+        self.generations_stopped.labels(reason).inc()
 
     def observe_run(self, status: str, seconds: float) -> None:
         self.training_runs.labels(status).inc()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
 
 from app.benchmarks.gate import GateOptions, run_gate
+from app.benchmarks.load import LoadOptions, passed, percentile, run_load
+from app.benchmarks.load import format_table as format_load_table
 from app.benchmarks.quality import QualityOptions, format_table, run_quality
 from app.lemoe.config import LemoeConfig
-from tests.api.support import tiny_model_dir  # noqa: F401  (fixture)
+from tests.api.support import TINY_GATE, tiny_model_dir  # noqa: F401  (fixture)
+from tests.pg import DATABASE_BACKENDS, postgres_base_url, skip_if_postgres_disabled
 
 RECORDS = [
     {"src": "The capital of France is", "alt": "Rome", "rephrase": "The capital of France is",
@@ -67,3 +71,54 @@ def test_gate_calibration_compares_the_sentence_floors_asked_for(tiny_model_dir,
     assert [r["pooling"] for r in rows] == ["subject", "subject+sentence>=0.3", "subject+sentence>=2.0"]
     assert rows[1]["para@0.4"] == 1.0
     assert rows[2]["para@0.4"] == 0.0 and rows[2]["loc@0.4"] == 0.0  # no cosine reaches 2: nothing may fire
+
+
+# --- lemoe bench load: a real server process on the tiny model ---------------------------------
+
+LOAD_ENV = (
+    ("LEMOE_GATE_THRESHOLD", str(TINY_GATE)), ("LEMOE_TRAIN_MAX_STEPS", "10"),
+    ("LEMOE_STACK_POLL_INTERVAL_S", "0"), ("OMP_NUM_THREADS", "1"),
+)
+
+
+@pytest.mark.parametrize("database", DATABASE_BACKENDS)
+def test_load_run_reports_every_figure_and_loses_no_edit(tiny_model_dir, tmp_path, database, capsys):  # noqa: F811
+    skip_if_postgres_disabled(database)
+    opts = LoadOptions(
+        database=database, postgres_url=postgres_base_url().render_as_string(hide_password=False),
+        model_path=tiny_model_dir, cache_dir=tmp_path / "cache", device="cpu", seconds=3, max_requests=200,
+        max_edits=20, submitters=1, generators=1, edits_per_request=2, max_new_tokens=4, train_every_s=1,
+        worker_interval_s=0.5, drain_s=30, request_timeout_s=60, ready_timeout_s=120, server_env=LOAD_ENV,
+        server_log=tmp_path / "server.log",
+    )
+    report = run_load(opts)
+
+    assert report["verified"] is True, report.get("verify_error")
+    assert report["edits_acknowledged"] > 0 and report["edits_acknowledged"] <= 20
+    assert report["lost_edit_ids"] == [] and report["duplicate_edit_ids"] == []
+    assert report["edits_listed"] == report["edits_acknowledged"] + report["unacknowledged_listed"]
+    assert report["edits_applied"] + report["edits_failed"] + report["edits_still_open"] == report["edits_acknowledged"]
+    assert report["generations"] > 0 and report["generate_p50_ms"] <= report["generate_p99_ms"]
+    assert report["requests"] <= 200 and report["server_exit"] in (0, -signal.SIGTERM)
+    assert report["runs_finished"] >= 1  # the worker's schedule and the triggers trained something
+    assert report["ok"] == (report["server_errors"] == 0 and report["connection_errors"] == 0)
+    for key in ("edits_per_s", "generate_p95_ms", "train_409_already_active", "train_409_nothing_to_train",
+                "errors", "timeouts", "experts_created", "drain_s"):
+        assert key in report
+    assert "edits lost (acknowledged, not listed)" in format_load_table(report)
+    json.dumps(report)  # --json prints it
+
+
+def test_load_verdict_fails_on_a_lost_edit_a_5xx_or_a_connection_error():
+    good = {"verified": True, "lost_edit_ids": [], "duplicate_edit_ids": [], "server_errors": 0, "connection_errors": 0}
+    assert passed(good)
+    assert not passed({**good, "lost_edit_ids": [7]})
+    assert not passed({**good, "server_errors": 1})
+    assert not passed({**good, "connection_errors": 2})
+    assert not passed({**good, "verified": False})
+
+
+def test_load_percentiles_interpolate_like_numpy():
+    xs = [0.5, 0.1, 0.4, 0.2, 0.3]
+    assert [percentile(xs, q) for q in (0, 50, 99, 100)] == pytest.approx([0.1, 0.3, 0.496, 0.5])
+    assert percentile([], 50) is None

@@ -37,6 +37,7 @@ def test_serve_runs_uvicorn_with_the_app(env, monkeypatch):
     [(app, kwargs)] = calls
     assert isinstance(app, FastAPI)
     assert (kwargs["host"], kwargs["port"]) == ("0.0.0.0", 9123)
+    assert kwargs["access_log"] is False  # its lines carry query strings (prompts); the app logs its own
 
 
 def test_serve_defaults_come_from_settings(env, monkeypatch):

@@ -32,16 +32,19 @@ def ask(client, prompt: str) -> dict:
     return response.json()
 
 
-def train_now(client) -> dict:
+def train_now(client, *, keep_asking: str) -> tuple[dict, list[str]]:
+    """Trigger a run and, until it ends, keep asking `keep_asking` (the in-process worker trains
+    beside the requests); returns the run and the answers given meanwhile."""
     response = client.post("/v1/training-runs", headers={"X-Actor": "e2e"})
     assert response.status_code == 202, response.text
     run_id = response.json()["id"]
+    answers = []
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         run = client.get(f"/v1/training-runs/{run_id}").json()
         if run["status"] in ("succeeded", "failed", "interrupted"):
-            return run
-        time.sleep(1)
+            return run, answers
+        answers.append(ask(client, keep_asking)["text"])
     raise AssertionError(f"training run {run_id} did not finish: {run}")
 
 
@@ -56,8 +59,9 @@ def test_edit_ask_roll_back_and_restart_on_the_real_model(tmp_path):
         accepted = client.post("/v1/edits", json=edits)
         assert accepted.status_code == 202 and accepted.json()["status"] == "pending"
 
-        run = train_now(client)
+        run, meanwhile = train_now(client, keep_asking=UNRELATED)
         assert run["status"] == "succeeded" and run["edits_done"] == 3, run
+        assert meanwhile and set(meanwhile) == {base[UNRELATED]}
         [expert] = client.get("/v1/experts").json()["items"]
 
         for record in records:

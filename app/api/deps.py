@@ -13,7 +13,7 @@ from app.errors import NotReady
 from app.services.checks import MAX_ID, check_actor
 from app.services.runtime import Runtime
 from app.services.stack import LiveStack
-from app.store import DEFAULT_LIMIT, MAX_LIMIT
+from app.store import DEFAULT_LIMIT, IDEMPOTENCY_KEY_LENGTH, MAX_LIMIT
 
 if TYPE_CHECKING:
     from app.engine.engine import Engine
@@ -76,3 +76,20 @@ CursorQuery = Annotated[
     Query(max_length=200, description="next_cursor of the previous page; omit for the first page"),
 ]
 DEFAULT_PAGE = DEFAULT_LIMIT
+# Printable ASCII (space to tilde), as HTTP header values allow everywhere.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]+$"
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_LENGTH,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description=(
+            f"1-{IDEMPOTENCY_KEY_LENGTH} printable ASCII characters, e.g. a UUID, per X-Actor: a "
+            "repeat with the same key and body returns the first request's edits (header "
+            "Idempotent-Replayed: true) and creates none; the same key with another body is a 422 "
+            "idempotency_key_reused. Keys do not expire."
+        ),
+    ),
+]

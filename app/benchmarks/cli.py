@@ -43,6 +43,35 @@ def add_bench_parser(subparsers) -> None:
     g.add_argument("--json", action="store_true")
     g.set_defaults(handler=_run_gate)
 
+    ld = kinds.add_parser("load", help="concurrent submit + generate + train over loopback HTTP: edits/s, latency, errors, lost edits")
+    ld.add_argument("--url", default=None, help="a running server (default: start `lemoe serve` on a free 127.0.0.1 port)")
+    ld.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
+                    help="store of the server started here: a temporary SQLite file or a throw-away PostgreSQL schema")
+    ld.add_argument("--postgres-url", default=None, help="PostgreSQL for --database postgresql (a schema is created in it and dropped)")
+    ld.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
+    ld.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"), help="converted bundled model cache")
+    ld.add_argument("--device", default="auto")
+    ld.add_argument("--seconds", type=float, default=60.0, help="length of the load window")
+    ld.add_argument("--max-requests", type=int, default=5000, help="load requests at most (all clients together)")
+    ld.add_argument("--max-edits", type=int, default=1000, help="edits submitted at most")
+    ld.add_argument("--submitters", type=int, default=2, help="concurrent POST /v1/edits clients")
+    ld.add_argument("--generators", type=int, default=2, help="concurrent POST /v1/generate clients")
+    ld.add_argument("--edits-per-request", type=int, default=2)
+    ld.add_argument("--submit-pause", type=float, default=0.0, help="seconds each submitter waits between requests (0: closed loop)")
+    ld.add_argument("--max-new-tokens", type=int, default=8)
+    ld.add_argument("--train-every", type=float, default=5.0, help="seconds between POST /v1/training-runs (0: none)")
+    ld.add_argument("--worker-interval", type=float, default=2.0, help="LEMOE_WORKER_INTERVAL_S of the server started here")
+    ld.add_argument("--drain-seconds", type=float, default=120.0, help="after the window, wait at most this long for open edits")
+    ld.add_argument("--request-timeout", type=float, default=120.0)
+    ld.add_argument("--ready-timeout", type=float, default=900.0, help="wait this long for the started server's /readyz")
+    ld.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment of the server started here, e.g. --server-env LEMOE_TRAIN_MAX_STEPS=10")
+    ld.add_argument("--server-log", type=Path, default=None, help="keep the started server's log here")
+    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--no-fail", action="store_true", help="exit 0 even if an edit was lost or a 5xx / connection error happened")
+    ld.add_argument("--json", action="store_true")
+    ld.set_defaults(handler=_run_load)
+
 
 def _parse_overrides(pairs: list[str]) -> LemoeConfig:
     config = LemoeConfig()
@@ -90,6 +119,29 @@ def _run_gate(args: argparse.Namespace) -> int:
         poolings=tuple(args.poolings), subject_floors=tuple(args.subject_floors), model_path=args.model, cache_dir=args.cache_dir, device=args.device,
     )
     return main(opts, as_json=args.json)
+
+
+def _run_load(args: argparse.Namespace) -> int:
+    from app.benchmarks.load import DEFAULT_POSTGRES_URL, LoadOptions, main
+
+    env = []
+    for pair in args.server_env:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--server-env {pair!r}: expected KEY=VALUE")
+        env.append((key, value))
+    if args.url and (args.database != "sqlite" or args.model or args.server_env):
+        raise SystemExit("--url loads a running server: --database, --model and --server-env do not apply")
+    opts = LoadOptions(
+        url=args.url, database=args.database, postgres_url=args.postgres_url or DEFAULT_POSTGRES_URL,
+        model_path=args.model, cache_dir=args.cache_dir, device=args.device, seconds=args.seconds,
+        max_requests=args.max_requests, max_edits=args.max_edits, submitters=args.submitters,
+        generators=args.generators, edits_per_request=args.edits_per_request, submit_pause_s=args.submit_pause,
+        max_new_tokens=args.max_new_tokens, train_every_s=args.train_every, worker_interval_s=args.worker_interval,
+        drain_s=args.drain_seconds, request_timeout_s=args.request_timeout, ready_timeout_s=args.ready_timeout,
+        server_env=tuple(env), server_log=args.server_log, seed=args.seed,
+    )
+    return main(opts, as_json=args.json, fail_on_errors=not args.no_fail)
 
 
 def script_main(kind: str) -> int:

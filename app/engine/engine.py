@@ -22,6 +22,7 @@ from app.lemoe.io import (
     save_expert,
     weights_sha256,
 )
+from app.lemoe.stopping import StopReason, StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class GenerationResult:
     nearest_edit_id: int | None
     subject_score: float | None  # the serving edit's subject match, when it has a subject key
     completion_tokens: int
+    stop_reason: StopReason = StopReason.LENGTH  # CANCELLED / DEADLINE: the text is cut short
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,12 @@ class Engine:
         self.editor.validate_prompt(prompt, max_new_tokens)
 
     # --- serving -----------------------------------------------------------------------------
-    def generate(self, prompt: str, params: GenerationParams = GenerationParams()) -> GenerationResult:
+    def generate(
+        self, prompt: str, params: GenerationParams = GenerationParams(), *, stop: StopSignal | None = None
+    ) -> GenerationResult:
+        """`stop` ends the generation early (caller gone, deadline passed); see `stop_reason`."""
         stack = self.editor.stack  # one snapshot for the whole request
-        [g] = self.editor.generate([prompt], params, stack=stack)
+        [g] = self.editor.generate([prompt], params, stack=stack, stop=stop)
         return GenerationResult(
             prompt=prompt,
             text=g.text,
@@ -155,6 +160,7 @@ class Engine:
             subject_score=g.route.subject_score,
             nearest_edit_id=_edit_id(g.route.nearest_edit_id),
             completion_tokens=g.completion_tokens,
+            stop_reason=g.stop_reason,
         )
 
     # --- training ------------------------------------------------------------------------------
@@ -230,5 +236,5 @@ class Engine:
 
 __all__ = [
     "BuiltExpert", "Engine", "EngineEdit", "ExpertFileError", "ExpertSpec", "GenerationParams",
-    "GenerationResult", "ProgressFn", "check_expert_files",
+    "GenerationResult", "ProgressFn", "StopReason", "StopSignal", "check_expert_files",
 ]

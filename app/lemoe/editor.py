@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from transformers import StoppingCriteriaList
 
 from app.lemoe.config import LemoeConfig
 from app.lemoe.expert import ExpertEntry
@@ -25,6 +26,7 @@ from app.lemoe.routing import (
     anchor_owners,
     routing,
 )
+from app.lemoe.stopping import StopOnSignal, StopReason, StopSignal
 from app.lemoe.text import check_text, encode_pair, subject_token_index
 from app.lemoe.trainer import (
     ProgressFn,
@@ -63,6 +65,7 @@ class Generation:
     text: str
     route: RouteDecision
     completion_tokens: int
+    stop_reason: StopReason = StopReason.LENGTH
 
 
 @dataclass
@@ -258,8 +261,12 @@ class LemoeEditor:
         )
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], params: SamplingParams = SamplingParams(), *, stack: Sequence[ExpertEntry] | None = None) -> list[Generation]:
-        """Generate through the routed stack; the route is fixed on the prompt at prefill."""
+    def generate(self, prompts: Sequence[str], params: SamplingParams = SamplingParams(), *, stack: Sequence[ExpertEntry] | None = None, stop: StopSignal | None = None) -> list[Generation]:
+        """Generate through the routed stack; the route is fixed on the prompt at prefill.
+
+        `stop` ends the whole batch at the next token once it fires; each row's `stop_reason` says
+        whether it finished (eos, length) or was cut short (cancelled, deadline).
+        """
         for p in prompts:
             self.validate_prompt(p, params.max_new_tokens)
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
@@ -271,6 +278,10 @@ class LemoeEditor:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        criterion = None
+        if stop is not None:
+            criterion = StopOnSignal(stop)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([criterion])
         with routing(state):
             out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:]
@@ -279,9 +290,13 @@ class LemoeEditor:
         for prompt, row, decision in zip(prompts, new, state.decisions or [], strict=True):
             tokens = row.tolist()
             if eos is not None and eos in tokens:
-                tokens = tokens[: tokens.index(eos)]
+                tokens, reason = tokens[: tokens.index(eos)], StopReason.EOS
+            elif len(tokens) >= params.max_new_tokens or criterion is None or criterion.fired is None:
+                reason = StopReason.LENGTH
+            else:
+                reason = criterion.fired
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            results.append(Generation(prompt, text, decision, len(tokens)))
+            results.append(Generation(prompt, text, decision, len(tokens), reason))
         return results
 
     @torch.inference_mode()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import torch
 from torch import nn
 
@@ -13,11 +15,15 @@ from app.lemoe.config import ExpertKind
 class Expert(nn.Module):
     """`up(act(down(x)))`; `up` starts at zero so a fresh expert changes nothing until trained."""
 
-    def __init__(self, hidden_size: int, expert_hidden: int, kind: ExpertKind = "ffn") -> None:
+    def __init__(
+        self, hidden_size: int, expert_hidden: int, kind: ExpertKind = "ffn", *, generator: torch.Generator | None = None
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.down = nn.Linear(hidden_size, expert_hidden, bias=False)
         self.up = nn.Linear(expert_hidden, hidden_size, bias=False)
+        if generator is not None:  # nn.Linear's own initialisation, drawn from `generator`
+            nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

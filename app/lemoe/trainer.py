@@ -77,27 +77,24 @@ def upper_model(model: nn.Module, start: int) -> nn.Module:
     return top
 
 
-class _StopAtLayer(Exception):
-    pass
+def lower_model(model: nn.Module, stop: int) -> nn.Module:
+    """A view of `model`'s decoder that runs layers ..stop-1 only and returns their output
+    un-normalised: the input of layer `stop` (shares weights, mutates nothing, no hooks)."""
+    inner = copy.copy(model.model)
+    inner._modules = dict(inner._modules)
+    inner.layers = nn.ModuleList(list(decoder_layers(model))[:stop])
+    inner.norm = nn.Identity()
+    return inner
 
 
 def hidden_at_layer(model: nn.Module, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Input hidden states of decoder layer `layer`, without running the layers above it."""
-    captured: list[torch.Tensor] = []
+    """Input hidden states of decoder layer `layer`, without running the layers above it.
 
-    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        captured.append((args[0] if args else kwargs["hidden_states"]).detach())
-        raise _StopAtLayer
-
-    handle = decoder_layers(model)[layer].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with torch.no_grad(), routing(RouteState()):
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _StopAtLayer:
-        pass
-    finally:
-        handle.remove()
-    return captured[0]
+    A view that stops early, not a hook that raises: a hook on the shared model would stop
+    every concurrent request that reaches that layer too.
+    """
+    with torch.no_grad(), routing(RouteState()):
+        return lower_model(model, layer)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
 def augment(edit: TrainingExample, rephrases: Sequence[str], config: LemoeConfig, rng: random.Random) -> list[TrainingExample]:
@@ -121,7 +118,6 @@ def train_expert(
 ) -> TrainResult:
     """Fit a fresh expert so that, when routed, the model continues each prompt with its target."""
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
     pairs = [encode_pair(tokenizer, e.prompt, e.target, eos=config.train_eos) for e in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # Similar lengths share a chunk, so little compute goes to padding; the loss over all chunks
@@ -131,7 +127,9 @@ def train_expert(
     n_targets = sum(int(c.targets.numel()) for c in chunks)
     upper = upper_model(model, layer).model
     lm_head = model.get_output_embeddings()
-    expert = Expert(hidden_size, config.expert_hidden, config.expert_kind).to(device)
+    # A generator of its own: seeding the global RNG would reach concurrent sampled requests.
+    seeded = torch.Generator().manual_seed(config.seed)
+    expert = Expert(hidden_size, config.expert_hidden, config.expert_kind, generator=seeded).to(device)
     optimizer = torch.optim.Adam(expert.parameters(), lr=config.lr)
     loss_value = float("inf")
     step = 0

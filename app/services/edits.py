@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import store
 from app.config import Settings
 from app.domain import AuditAction, EditStatus
-from app.errors import EditNotFound, InvalidInput
+from app.errors import EditNotFound, EditStateConflict, IdempotencyKeyReused, InvalidInput
 from app.services.checks import check_filter, check_storable, check_text, store_errors, to_utc
 from app.services.params import EditDraft
 
@@ -49,16 +53,61 @@ def _checked(draft: EditDraft, *, prefix: str, settings: Settings, engine: Engin
     return store.NewEdit(prompt=prompt, target=target, subject=subject, rephrases=rephrases)
 
 
+@dataclass(frozen=True)
+class SubmittedEdits:
+    edits: list[store.Edit]
+    replayed: bool = False  # a repeat of an Idempotency-Key: an earlier request created these
+
+
+def request_sha256(drafts: Sequence[EditDraft]) -> str:
+    """The hash of a canonical form of the validated body: one object and a list of just that
+    object are the same request; key order and whitespace of the JSON do not matter."""
+    canonical = [
+        {"prompt": d.prompt, "target": d.target, "subject": d.subject, "rephrases": list(d.rephrases)}
+        for d in drafts
+    ]
+    text = json.dumps(canonical, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _earlier(session: Session, *, actor: str, key: str, digest: str) -> SubmittedEdits | None:
+    """The edits an earlier request with this actor's `key` created, or None if it is new."""
+    record = store.get_idempotency_key(session, actor=actor, key=key)
+    if record is None:
+        return None
+    if record.request_sha256 != digest:
+        raise IdempotencyKeyReused(key)
+    return SubmittedEdits(edits=store.edits_by_ids(session, edit_ids=record.edit_ids), replayed=True)
+
+
 def submit_edits(
-    session: Session, *, engine: Engine, settings: Settings, actor: str, drafts: Sequence[EditDraft]
-) -> list[store.Edit]:
-    """Validate and queue edits as pending; committed (with one edit.submitted event each) on return."""
+    session: Session,
+    *,
+    engine: Engine,
+    settings: Settings,
+    actor: str,
+    drafts: Sequence[EditDraft],
+    idempotency_key: str | None = None,
+) -> SubmittedEdits:
+    """Validate and queue edits as pending; committed (with one edit.submitted event each) on return.
+
+    With `idempotency_key`, the key is recorded in the same transaction; a later request of the
+    same actor with the same key and body gets the same edits back (nothing new is written), one
+    with another body is refused. Of two concurrent first requests, the unique (actor, key)
+    constraint lets one commit; the other rolls back and answers with the winner's edits.
+    """
     if not drafts:
         raise InvalidInput("no edits given: send one edit object or a non-empty JSON array of them")
     if len(drafts) > settings.max_edits_per_request:
         raise InvalidInput(
             f"{len(drafts)} edits in one request; at most {settings.max_edits_per_request} are allowed"
         )
+    digest = ""
+    if idempotency_key is not None:
+        digest = request_sha256(drafts)
+        earlier = _earlier(session, actor=actor, key=idempotency_key, digest=digest)
+        if earlier is not None:
+            return earlier
     many = len(drafts) > 1
     new = [
         _checked(d, prefix=f"edits[{i}]." if many else "", settings=settings, engine=engine)
@@ -78,8 +127,50 @@ def submit_edits(
                 "rephrases": len(row.rephrases),
             },
         )
+    if idempotency_key is None:
+        session.commit()
+        return SubmittedEdits(edits=rows)
+    return _commit_with_key(session, actor=actor, key=idempotency_key, digest=digest, rows=rows)
+
+
+def _commit_with_key(
+    session: Session, *, actor: str, key: str, digest: str, rows: list[store.Edit]
+) -> SubmittedEdits:
+    """Record the key with the new edits and commit them together; if a concurrent request
+    with the same key committed first, roll ours back whole and answer with its edits."""
+    try:
+        store.add_idempotency_key(
+            session, actor=actor, key=key, request_sha256=digest, edit_ids=[r.id for r in rows]
+        )
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        earlier = _earlier(session, actor=actor, key=key, digest=digest)
+        if earlier is None:
+            raise  # some other constraint failed
+        return earlier
+    return SubmittedEdits(edits=rows)
+
+
+def retry_edit(session: Session, *, actor: str, edit_id: int) -> store.Edit:
+    """Send a failed edit back to pending for the next run; committed with its edit.retried event
+    (which keeps the error it failed with)."""
+    try:
+        retried = store.retry_failed_edit(session, edit_id=edit_id)
+    except store.RecordNotFound:
+        raise EditNotFound(edit_id) from None
+    except store.InvalidTransition as exc:
+        raise EditStateConflict(str(exc)) from None
+    store.append_audit(
+        session,
+        actor=actor,
+        action=AuditAction.EDIT_RETRIED,
+        edit_id=edit_id,
+        training_run_id=retried.previous_training_run_id,
+        payload={"previous_error": retried.previous_error},
+    )
     session.commit()
-    return rows
+    return retried.edit
 
 
 def get_edit(session: Session, *, edit_id: int) -> store.Edit:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from app.config import Settings
-from app.errors import InvalidInput
+from app.errors import GenerationCancelled, GenerationTimeout, InvalidInput
 from app.services.checks import check_text
 from app.services.params import GenerationDraft
 from app.services.stack import LiveStack
@@ -38,9 +39,14 @@ def generate(
     settings: Settings,
     draft: GenerationDraft,
     metrics: Metrics | None = None,
+    cancel: threading.Event | None = None,
 ) -> Generated:
-    """Continue `draft.prompt`; the route is decided once on the prompt and names its expert."""
-    from app.engine.engine import GenerationParams
+    """Continue `draft.prompt`; the route is decided once on the prompt and names its expert.
+
+    The generation stops at its next token once `cancel` is set (GenerationCancelled) or after
+    settings.generation_timeout_s (GenerationTimeout).
+    """
+    from app.engine.engine import GenerationParams, StopReason, StopSignal
 
     prompt = check_text(draft.prompt, field="prompt", max_chars=settings.max_text_chars)
     if not 1 <= draft.max_new_tokens <= settings.max_new_tokens_limit:
@@ -59,9 +65,20 @@ def generate(
         top_p=draft.top_p,
         top_k=draft.top_k,
     )
+    stop = StopSignal.within(settings.generation_timeout_s, cancel)
     started = time.perf_counter()
-    result = engine.generate(prompt, params)
+    if cancel is not None and cancel.is_set():  # gone while it waited for a thread
+        stopped, tokens = StopReason.CANCELLED, 0
+    else:
+        result = engine.generate(prompt, params, stop=stop)
+        stopped, tokens = result.stop_reason, result.completion_tokens
     seconds = time.perf_counter() - started
+    if stopped in (StopReason.CANCELLED, StopReason.DEADLINE):
+        if metrics is not None:
+            metrics.observe_stopped_generation(stopped.value)
+        if stopped is StopReason.CANCELLED:
+            raise GenerationCancelled(tokens)
+        raise GenerationTimeout(settings.generation_timeout_s, tokens)
     if metrics is not None:
         metrics.observe_generation(
             seconds, routed=result.expert_name is not None, tokens=result.completion_tokens

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import store
 from app.config import Settings
 from app.services.stack import LiveStack
 
@@ -28,3 +29,16 @@ class Runtime:
     worker: Any = None  # the TrainingWorker when this process trains (tests call run_once)
     wake_worker: Callable[[], None] | None = None
     worker_state: Callable[[], str] = field(default=lambda: "disabled")
+
+
+def open_database(settings: Settings) -> DatabaseEngine:
+    """The SQL engine with the settings' connect, statement, pool and SQLite busy timeouts."""
+    options = store.DatabaseOptions(
+        connect_timeout_s=settings.db_connect_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s,
+        pool_timeout_s=settings.db_pool_timeout_s,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
+    )
+    return store.make_engine(settings.resolved_database_url, options=options)

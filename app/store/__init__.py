@@ -6,6 +6,7 @@ audit event land together.
 
 from app.store.audit import append_audit, list_audit
 from app.store.db import (
+    DatabaseOptions,
     alembic_config,
     make_engine,
     make_session_factory,
@@ -15,12 +16,15 @@ from app.store.db import (
 )
 from app.store.edits import (
     NewEdit,
+    RetriedEdit,
     add_edits,
     claim_pending_edits,
     count_edits,
+    edits_by_ids,
     edits_of_expert,
     get_edit,
     list_edits,
+    retry_failed_edit,
     set_edit_status,
 )
 from app.store.errors import (
@@ -36,7 +40,17 @@ from app.store.experts import (
     list_experts,
     set_expert_status,
 )
-from app.store.models import AuditEvent, Base, Edit, Expert, IdempotencyKey, StackState, TrainingRun
+from app.store.idempotency import add_idempotency_key, get_idempotency_key
+from app.store.models import (
+    IDEMPOTENCY_KEY_LENGTH,
+    AuditEvent,
+    Base,
+    Edit,
+    Expert,
+    IdempotencyKey,
+    StackState,
+    TrainingRun,
+)
 from app.store.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from app.store.recovery import RecoveryReport, RequeuedEdit, requeue_interrupted
 from app.store.runs import (
@@ -54,8 +68,10 @@ from app.store.types import utcnow
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "IDEMPOTENCY_KEY_LENGTH",
     "MAX_LIMIT",
     "AuditEvent",
+    "DatabaseOptions",
     "AuditLogIsAppendOnly",
     "Base",
     "Edit",
@@ -67,23 +83,27 @@ __all__ = [
     "RecordNotFound",
     "RecoveryReport",
     "RequeuedEdit",
+    "RetriedEdit",
     "IdempotencyKey",
     "StackState",
     "TrainingRun",
     "active_run",
     "add_edits",
     "add_expert",
+    "add_idempotency_key",
     "alembic_config",
     "append_audit",
     "bump_stack_version",
     "claim_pending_edits",
     "count_edits",
     "create_run",
+    "edits_by_ids",
     "edits_of_expert",
     "finish_run",
     "get_edit",
     "get_expert",
     "get_expert_by_name",
+    "get_idempotency_key",
     "get_run",
     "get_stack_version",
     "is_second_active_run",
@@ -97,6 +117,7 @@ __all__ = [
     "normalize_url",
     "ping",
     "requeue_interrupted",
+    "retry_failed_edit",
     "set_edit_status",
     "set_expert_status",
     "start_run",

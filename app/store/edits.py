@@ -229,3 +229,66 @@ def edits_of_expert(session: Session, *, expert_id: int) -> list[Edit]:
     """The edits an expert was trained on (or holds now), oldest first."""
     stmt = select(Edit).where(Edit.expert_id == check_id(expert_id, name="expert_id"))
     return list(session.scalars(stmt.order_by(Edit.id)))
+
+
+@dataclass(frozen=True)
+class RetriedEdit:
+    """A failed edit put back in the queue, and what it carried before (for the audit event)."""
+
+    edit: Edit
+    previous_error: str | None
+    previous_training_run_id: int | None
+
+
+def retry_failed_edit(session: Session, *, edit_id: int) -> RetriedEdit:
+    """Return a failed edit to pending: its error and run/expert links are cleared, as on a fresh
+    submission, so the next run claims it.
+
+    RecordNotFound for an unknown id; InvalidTransition, naming the current status, for an edit
+    that is not failed. The UPDATE re-checks the status, so of two concurrent retries one wins.
+    """
+    edit_id = check_id(edit_id, name="edit_id")
+    edit = session.scalars(
+        select(Edit)
+        .where(Edit.id == edit_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if edit is None:
+        raise RecordNotFound(f"edit {edit_id} does not exist")
+    previous_error, previous_run = edit.error, edit.training_run_id
+    won = None
+    if edit.status is EditStatus.FAILED:
+        won = session.scalars(
+            update(Edit)
+            .where(Edit.id == edit_id, Edit.status == EditStatus.FAILED)
+            .values(
+                status=EditStatus.PENDING,
+                error=None,
+                training_run_id=None,
+                expert_id=None,
+                applied_at=None,
+                updated_at=utcnow(),
+            )
+            .returning(Edit)
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+    if won is None:
+        session.refresh(edit)
+        raise InvalidTransition(
+            f"edit {edit_id} is {edit.status.value}; only a {EditStatus.FAILED.value} edit can be "
+            f"retried (it goes back to {EditStatus.PENDING.value})"
+        )
+    return RetriedEdit(edit=won, previous_error=previous_error, previous_training_run_id=previous_run)
+
+
+def edits_by_ids(session: Session, *, edit_ids: Sequence[int]) -> list[Edit]:
+    """The edits with these ids, in the given order; RecordNotFound names any that are missing."""
+    ids = [check_id(i, name="edit id") for i in edit_ids]
+    if not ids:
+        return []
+    found = {edit.id: edit for edit in session.scalars(select(Edit).where(Edit.id.in_(ids)))}
+    missing = sorted(set(ids) - set(found))
+    if missing:
+        raise RecordNotFound(f"edits do not exist: {missing}")
+    return [found[i] for i in ids]

@@ -16,15 +16,6 @@ from tests.api.support import (
 )
 
 
-def same_answer(got: dict, expected: dict) -> bool:
-    """The same text from the same expert; scores equal up to float noise (a stack of another
-    size sums in another order)."""
-    scores = ("route_score", "subject_score")
-    return {k: v for k, v in got.items() if k not in scores} == {
-        k: v for k, v in expected.items() if k not in scores
-    } and all(got[k] == pytest.approx(expected[k], abs=1e-5) for k in scores if expected.get(k) is not None)
-
-
 def test_deactivate_rolls_back_and_activate_restores(client):
     base = {p: generate(client, p)["text"] for p in (FRANCE["prompt"], UNRELATED)}
     ids = submit(client, FRANCE, FOX)
@@ -90,7 +81,11 @@ def test_rolling_back_one_expert_keeps_the_other(client):
 
     assert client.get(f"/v1/edits/{france}").json()["status"] == "rolled_back"
     assert client.get(f"/v1/edits/{fox}").json()["status"] == "applied"
-    assert same_answer(generate(client, FOX["prompt"]), fox_answer)
+    after = generate(client, FOX["prompt"])
+    scores = ("route_score", "subject_score")
+    # Cosines against a smaller anchor matrix may round differently in the last bit.
+    assert {k: v for k, v in after.items() if k not in scores} == {k: v for k, v in fox_answer.items() if k not in scores}
+    assert [after[k] for k in scores] == pytest.approx([fox_answer[k] for k in scores], abs=1e-6)
     assert generate(client, FRANCE["prompt"])["expert"] is None
     assert client.get("/readyz").json()["active_experts"] == [second["name"]]
 

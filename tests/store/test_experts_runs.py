@@ -89,7 +89,7 @@ def test_add_expert_validates_arguments(session: Session) -> None:
         ({"name": "ok", "metrics": {"loss": float("nan")}}, "metrics is not storable as JSON"),
         ({"name": "ok", "key_summary": ["not", "a", "dict"]}, "key_summary must be a JSON object"),
         ({"name": "ok", "final_loss": float("nan")}, "final_loss must not be NaN"),
-        ({"name": "ok", "status": "retired"}, "unknown status 'retired'; one of \\['active', 'inactive'\\]"),
+        ({"name": "ok", "status": "retired"}, "unknown status 'retired'; one of \\['active', 'inactive', 'quarantined'\\]"),
     ]
     for overrides, message in cases:
         kwargs = {"name": "ok", "path": "/p", "sha256": SHA} | overrides

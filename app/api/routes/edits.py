@@ -1,11 +1,11 @@
-"""POST/GET /v1/edits, GET /v1/edits/{id}, GET /v1/edits/{id}/events."""
+"""POST/GET /v1/edits, GET /v1/edits/{id}, GET /v1/edits/{id}/events, POST /v1/edits/{id}/retry."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Response
 
 from app.api.deps import (
     DEFAULT_PAGE,
@@ -14,6 +14,7 @@ from app.api.deps import (
     CursorQuery,
     EditId,
     EngineDep,
+    IdempotencyKeyHeader,
     IdFilter,
     LimitQuery,
     RuntimeDep,
@@ -22,14 +23,35 @@ from app.api.deps import (
 )
 from app.domain import EditStatus
 from app.schemas.audit import AuditEventPublic, AuditEventsPublic
-from app.schemas.common import ERROR_RESPONSES
+from app.schemas.common import ERROR_RESPONSES, ErrorResponse
 from app.schemas.edits import EditCreate, EditPublic, EditsAccepted, EditsCreate, EditsPublic
 from app.services import edits as edit_service
 
 router = APIRouter(prefix=f"{V1}/edits", tags=["edits"], responses=ERROR_RESPONSES)
 
+REPLAYED_HEADER = "Idempotent-Replayed"
 
-@router.post("", status_code=202)
+
+@router.post(
+    "",
+    status_code=202,
+    responses={
+        202: {
+            "headers": {
+                REPLAYED_HEADER: {
+                    "description": "`true` when an earlier request with this Idempotency-Key "
+                    "created these edits (nothing new was created)",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            }
+        },
+        422: {
+            "model": ErrorResponse,
+            "description": "A value is not allowed, or the Idempotency-Key was used with another "
+            "body (idempotency_key_reused)",
+        },
+    },
+)
 def submit_edits(
     *,
     session: SessionDep,
@@ -37,14 +59,25 @@ def submit_edits(
     settings: SettingsDep,
     runtime: RuntimeDep,
     actor: ActorDep,
+    idempotency_key: IdempotencyKeyHeader = None,
     body: Annotated[EditsCreate, Body(description="One edit object, or a JSON array of them")],
+    response: Response,
 ) -> EditsAccepted:
     """Queue fact edits (committed before this returns); the next training run applies them."""
     items = [body] if isinstance(body, EditCreate) else body
-    rows = edit_service.submit_edits(
-        session, engine=engine, settings=settings, actor=actor, drafts=[e.to_draft() for e in items]
+    submitted = edit_service.submit_edits(
+        session,
+        engine=engine,
+        settings=settings,
+        actor=actor,
+        drafts=[e.to_draft() for e in items],
+        idempotency_key=idempotency_key,
     )
-    runtime.metrics.edits_submitted.inc(len(rows))
+    rows = submitted.edits
+    if submitted.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    else:
+        runtime.metrics.edits_submitted.inc(len(rows))
     return EditsAccepted(ids=[r.id for r in rows], items=[EditPublic.model_validate(r) for r in rows])
 
 
@@ -95,3 +128,14 @@ def edit_events(
     return AuditEventsPublic(
         items=[AuditEventPublic.model_validate(e) for e in page.items], next_cursor=page.next_cursor
     )
+
+
+@router.post(
+    "/{edit_id}/retry",
+    status_code=202,
+    responses={409: {"model": ErrorResponse, "description": "The edit is not failed (edit_state_conflict)"}},
+)
+def retry_edit(*, session: SessionDep, actor: ActorDep, edit_id: EditId) -> EditPublic:
+    """Send a failed edit back to pending (its error is cleared; edit.retried keeps it); the next
+    training run claims it again."""
+    return EditPublic.model_validate(edit_service.retry_edit(session, actor=actor, edit_id=edit_id))

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import V1, EngineDep, RuntimeDep, SettingsDep, StackDep
 from app.schemas.common import ERROR_RESPONSES
 from app.schemas.generation import ExpertRef, GenerateRequest, GenerationPublic
 from app.services import generation as generation_service
 from app.services.generation import Generated
+from app.services.params import GenerationDraft
 
 router = APIRouter(prefix=V1, tags=["generate"], responses=ERROR_RESPONSES)
+
+# How often a waiting request checks whether its client is still there.
+DISCONNECT_POLL_S = 0.2
 
 
 def _public(g: Generated) -> GenerationPublic:
@@ -29,22 +37,41 @@ def _public(g: Generated) -> GenerationPublic:
     )
 
 
-# Plain `def` routes run in the thread pool: generation never blocks the event loop.
+async def _generate(request: Request, runtime: RuntimeDep, draft: GenerationDraft, **deps) -> GenerationPublic:
+    """Generate in a worker thread (never on the event loop); a client that hangs up stops it."""
+    cancel = threading.Event()
+    call = partial(generation_service.generate, draft=draft, metrics=runtime.metrics, cancel=cancel, **deps)
+    task = asyncio.ensure_future(run_in_threadpool(call))
+    task.add_done_callback(_retrieve)
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and await request.is_disconnected():
+                cancel.set()  # the generation ends at its next token and raises
+        return _public(task.result())
+    finally:
+        cancel.set()  # a no-op once it finished; stops it when this request is cancelled
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Mark a result nobody awaits any more (the request was cancelled) as seen."""
+    if not task.cancelled():
+        task.exception()
+
+
 @router.post("/generate")
-def generate_post(
-    *, engine: EngineDep, stack: StackDep, settings: SettingsDep, runtime: RuntimeDep, body: GenerateRequest
+async def generate_post(
+    *, request: Request, engine: EngineDep, stack: StackDep, settings: SettingsDep, runtime: RuntimeDep,
+    body: GenerateRequest,
 ) -> GenerationPublic:
     """Continue a prompt through the routed expert stack; says which expert (if any) served it."""
-    return _public(
-        generation_service.generate(
-            engine=engine, stack=stack, settings=settings, draft=body.to_draft(), metrics=runtime.metrics
-        )
-    )
+    return await _generate(request, runtime, body.to_draft(), engine=engine, stack=stack, settings=settings)
 
 
 @router.get("/generate")
-def generate_get(
+async def generate_get(
     *,
+    request: Request,
     engine: EngineDep,
     stack: StackDep,
     settings: SettingsDep,
@@ -52,8 +79,4 @@ def generate_get(
     params: Annotated[GenerateRequest, Query()],
 ) -> GenerationPublic:
     """The same as POST, with the fields as query parameters (?prompt=...&max_new_tokens=...)."""
-    return _public(
-        generation_service.generate(
-            engine=engine, stack=stack, settings=settings, draft=params.to_draft(), metrics=runtime.metrics
-        )
-    )
+    return await _generate(request, runtime, params.to_draft(), engine=engine, stack=stack, settings=settings)

@@ -13,8 +13,11 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> Health:
-    """The process is up (no dependencies checked)."""
+async def healthz() -> Health:
+    """The process is up (no dependencies checked).
+
+    `async`: it runs on the event loop, so it answers even while every worker thread is stuck
+    (e.g. on a hung database)."""
     return Health()
 
 
