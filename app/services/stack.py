@@ -118,15 +118,16 @@ class LiveStack:
         """Check only the quarantined experts' files (not re-hash the whole stack every poll)."""
         from app.engine.engine import ExpertFileError
 
-        for expert_id, spec in list(self._quarantined_specs.items()):
-            try:
-                self.engine.load_checked(spec)
-                return True
-            except ExpertFileError as exc:
-                q = self.quarantined.get(expert_id)
-                if q is None or exc.reason != q.reason:
+        with self.lock:  # as in a sync: the engine's expert cache changes under this lock
+            for expert_id, spec in self._quarantined_specs.items():
+                try:
+                    self.engine.load_checked(spec)
                     return True
-        return False
+                except ExpertFileError as exc:
+                    q = self.quarantined.get(expert_id)
+                    if q is None or exc.reason != q.reason:
+                        return True
+            return False
 
     def apply(self, experts: Sequence[store.Expert], *, required: int | None = None) -> None:
         """Make the engine's stack `experts` (already in id order) less those whose files are bad.
