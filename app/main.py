@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from app import store
 from app.api.middleware import BodyLimitMiddleware
+from app.api.openapi import install_openapi
 from app.api.routes import audit, edits, experts, generate, health, training
 from app.config import Settings, get_settings
 from app.errors import ExpertFilesInvalid, install_error_handlers
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost of the two: sees the 413s
     for module in (edits, generate, training, experts, audit, health):
         app.include_router(module.router)
+    install_openapi(app, settings)
     return app
 
 

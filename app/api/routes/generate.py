@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import V1, EngineDep, RuntimeDep, SettingsDep, StackDep
 from app.schemas.common import ERROR_RESPONSES
-from app.schemas.generation import ExpertRef, GenerateRequest, GenerationPublic
+from app.schemas.generation import ExpertRef, GenerateQuery, GenerateRequest, GenerationPublic
 from app.services import generation as generation_service
 from app.services.generation import Generated
 
@@ -49,7 +49,7 @@ def generate_get(
     stack: StackDep,
     settings: SettingsDep,
     runtime: RuntimeDep,
-    params: Annotated[GenerateRequest, Query()],
+    params: Annotated[GenerateQuery, Query()],
 ) -> GenerationPublic:
     """The same as POST, with the fields as query parameters (?prompt=...&max_new_tokens=...)."""
     return _public(
