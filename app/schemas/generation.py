@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.schemas.common import NON_BLANK_PATTERN, Documented, from_settings
 from app.services.params import DEFAULT_MAX_NEW_TOKENS, GenerationDraft
@@ -13,6 +13,19 @@ from app.services.params import DEFAULT_MAX_NEW_TOKENS, GenerationDraft
 MIN_TEMPERATURE = 0.01
 MAX_TEMPERATURE = 100.0
 MAX_TOP_K = 100_000
+
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON has one number type: 2.0 is the integer 2 (as JSON Schema counts it), 2.5 is none."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Put after the bounds (`Annotated[int, Field(ge=1), AS_JSON_INTEGER]`: so they stay in the
+# document as minimum/maximum); a boolean is no integer (strict mode refuses it, and text).
+AS_JSON_INTEGER = BeforeValidator(_json_integer)
 
 # The prompt: checked by the generation service against the running server's limits.
 Prompt = Annotated[
@@ -46,6 +59,7 @@ class GenerateRequest(BaseModel):
             description=f"At most the server's max_new_tokens_limit; default {DEFAULT_MAX_NEW_TOKENS}, "
             "or that limit if it is lower",
         ),
+        AS_JSON_INTEGER,
         Documented(**from_settings(maximum="max_new_tokens_limit")),
     ] = DEFAULT_MAX_NEW_TOKENS
     do_sample: bool = False
@@ -57,7 +71,9 @@ class GenerateRequest(BaseModel):
         "sample greedily: do_sample=false)",
     )
     top_p: float = Field(default=1.0, gt=0, le=1, description="Used when do_sample")
-    top_k: int = Field(default=0, ge=0, le=MAX_TOP_K, description="Used when do_sample; 0: off")
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K), AS_JSON_INTEGER] = Field(
+        default=0, description="Used when do_sample; 0: off"
+    )
 
     def to_draft(self) -> GenerationDraft:
         return GenerationDraft(
