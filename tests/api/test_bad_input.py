@@ -155,6 +155,23 @@ def test_a_valid_request_passes_the_same_limits(strict_client):
     assert strict_client.get("/v1/generate", params={"prompt": "Hi", "max_new_tokens": 20}).status_code == 200
 
 
+def test_max_new_tokens_left_out_fits_a_lower_limit(strict_client):
+    """The default (32) is above this server's limit (20): a bare request gets the limit."""
+    for response in (
+        strict_client.post("/v1/generate", json={"prompt": "Hi"}),
+        strict_client.get("/v1/generate", params={"prompt": "Hi"}),
+    ):
+        assert response.status_code == 200, response.text
+        assert response.json()["completion_tokens"] <= LIMITS["max_new_tokens_limit"]
+
+
+def test_json_integers_may_be_written_as_whole_floats(strict_client):
+    """JSON has one number type: 4.0 is the integer 4 (as JSON Schema counts it)."""
+    response = strict_client.post("/v1/generate", json={"prompt": "Hi", "max_new_tokens": 4.0, "top_k": 5.0})
+    assert response.status_code == 200, response.text
+    assert response.json()["completion_tokens"] <= 4
+
+
 def test_an_unexpected_error_is_a_generic_500(settings, shared_engine, monkeypatch, caplog):
     """The last-resort handler: logged with its traceback, answered without one."""
     from app.main import create_app
