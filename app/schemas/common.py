@@ -65,9 +65,11 @@ class Documented:
         return schema
 
 
-# An ISO 8601 date and time as text (pydantic alone would also take numbers as Unix times).
+# An ISO 8601 date, or date and time, as text (pydantic alone would also take numbers as Unix
+# times); pydantic then parses it.
 _DATE_TIME_RE = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})?"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})?)?"
 )
 
 
@@ -77,7 +79,8 @@ def _date_time_text(value: Any) -> Any:
     raise ValueError("expected an ISO 8601 date and time such as 2024-05-01T12:00:00Z (UTC if no zone)")
 
 
-# A date-time query parameter: RFC 3339 (`format: date-time`); a value without a zone is UTC.
+# A date-time query parameter: RFC 3339 (`format: date-time`); also taken: no zone (UTC), a date
+# alone (its midnight, UTC).
 Timestamp = Annotated[datetime, BeforeValidator(_date_time_text)]
 
 

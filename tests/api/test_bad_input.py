@@ -153,6 +153,8 @@ def test_a_valid_request_passes_the_same_limits(strict_client):
     # A subject of exactly the limit passes the length check and only then fails its own rule.
     assert_error(strict_client.post("/v1/edits", json=edit(subject="s" * 300)), 422, "invalid_input", "does not appear")
     assert strict_client.get("/v1/generate", params={"prompt": "Hi", "max_new_tokens": 20}).status_code == 200
+    for since in ("2026-05-01", "2026-05-01T12:00", "2026-05-01 12:00:00.5+02:00", "0001-01-01T00:00:00+05:00"):
+        assert strict_client.get("/v1/audit", params={"since": since}).status_code == 200, since
 
 
 def test_max_new_tokens_left_out_fits_a_lower_limit(strict_client):
