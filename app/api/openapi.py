@@ -11,11 +11,15 @@ from app.schemas.common import SETTING_KEYWORDS
 
 
 def fill_settings(node: Any, settings: Settings) -> None:
-    """Replace every {"x-lemoe-settings": {keyword: field}} with {keyword: settings.<field>}."""
+    """Replace every {"x-lemoe-settings": {keyword: field}} with {keyword: settings.<field>}.
+    A default above a maximum so filled is that maximum, as the services read it (max_new_tokens
+    left out is 32, or the server's limit if lower)."""
     if isinstance(node, dict):
         keywords = node.pop(SETTING_KEYWORDS, None)
         for keyword, field in (keywords or {}).items():
             node[keyword] = getattr(settings, field)
+        if keywords and "maximum" in keywords and node.get("default", 0) > node["maximum"]:
+            node["default"] = node["maximum"]
         for value in node.values():
             fill_settings(value, settings)
     elif isinstance(node, list):

@@ -97,7 +97,8 @@ def test_the_document_states_this_servers_limits(fuzz_app: FastAPI):
     edit = schemas["EditCreate"]["properties"]
     assert edit["prompt"]["maxLength"] == FUZZ_LIMITS["max_text_chars"]
     assert edit["rephrases"]["maxItems"] == FUZZ_LIMITS["max_rephrases"]
-    assert schemas["GenerateRequest"]["properties"]["max_new_tokens"]["maximum"] == 8
+    max_new_tokens = schemas["GenerateRequest"]["properties"]["max_new_tokens"]
+    assert (max_new_tokens["maximum"], max_new_tokens["default"]) == (8, 8)  # 32 is above the limit
     body = document["paths"]["/v1/edits"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     [many] = [s for s in body["oneOf"] if s.get("type") == "array"]
     assert (many["minItems"], many["maxItems"]) == (1, FUZZ_LIMITS["max_edits_per_request"])
