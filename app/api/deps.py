@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import NotReady
-from app.services.checks import ACTOR_MAX_CHARS, ACTOR_RE, DEFAULT_ACTOR, MAX_ID, check_actor
 from app.schemas.common import NO_NUL_PATTERN, from_settings
+from app.services.checks import ACTOR_MAX_CHARS, ACTOR_RE, DEFAULT_ACTOR, MAX_ID, check_actor
 from app.services.runtime import Runtime
 from app.services.stack import LiveStack
 from app.store import DEFAULT_LIMIT, MAX_LIMIT

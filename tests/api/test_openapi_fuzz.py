@@ -41,6 +41,7 @@ def schemathesis_failures(app: FastAPI, *, max_examples: int = MAX_EXAMPLES, see
             "generation": {"max-examples": max_examples},
             # Show every value in failures (max_new_tokens looks like a secret to it).
             "output": {"sanitization": {"enabled": False}},
+            "cache": {"enabled": False},  # nothing written into the work tree, no run depends on another
         }
     )
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)

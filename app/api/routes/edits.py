@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Query
 
 from app.api.deps import (
     DEFAULT_PAGE,
+    TEXT_FILTER,
     V1,
     ActorDep,
     AuditCursor,
@@ -19,7 +20,6 @@ from app.api.deps import (
     RuntimeDep,
     SessionDep,
     SettingsDep,
-    TEXT_FILTER,
 )
 from app.domain import EditStatus
 from app.schemas.audit import AuditEventPublic, AuditEventsPublic
