@@ -20,6 +20,8 @@ from schemathesis.engine import Status, events, from_schema
 
 import tests.api.fuzz_hooks  # noqa: F401  (registers the subject-in-prompt hook)
 from app.engine.engine import Engine
+from app.services.checks import ACTOR_RE
+from app.store.pagination import cursor_pattern
 from tests.api.support import running_app, submit, tiny_settings, worker_for
 from tests.pg import temporary_database_url
 
@@ -104,3 +106,19 @@ def test_the_document_states_this_servers_limits(fuzz_app: FastAPI):
     [many] = [s for s in body["oneOf"] if s.get("type") == "array"]
     assert (many["minItems"], many["maxItems"]) == (1, FUZZ_LIMITS["max_edits_per_request"])
     assert "x-lemoe-settings" not in str(document)
+
+
+def test_every_list_states_its_cursor_and_every_route_its_errors(fuzz_app: FastAPI):
+    paths = fuzz_app.openapi()["paths"]
+    lists = {"/v1/edits": "edits", "/v1/edits/{edit_id}/events": "audit", "/v1/audit": "audit",
+             "/v1/training-runs": "training_runs"}
+    for path, kind in lists.items():
+        [cursor] = [p for p in paths[path]["get"]["parameters"] if p["name"] == "cursor"]
+        assert cursor["schema"]["pattern"] == cursor_pattern(kind), path
+    [actor] = [p for p in paths["/v1/edits"]["post"]["parameters"] if p["name"] == "x-actor"]
+    assert (actor["schema"]["pattern"], actor["schema"]["maxLength"]) == (f"^{ACTOR_RE.pattern}$", 100)
+    for path, operations in paths.items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                assert {"400", "413", "422", "500", "503"} <= set(operation["responses"]), path
+                assert "Retry-After" in operation["responses"]["503"]["headers"], path
