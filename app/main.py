@@ -28,6 +28,7 @@ from app.api.middleware import (
     RequestBodyMiddleware,
     UnhandledErrorMiddleware,
 )
+from app.api.openapi import install_openapi
 from app.api.routes import audit, edits, experts, generate, health, training
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(AccessLogMiddleware)
     for module in (edits, generate, training, experts, audit, health):
         app.include_router(module.router)
+    install_openapi(app, settings)
     return app
 
 

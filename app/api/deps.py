@@ -10,10 +10,12 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import NotReady
-from app.services.checks import MAX_ID, check_actor
+from app.schemas.common import NO_NUL_PATTERN, from_settings
+from app.services.checks import ACTOR_MAX_CHARS, ACTOR_RE, DEFAULT_ACTOR, MAX_ID, check_actor
 from app.services.runtime import Runtime
 from app.services.stack import LiveStack
 from app.store import DEFAULT_LIMIT, IDEMPOTENCY_KEY_LENGTH, MAX_LIMIT
+from app.store.pagination import cursor_pattern
 
 if TYPE_CHECKING:
     from app.engine.engine import Engine
@@ -53,7 +55,13 @@ def get_stack(runtime: RuntimeDep) -> LiveStack:
 def get_actor(
     x_actor: Annotated[
         str | None,
-        Header(description="Who is acting (recorded in the audit log); default 'anonymous'"),
+        Header(
+            description=f"Who is acting (recorded in the audit log); default {DEFAULT_ACTOR!r}. "
+            f"1-{ACTOR_MAX_CHARS} characters: letters, digits, space and . _ @ : + / -, "
+            "starting with a letter or digit",
+            # Stated here, checked by check_actor (its message names the header and the value).
+            json_schema_extra={"pattern": f"^{ACTOR_RE.pattern}$", "maxLength": ACTOR_MAX_CHARS},
+        ),
     ] = None,
 ) -> str:
     return check_actor(x_actor)
@@ -71,10 +79,26 @@ ExpertId = Annotated[int, Path(ge=1, le=MAX_ID, description="An expert id")]
 RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="A training run id")]
 IdFilter = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1-{MAX_LIMIT}")]
-CursorQuery = Annotated[
-    str | None,
-    Query(max_length=200, description="next_cursor of the previous page; omit for the first page"),
-]
+
+
+def _cursor(kind: str) -> object:
+    """The ?cursor= of one list; its exact form is stated, the store's decoder checks it."""
+    return Annotated[
+        str | None,
+        Query(
+            description=f"next_cursor of the previous page (`{kind}.<id>`: continue after that "
+            "id, in the order asked); omit (or leave empty) for the first page",
+            json_schema_extra={"pattern": cursor_pattern(kind)},
+        ),
+    ]
+
+
+EditsCursor = _cursor("edits")
+AuditCursor = _cursor("audit")
+RunsCursor = _cursor("training_runs")
+# Text filters of the lists: blank means no filter; checked by check_filter.
+TEXT_FILTER = {"pattern": NO_NUL_PATTERN, **from_settings(maxLength="max_text_chars")}
+ACTOR_FILTER = {"pattern": NO_NUL_PATTERN, "maxLength": ACTOR_MAX_CHARS}
 DEFAULT_PAGE = DEFAULT_LIMIT
 # Printable ASCII (space to tilde), as HTTP header values allow everywhere.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]+$"

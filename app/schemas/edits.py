@@ -8,8 +8,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app.domain import EditStatus
-from app.schemas.common import PublicModel
+from app.schemas.common import NON_BLANK_PATTERN, Documented, PublicModel, from_settings
 from app.services.params import EditDraft
+
+# Every text of an edit: checked by the edit service against the running server's limits.
+EditText = Annotated[
+    str, Documented(pattern=NON_BLANK_PATTERN, **from_settings(maxLength="max_text_chars"))
+]
 
 
 class EditCreate(BaseModel):
@@ -29,10 +34,16 @@ class EditCreate(BaseModel):
         },
     )
 
-    prompt: str = Field(description="The text the model should continue with the new fact")
-    target: str = Field(description="The new continuation (a leading space is added if missing)")
-    subject: str | None = Field(default=None, description="The entity the fact is about")
-    rephrases: list[str] = Field(
+    prompt: EditText = Field(description="The text the model should continue with the new fact")
+    target: EditText = Field(
+        description="The new continuation (a leading space is added if missing); prompt + target "
+        "(and each rephrase + target) must fit the model's context"
+    )
+    subject: EditText | None = Field(
+        default=None,
+        description="The entity the fact is about; it must appear in the prompt (any case)",
+    )
+    rephrases: Annotated[list[EditText], Documented(**from_settings(maxItems="max_rephrases"))] = Field(
         default_factory=list, description="Other wordings of the prompt, used as training data"
     )
 
@@ -52,7 +63,12 @@ def _body_shape(value: Any) -> str | None:
 
 # POST /v1/edits takes one edit object or a JSON array of them.
 EditsCreate = Annotated[
-    Annotated[EditCreate, Tag("one")] | Annotated[list[EditCreate], Tag("many")],
+    Annotated[EditCreate, Tag("one")]
+    | Annotated[
+        list[EditCreate],
+        Tag("many"),
+        Documented(minItems=1, **from_settings(maxItems="max_edits_per_request")),
+    ],
     Discriminator(
         _body_shape,
         custom_error_type="edits_body",

@@ -2,40 +2,95 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated, Any
 
-from app.services.params import GenerationDraft
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-DEFAULT_MAX_NEW_TOKENS = 32
+from app.schemas.common import NON_BLANK_PATTERN, Documented, from_settings
+from app.services.params import DEFAULT_MAX_NEW_TOKENS, GenerationDraft
+# Below this, logits / temperature overflows float32 for ordinary logits (inf -> NaN
+# probabilities); sampling that cold is greedy decoding anyway (do_sample=false).
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 100.0
+MAX_TOP_K = 100_000
+
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON has one number type: 2.0 is the integer 2 (as JSON Schema counts it), 2.5 is none."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Put after the bounds (`Annotated[int, Field(ge=1), AS_JSON_INTEGER]`: so they stay in the
+# document as minimum/maximum); a boolean is no integer (strict mode refuses it, and text).
+AS_JSON_INTEGER = BeforeValidator(_json_integer)
+
+# The prompt: checked by the generation service against the running server's limits.
+Prompt = Annotated[
+    str,
+    Documented(pattern=NON_BLANK_PATTERN, **from_settings(maxLength="max_text_chars")),
+    Field(
+        description="The text to continue: not blank, no NUL, at most the server's max_text_chars "
+        "characters, and with max_new_tokens within the model's context"
+    ),
+]
 
 
 class GenerateRequest(BaseModel):
-    """Greedy by default; set do_sample for sampling with temperature / top_p / top_k."""
+    """Greedy by default; set do_sample for sampling with temperature / top_p / top_k.
+
+    Strict as JSON: `true` is no integer, `"5"` no number (query strings: see GenerateQuery).
+    """
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         allow_inf_nan=False,
         json_schema_extra={"examples": [{"prompt": "The capital of France is", "max_new_tokens": 16}]},
     )
 
-    prompt: str = Field(description="The text to continue")
-    max_new_tokens: int = Field(
-        default=DEFAULT_MAX_NEW_TOKENS, ge=1, description="At most the server's max_new_tokens_limit"
-    )
+    prompt: Prompt
+    max_new_tokens: Annotated[
+        int,
+        Field(
+            ge=1,
+            description=f"At most the server's max_new_tokens_limit; default {DEFAULT_MAX_NEW_TOKENS}, "
+            "or that limit if it is lower",
+        ),
+        AS_JSON_INTEGER,
+        Documented(**from_settings(maximum="max_new_tokens_limit")),
+    ] = DEFAULT_MAX_NEW_TOKENS
     do_sample: bool = False
-    temperature: float = Field(default=1.0, gt=0, le=100, description="Used when do_sample")
+    temperature: float = Field(
+        default=1.0,
+        ge=MIN_TEMPERATURE,
+        le=MAX_TEMPERATURE,
+        description=f"Used when do_sample; {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g} (for colder, "
+        "sample greedily: do_sample=false)",
+    )
     top_p: float = Field(default=1.0, gt=0, le=1, description="Used when do_sample")
-    top_k: int = Field(default=0, ge=0, le=100_000, description="Used when do_sample; 0: off")
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K), AS_JSON_INTEGER] = Field(
+        default=0, description="Used when do_sample; 0: off"
+    )
 
     def to_draft(self) -> GenerationDraft:
         return GenerationDraft(
             prompt=self.prompt,
-            max_new_tokens=self.max_new_tokens,
+            # Not given: the server's default (DEFAULT_MAX_NEW_TOKENS, or its limit if lower).
+            max_new_tokens=self.max_new_tokens if "max_new_tokens" in self.model_fields_set else None,
             do_sample=self.do_sample,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
         )
+
+
+class GenerateQuery(GenerateRequest):
+    """The same fields as query parameters: there every value is text, parsed as its type."""
+
+    model_config = ConfigDict(strict=False)
 
 
 class ExpertRef(BaseModel):

@@ -5,18 +5,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app import store
 from app.errors import Conflict, InvalidCursor, InvalidInput, NotFound
+from app.store.pagination import MAX_ID as MAX_ID  # ids are 32-bit in both databases
 
 ACTOR_MAX_CHARS = 100
 ACTOR_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+/ -]*")
 DEFAULT_ACTOR = "anonymous"
 SYSTEM_ACTOR = "system"
 SCHEDULER_ACTOR = "scheduler"
-MAX_ID = 2**31 - 1  # ids are 32-bit integers in both databases
 
 
 def check_text(value: Any, *, field: str, max_chars: int) -> str:
@@ -42,10 +42,11 @@ def check_storable(value: str, *, field: str, max_chars: int) -> str:
 
 
 def check_filter(value: str | None, *, field: str, max_chars: int) -> str | None:
-    """An optional text filter from a query string; blank means no filter."""
-    if value is None or not value.strip():
+    """An optional text filter from a query string; blank means no filter (if it is storable)."""
+    if value is None:
         return None
-    return check_storable(value, field=field, max_chars=max_chars)
+    check_storable(value, field=field, max_chars=max_chars)
+    return value if value.strip() else None
 
 
 def check_actor(value: str | None) -> str:
@@ -61,15 +62,18 @@ def check_actor(value: str | None) -> str:
 
 
 def to_utc(value: datetime | None, *, field: str) -> datetime | None:
-    """An aware UTC datetime; a value without a zone is taken as UTC."""
+    """An aware UTC datetime; a value without a zone is taken as UTC. A bound whose UTC time
+    falls outside years 1-9999 (e.g. 0001-01-01T00:00+05:00) is clamped to the nearest end:
+    every stored time lies between them, so the filter means the same."""
     if value is None:
         return None
+    offset = value.utcoffset()
+    if offset is None:
+        return value.replace(tzinfo=UTC)
     try:
-        if value.tzinfo is None or value.utcoffset() is None:
-            return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
     except OverflowError:
-        raise InvalidInput(f"{field} {value.isoformat()!r} is out of the supported range") from None
+        return (datetime.min if offset > timedelta(0) else datetime.max).replace(tzinfo=UTC)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from app.config import Settings
 from app.errors import GenerationCancelled, GenerationTimeout, InvalidInput
 from app.services.checks import check_text
-from app.services.params import GenerationDraft
+from app.services.params import DEFAULT_MAX_NEW_TOKENS, GenerationDraft
 from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
@@ -49,17 +49,19 @@ def generate(
     from app.engine.engine import GenerationParams, StopReason, StopSignal
 
     prompt = check_text(draft.prompt, field="prompt", max_chars=settings.max_text_chars)
-    if not 1 <= draft.max_new_tokens <= settings.max_new_tokens_limit:
+    max_new_tokens = draft.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens_limit)
+    if not 1 <= max_new_tokens <= settings.max_new_tokens_limit:
         raise InvalidInput(
-            f"max_new_tokens must be from 1 to {settings.max_new_tokens_limit}, "
-            f"got {draft.max_new_tokens}"
+            f"max_new_tokens must be from 1 to {settings.max_new_tokens_limit}, got {max_new_tokens}"
         )
     try:
-        engine.validate_prompt(prompt, draft.max_new_tokens)
+        engine.validate_prompt(prompt, max_new_tokens)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     params = GenerationParams(
-        max_new_tokens=draft.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         do_sample=draft.do_sample,
         temperature=draft.temperature,
         top_p=draft.top_p,

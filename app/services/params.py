@@ -15,12 +15,15 @@ class EditDraft:
     rephrases: tuple[str, ...] = ()
 
 
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
 @dataclass(frozen=True)
 class GenerationDraft:
     """A generation request before validation against the settings and the model."""
 
     prompt: str
-    max_new_tokens: int = 32
+    max_new_tokens: int | None = None  # None: DEFAULT_MAX_NEW_TOKENS, or the server's limit if lower
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0

@@ -1,10 +1,8 @@
-"""Keyset pagination by id with opaque cursors, and the shared argument checks of list queries."""
+"""Keyset pagination by id with `<list>.<id>` cursors, and the shared argument checks of list queries."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -19,7 +17,9 @@ Order = Literal["asc", "desc"]
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 ORDERS = ("asc", "desc")
-MAX_CURSOR_CHARS = 200  # issued cursors are ~40 characters
+MAX_CURSOR_CHARS = 200  # issued cursors are at most 24 characters
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in both databases
+CURSOR_KINDS = ("edits", "audit", "training_runs")
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,50 @@ def check_order(order: Any) -> Order:
     return order
 
 
-def encode_cursor(*, kind: str, order: Order, after_id: int) -> str:
-    raw = json.dumps({"k": kind, "o": order, "id": after_id}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+def _up_to(maximum: int) -> str:
+    """A regular expression for the decimal integers 1..maximum, without leading zeros."""
+    digits = str(maximum)
+
+    def any_digits(n: int) -> str:
+        return "" if n == 0 else "[0-9]" if n == 1 else f"[0-9]{{{n}}}"
+
+    def digit_range(low: int, high: int) -> str:
+        return str(low) if low == high else f"[{low}-{high}]"
+
+    # Fewer digits, then: the same leading digits as maximum and one smaller digit, then maximum.
+    parts = [f"[1-9][0-9]{{0,{len(digits) - 2}}}"] if len(digits) > 1 else []
+    for i, d in enumerate(digits):
+        low = 1 if i == 0 else 0
+        if int(d) > low:
+            parts.append(f"{digits[:i]}{digit_range(low, int(d) - 1)}{any_digits(len(digits) - i - 1)}")
+    parts.append(digits)
+    return "|".join(parts)
 
 
-def decode_cursor(cursor: str, *, kind: str, order: Order) -> int:
+# A cursor is `<list>.<id>`: the id of the last item of the previous page, in the list it came
+# from. Ids are 32-bit integers in both databases, so a cursor naming a larger one is refused.
+_CURSOR_RE = re.compile(r"([a-z_]+)\.([0-9]+)")
+_ID_PATTERN = _up_to(MAX_ID)
+
+
+def cursor_pattern(kind: str) -> str:
+    """The exact form of this list's cursors, as an (ECMA and Python) regular expression;
+    it also matches "" (as the services read it: no cursor, the first page)."""
+    _check_kind(kind)
+    return rf"^(?:{kind}\.(?:{_ID_PATTERN}))?$"
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in CURSOR_KINDS:
+        raise ValueError(f"unknown cursor kind {kind!r}; one of {list(CURSOR_KINDS)}")
+
+
+def encode_cursor(*, kind: str, after_id: int) -> str:
+    _check_kind(kind)
+    return f"{kind}.{after_id}"
+
+
+def decode_cursor(cursor: str, *, kind: str) -> int:
     """The id a cursor continues after; InvalidCursor says what is wrong with a bad one."""
 
     def invalid(reason: str) -> InvalidCursor:
@@ -61,20 +99,17 @@ def decode_cursor(cursor: str, *, kind: str, order: Order) -> int:
         raise InvalidCursor(f"invalid cursor {cursor!r}: expected a non-empty string")
     if len(cursor) > MAX_CURSOR_CHARS:
         raise invalid("too long to be a cursor this service issued")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw)
-    except (binascii.Error, ValueError):
-        raise invalid("not a cursor this service issued") from None
-    if not isinstance(data, dict) or set(data) != {"k", "o", "id"}:
-        raise invalid("not a cursor this service issued")
-    after_id = data["id"]
-    if isinstance(after_id, bool) or not isinstance(after_id, int) or after_id < 0:
-        raise invalid("not a cursor this service issued")
-    if data["k"] != kind:
-        raise invalid(f"it belongs to the {data['k']!r} list, not {kind!r}")
-    if data["o"] != order:
-        raise invalid(f"it was issued for order={data['o']!r}, not order={order!r}")
+    match = _CURSOR_RE.fullmatch(cursor)
+    if match is None:
+        raise invalid(f"not a cursor this service issued (they look like '{kind}.123')")
+    cursor_kind, digits = match.groups()
+    if cursor_kind != kind:
+        raise invalid(f"it belongs to the {cursor_kind!r} list, not {kind!r}")
+    if digits.startswith("0"):
+        raise invalid("its id has leading zeros or is 0; ids start at 1")
+    after_id = int(digits)
+    if after_id > MAX_ID:
+        raise invalid(f"its id {after_id} is out of range; ids are 1 to {MAX_ID} (32-bit)")
     return after_id
 
 
@@ -92,7 +127,7 @@ def paginate(
     limit = check_limit(limit)
     order = check_order(order)
     if cursor is not None:
-        after_id = decode_cursor(cursor, kind=kind, order=order)
+        after_id = decode_cursor(cursor, kind=kind)
         stmt = stmt.where(id_column < after_id if order == "desc" else id_column > after_id)
     stmt = stmt.order_by(id_column.desc() if order == "desc" else id_column.asc())
     # One row more than asked tells whether there is a next page without a COUNT.
@@ -101,4 +136,4 @@ def paginate(
         return Page(items=rows, next_cursor=None)
     items = rows[:limit]
     last_id = getattr(items[-1], id_column.key)
-    return Page(items=items, next_cursor=encode_cursor(kind=kind, order=order, after_id=last_id))
+    return Page(items=items, next_cursor=encode_cursor(kind=kind, after_id=last_id))

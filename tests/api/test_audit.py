@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.api.support import FOX, FRANCE, submit, worker_for
+from tests.api.support import FOX, FRANCE, assert_error, submit, worker_for
 
 
 def _actions(client, **params) -> list[str]:
@@ -68,13 +68,28 @@ def test_audit_pages_do_not_overlap(db_client):
         assert seen == sorted(seen, reverse=order == "desc")
 
 
-def test_a_cursor_keeps_its_order(db_client):
-    submit(db_client, FRANCE, FOX)
-    cursor = db_client.get("/v1/audit", params={"limit": 1, "order": "asc"}).json()["next_cursor"]
+def test_a_cursor_continues_after_its_id_in_the_order_asked(db_client):
+    submit(db_client, FRANCE, FOX, {"prompt": "The river of Paris is", "target": "the Seine"})
+    first = db_client.get("/v1/audit", params={"limit": 1, "order": "asc"}).json()
+    [oldest] = [e["id"] for e in first["items"]]
 
-    response = db_client.get("/v1/audit", params={"cursor": cursor, "order": "desc"})
+    newer = db_client.get("/v1/audit", params={"cursor": first["next_cursor"], "order": "asc"}).json()
+    older = db_client.get("/v1/audit", params={"cursor": first["next_cursor"], "order": "desc"}).json()
 
-    assert response.status_code == 422 and "order" in response.json()["error"]["message"]
+    assert first["next_cursor"] == f"audit.{oldest}"
+    assert [e["id"] for e in newer["items"]] == [oldest + 1, oldest + 2]
+    assert older == {"items": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize("after_id", [2**31, 2**63, 2**64])
+@pytest.mark.parametrize("path", ["/v1/audit", "/v1/edits/1/events"])
+def test_a_cursor_beyond_32_bits_is_a_422_not_a_500(db_client, path, after_id):
+    """PostgreSQL overflowed at 2^31 and SQLite at 2^63 with the old cursors."""
+    submit(db_client, FRANCE)
+
+    response = db_client.get(path, params={"cursor": f"audit.{after_id}"})
+
+    assert_error(response, 422, "invalid_cursor", f"its id {after_id} is out of range", "2147483647")
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])

@@ -75,6 +75,12 @@ CASES = [
     ("bad expert status", "GET", "/v1/experts?status=on", {}, 422, "invalid_input", ["status", "'active'"]),
     ("bad cursor", "GET", "/v1/edits?cursor=abc", {}, 422, "invalid_cursor", ["cursor", "next_cursor"]),
     ("bad audit cursor", "GET", "/v1/audit?cursor=%%%", {}, 422, "invalid_cursor", ["cursor"]),
+    ("cursor id 2^31", "GET", f"/v1/edits?cursor=edits.{2**31}", {}, 422, "invalid_cursor", ["2147483648", "out of range"]),
+    ("cursor id 2^63", "GET", f"/v1/audit?cursor=audit.{2**63}", {}, 422, "invalid_cursor", ["out of range"]),
+    ("cursor id 0", "GET", "/v1/training-runs?cursor=training_runs.0", {}, 422, "invalid_cursor", ["ids start at 1"]),
+    ("cursor of another list", "GET", "/v1/training-runs?cursor=edits.5", {}, 422, "invalid_cursor", ["'edits' list"]),
+    ("since a number", "GET", "/v1/audit?since=0.5", {}, 422, "invalid_input", ["since", "ISO 8601"]),
+    ("created_after a Unix time", "GET", "/v1/edits?created_after=1700000000", {}, 422, "invalid_input", ["created_after"]),
     ("bad datetime", "GET", "/v1/edits?created_after=yesterday", {}, 422, "invalid_input", ["created_after", "yesterday"]),
     ("bad since", "GET", "/v1/audit?since=2024-13-45", {}, 422, "invalid_input", ["since"]),
     ("limit zero", "GET", "/v1/edits?limit=0", {}, 422, "invalid_input", ["limit"]),
@@ -94,6 +100,15 @@ CASES = [
     ("max_new_tokens text", "GET", "/v1/generate?prompt=Hi&max_new_tokens=lots", {}, 422, "invalid_input", ["max_new_tokens"]),
     ("temperature NaN", "POST", "/v1/generate", {"content": b'{"prompt": "Hi", "temperature": NaN}', "headers": JSON}, 422, "invalid_input", ["temperature"]),
     ("temperature zero", "POST", "/v1/generate", {"json": {"prompt": "Hi", "do_sample": True, "temperature": 0}}, 422, "invalid_input", ["temperature"]),
+    ("temperature 1e-38", "POST", "/v1/generate", {"json": {"prompt": "Hi", "do_sample": True, "temperature": 1e-38}}, 422, "invalid_input", ["temperature", "0.01"]),
+    ("temperature 1e-45 (GET)", "GET", "/v1/generate?prompt=Hi&do_sample=true&temperature=1e-45", {}, 422, "invalid_input", ["temperature", "0.01"]),
+    ("temperature as text", "POST", "/v1/generate", {"json": {"prompt": "Hi", "temperature": "1"}}, 422, "invalid_input", ["temperature"]),
+    ("top_k false", "POST", "/v1/generate", {"json": {"prompt": "Hi", "do_sample": True, "top_k": False}}, 422, "invalid_input", ["top_k", "integer"]),
+    ("max_new_tokens true", "POST", "/v1/generate", {"json": {"prompt": "Hi", "max_new_tokens": True}}, 422, "invalid_input", ["max_new_tokens", "integer"]),
+    ("max_new_tokens 2.5", "POST", "/v1/generate", {"json": {"prompt": "Hi", "max_new_tokens": 2.5}}, 422, "invalid_input", ["max_new_tokens"]),
+    ("do_sample 1", "POST", "/v1/generate", {"json": {"prompt": "Hi", "do_sample": 1}}, 422, "invalid_input", ["do_sample", "boolean"]),
+    ("top_p zero", "POST", "/v1/generate", {"json": {"prompt": "Hi", "do_sample": True, "top_p": 0}}, 422, "invalid_input", ["top_p"]),
+    ("top_k over the maximum", "POST", "/v1/generate", {"json": {"prompt": "Hi", "do_sample": True, "top_k": 100_001}}, 422, "invalid_input", ["top_k"]),
     ("top_p above one", "POST", "/v1/generate", {"json": {"prompt": "Hi", "top_p": 2}}, 422, "invalid_input", ["top_p"]),
     ("top_k negative", "GET", "/v1/generate?prompt=Hi&top_k=-1", {}, 422, "invalid_input", ["top_k"]),
     ("do_sample not a bool", "POST", "/v1/generate", {"json": {"prompt": "Hi", "do_sample": "maybe"}}, 422, "invalid_input", ["do_sample"]),
@@ -138,6 +153,25 @@ def test_a_valid_request_passes_the_same_limits(strict_client):
     # A subject of exactly the limit passes the length check and only then fails its own rule.
     assert_error(strict_client.post("/v1/edits", json=edit(subject="s" * 300)), 422, "invalid_input", "does not appear")
     assert strict_client.get("/v1/generate", params={"prompt": "Hi", "max_new_tokens": 20}).status_code == 200
+    for since in ("2026-05-01", "2026-05-01T12:00", "2026-05-01 12:00:00.5+02:00", "0001-01-01T00:00:00+05:00"):
+        assert strict_client.get("/v1/audit", params={"since": since}).status_code == 200, since
+
+
+def test_max_new_tokens_left_out_fits_a_lower_limit(strict_client):
+    """The default (32) is above this server's limit (20): a bare request gets the limit."""
+    for response in (
+        strict_client.post("/v1/generate", json={"prompt": "Hi"}),
+        strict_client.get("/v1/generate", params={"prompt": "Hi"}),
+    ):
+        assert response.status_code == 200, response.text
+        assert response.json()["completion_tokens"] <= LIMITS["max_new_tokens_limit"]
+
+
+def test_json_integers_may_be_written_as_whole_floats(strict_client):
+    """JSON has one number type: 4.0 is the integer 4 (as JSON Schema counts it)."""
+    response = strict_client.post("/v1/generate", json={"prompt": "Hi", "max_new_tokens": 4.0, "top_k": 5.0})
+    assert response.status_code == 200, response.text
+    assert response.json()["completion_tokens"] <= 4
 
 
 def test_an_unexpected_error_is_a_generic_500(settings, shared_engine, monkeypatch, caplog):

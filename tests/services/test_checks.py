@@ -53,9 +53,19 @@ def test_to_utc_takes_naive_as_utc_and_converts_others():
     assert to_utc(None, field="since") is None
 
 
-def test_to_utc_out_of_range_is_invalid_input():
-    with pytest.raises(InvalidInput, match="until"):
-        to_utc(datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5))), field="until")
+def test_to_utc_clamps_bounds_beyond_the_representable_range():
+    """Valid date-times whose UTC time is before year 1 or after 9999 (no 500, no 422)."""
+    late = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5)))
+    assert to_utc(late, field="until") == datetime.max.replace(tzinfo=UTC)
+    early = datetime(1, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=23, minutes=59)))
+    assert to_utc(early, field="since") == datetime.min.replace(tzinfo=UTC)
+
+
+def test_blank_filters_are_still_checked():
+    with pytest.raises(InvalidInput, match="at most 5"):
+        check_filter(" " * 6, field="q", max_chars=5)
+    with pytest.raises(InvalidInput, match="NUL"):
+        check_filter("\x00", field="q", max_chars=5)
 
 
 def test_validation_messages_name_the_field_and_value():

@@ -128,11 +128,18 @@ def test_list_audit_pagination_walks_every_row_once(session: Session, order: str
     assert seen == (expected if order == "asc" else expected[::-1])
 
 
-def test_list_audit_cursor_keeps_its_order(session: Session) -> None:
+def test_list_audit_cursor_continues_after_its_id_in_the_order_asked(session: Session) -> None:
+    """A cursor marks a position (the last id seen), not a direction: the order is the query's."""
     _log(session)
     page = list_audit(session, order="desc", limit=2)
-    with pytest.raises(InvalidCursor, match="issued for order='desc', not order='asc'"):
-        list_audit(session, order="asc", cursor=page.next_cursor)
+    after = page.items[-1].id
+    assert page.next_cursor == f"audit.{after}"
+    assert [e.id for e in list_audit(session, order="desc", cursor=page.next_cursor).items] == sorted(
+        (e.id for e in list_audit(session).items if e.id < after), reverse=True
+    )
+    assert [e.id for e in list_audit(session, order="asc", cursor=page.next_cursor).items] == sorted(
+        e.id for e in list_audit(session).items if e.id > after
+    )
     with pytest.raises(InvalidCursor):
         list_audit(session, cursor="bm90IGEgY3Vyc29y")
 

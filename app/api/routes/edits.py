@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
 
 from app.api.deps import (
     DEFAULT_PAGE,
+    TEXT_FILTER,
     V1,
     ActorDep,
-    CursorQuery,
+    AuditCursor,
     EditId,
+    EditsCursor,
     EngineDep,
     IdempotencyKeyHeader,
     IdFilter,
@@ -23,7 +24,7 @@ from app.api.deps import (
 )
 from app.domain import EditStatus
 from app.schemas.audit import AuditEventPublic, AuditEventsPublic
-from app.schemas.common import ERROR_RESPONSES, ErrorResponse
+from app.schemas.common import ERROR_RESPONSES, ErrorResponse, Timestamp
 from app.schemas.edits import EditCreate, EditPublic, EditsAccepted, EditsCreate, EditsPublic
 from app.services import edits as edit_service
 
@@ -87,14 +88,19 @@ def list_edits(
     session: SessionDep,
     settings: SettingsDep,
     status: Annotated[EditStatus | None, Query(description="Only edits in this status")] = None,
-    subject: Annotated[str | None, Query(description="Exact subject, any case")] = None,
-    q: Annotated[str | None, Query(description="Substring of prompt, target or subject")] = None,
-    created_after: Annotated[datetime | None, Query(description="Inclusive; UTC if no zone")] = None,
-    created_before: Annotated[datetime | None, Query(description="Exclusive; UTC if no zone")] = None,
+    subject: Annotated[
+        str | None, Query(description="Exact subject, any case", json_schema_extra=TEXT_FILTER)
+    ] = None,
+    q: Annotated[
+        str | None,
+        Query(description="Substring of prompt, target or subject", json_schema_extra=TEXT_FILTER),
+    ] = None,
+    created_after: Annotated[Timestamp | None, Query(description="Inclusive; UTC if no zone")] = None,
+    created_before: Annotated[Timestamp | None, Query(description="Exclusive; UTC if no zone")] = None,
     expert_id: IdFilter = None,
     training_run_id: IdFilter = None,
     limit: LimitQuery = DEFAULT_PAGE,
-    cursor: CursorQuery = None,
+    cursor: EditsCursor = None,
 ) -> EditsPublic:
     """Edits, newest first, with filters and cursor pagination."""
     page = edit_service.list_edits(
@@ -121,7 +127,7 @@ def get_edit(*, session: SessionDep, edit_id: EditId) -> EditPublic:
 
 @router.get("/{edit_id}/events")
 def edit_events(
-    *, session: SessionDep, edit_id: EditId, limit: LimitQuery = DEFAULT_PAGE, cursor: CursorQuery = None
+    *, session: SessionDep, edit_id: EditId, limit: LimitQuery = DEFAULT_PAGE, cursor: AuditCursor = None
 ) -> AuditEventsPublic:
     """The edit's audit history, oldest first."""
     page = edit_service.edit_events(session, edit_id=edit_id, limit=limit, cursor=cursor)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import V1, EngineDep, RuntimeDep, SettingsDep, StackDep
 from app.schemas.common import ERROR_RESPONSES
-from app.schemas.generation import ExpertRef, GenerateRequest, GenerationPublic
+from app.schemas.generation import ExpertRef, GenerateQuery, GenerateRequest, GenerationPublic
 from app.services import generation as generation_service
 from app.services.generation import Generated
 from app.services.params import GenerationDraft
@@ -76,7 +76,7 @@ async def generate_get(
     stack: StackDep,
     settings: SettingsDep,
     runtime: RuntimeDep,
-    params: Annotated[GenerateRequest, Query()],
+    params: Annotated[GenerateQuery, Query()],
 ) -> GenerationPublic:
     """The same as POST, with the fields as query parameters (?prompt=...&max_new_tokens=...)."""
     return await _generate(request, runtime, params.to_draft(), engine=engine, stack=stack, settings=settings)

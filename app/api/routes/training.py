@@ -12,9 +12,9 @@ from app.api.deps import (
     DEFAULT_PAGE,
     V1,
     ActorDep,
-    CursorQuery,
     LimitQuery,
     RunId,
+    RunsCursor,
     RuntimeDep,
     SessionDep,
     SettingsDep,
@@ -72,7 +72,7 @@ def list_runs(
     session: SessionDep,
     status: Annotated[RunStatus | None, Query(description="Only runs in this status")] = None,
     limit: LimitQuery = DEFAULT_PAGE,
-    cursor: CursorQuery = None,
+    cursor: RunsCursor = None,
 ) -> TrainingRunsPublic:
     """Training runs, newest first."""
     page = training_service.list_runs(session, status=status, limit=limit, cursor=cursor)
