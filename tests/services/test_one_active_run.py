@@ -1,8 +1,9 @@
-"""One active training run across replicas: two processes (two connection pools on one
-database) racing to create a run get exactly one, on SQLite and on PostgreSQL."""
+"""One active training run across replicas: two connection pools, and two real processes, on one
+database racing to create a run get exactly one, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,3 +131,50 @@ def test_concurrent_worker_starts_on_two_replicas_start_exactly_one(replicas):
 
     runs, created = count_runs(a)
     assert runs == created == TRIALS
+
+
+def _replica(url: str, index: int, barrier, results, trials: int) -> None:
+    """One replica process: trigger at the barrier, report, and (replica 0) end the run."""
+    database = store.make_engine(url)
+    sessions = store.make_session_factory(database)
+    try:
+        for trial in range(trials):
+            barrier.wait(60)
+            try:
+                run = trigger(sessions, f"replica-{index}")()
+                results.put((trial, "accepted", run.id))
+            except RunAlreadyActive as exc:
+                results.put((trial, "refused", exc.run_id))
+            except Exception as exc:  # reported to the test process
+                results.put((trial, "error", repr(exc)))
+            barrier.wait(60)
+            if index == 0:
+                finish_active(sessions)
+            barrier.wait(60)
+    finally:
+        database.dispose()
+
+
+@pytest.mark.parametrize("backend", DATABASE_BACKENDS)
+def test_two_processes_triggering_at_once_accept_exactly_one(backend: str, tmp_path: Path):
+    """Real processes: no lock in memory can be shared, only the database decides."""
+    context = multiprocessing.get_context("fork")
+    with temporary_database_url(backend, tmp_path) as url:
+        database = store.make_engine(url)
+        add_pending(store.make_session_factory(database))
+        database.dispose()  # nothing open while forking
+        barrier, results = context.Barrier(2), context.Queue()
+        processes = [
+            context.Process(target=_replica, args=(url, i, barrier, results, TRIALS)) for i in range(2)
+        ]
+        for process in processes:
+            process.start()
+        outcomes = [results.get(timeout=120) for _ in range(2 * TRIALS)]
+        for process in processes:
+            process.join(timeout=60)
+        assert [p.exitcode for p in processes] == [0, 0]
+
+    for trial in range(TRIALS):
+        kinds = sorted((kind, run_id) for t, kind, run_id in outcomes if t == trial)
+        assert [k for k, _ in kinds] == ["accepted", "refused"], (trial, kinds)
+        assert kinds[0][1] == kinds[1][1]  # the 409 names the run that was accepted
