@@ -38,7 +38,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings)
     log.info("serving on http://%s:%s (OpenAPI docs at /docs)", host, port)
     # log_config=None: keep the logging configured above (one format for everything).
-    # access_log=False: uvicorn's would log query strings; AccessLogMiddleware logs each request.
+    # access_log=False: uvicorn's would log query strings; RequestObserverMiddleware logs each request.
     uvicorn.run(
         app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=30
     )

@@ -24,15 +24,15 @@ from fastapi import FastAPI
 from app import store
 from app.api.middleware import (
     DEFAULT_BODY_LIMIT,
-    AccessLogMiddleware,
     RequestBodyMiddleware,
+    RequestObserverMiddleware,
     UnhandledErrorMiddleware,
 )
 from app.api.openapi import install_openapi
 from app.api.routes import audit, edits, experts, generate, health, training
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
-from app.metrics_prom import Metrics, MetricsMiddleware
+from app.metrics_prom import Metrics
 from app.services import training as training_service
 from app.services.runtime import Runtime, open_database
 from app.services.stack import LiveStack
@@ -106,8 +106,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         },
         read_timeout_s=settings.body_read_timeout_s,
     )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outside the body checks: sees 408/413
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(RequestObserverMiddleware, metrics=metrics)  # outermost: sees the 408/413s
     for module in (edits, generate, training, experts, audit, health):
         app.include_router(module.router)
     install_openapi(app, settings)

@@ -1,16 +1,21 @@
-"""ASGI middleware of the HTTP layer: body limits and read deadline, unexpected errors, access log."""
+"""ASGI middleware of the HTTP layer: body limits and read deadline, unexpected errors, access log
+and request metrics."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import anyio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response, unexpected_error_response
+
+if TYPE_CHECKING:
+    from app.metrics_prom import Metrics
 
 access_log = logging.getLogger("app.access")
 
@@ -132,14 +137,16 @@ class UnhandledErrorMiddleware:
             await response(scope, receive, send)
 
 
-class AccessLogMiddleware:
-    """One line per request on the `app.access` logger: client, method, path, status, duration.
+class RequestObserverMiddleware:
+    """Every request, once: a line on the `app.access` logger (client, method, path, status,
+    duration) and its count and time in the metrics, by route template (bounded labels).
 
     The query string is never logged: GET /v1/generate carries the prompt in it.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,9 +164,10 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            seconds = time.perf_counter() - started
+            method = scope.get("method", "?")
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe_request(method, template, status, seconds)
             client = scope.get("client")
             where = f"{client[0]}:{client[1]}" if client else "-"
-            access_log.info(
-                '%s "%s %s" %d %.1fms', where, scope.get("method", "?"), scope.get("path", "?"),
-                status, (time.perf_counter() - started) * 1000,
-            )
+            access_log.info('%s "%s %s" %d %.1fms', where, method, scope.get("path", "?"), status, seconds * 1000)
