@@ -280,10 +280,10 @@ class LemoeEditor:
     def route_state(self, query_mask: torch.Tensor, *, stack: Sequence[ExpertEntry] | None, forced: Sequence[int | None] | None = None,
                     prompts: Sequence[str] | None = None) -> RouteState:
         """The routing state of one batch; with `prompts`, their subject states too, when some
-        expert of the stack has subject keys (one pass through the layers below the subject layer)."""
+        edit of the stack has a subject key (one pass through the layers below the subject layer)."""
         stack = self._stack if stack is None else tuple(stack)
         state = RouteState(query_mask=query_mask, stack=stack, router=self.router, forced=forced)
-        if prompts is not None and forced is None and self.subject_layer is not None and any(e.subject_anchors is not None for e in stack):
+        if prompts is not None and forced is None and self.subject_layer is not None and any(_keyed(e) for e in stack):
             state.subject_states, state.subject_mask = self.subject_states(prompts)
         return state
 
@@ -338,3 +338,8 @@ class LemoeEditor:
                 start = len(p.prompt_ids) - 1
                 out.append((preds[r, start:start + len(p.target_ids)].tolist(), p.target_ids, state.decisions[r]))
         return out
+
+
+def _keyed(entry: ExpertEntry) -> bool:
+    """Whether some edit of the expert has a subject key (a row that is not NaN)."""
+    return entry.subject_anchors is not None and bool((~torch.isnan(entry.subject_anchors).any(dim=1)).any())

@@ -221,3 +221,13 @@ def test_subject_keys_that_do_not_match_the_anchors_are_loud(tmp_path):
     save_expert(entry, tmp_path / "e1")
     with pytest.raises(ExpertFileError, match="subject keys"):
         load_expert(tmp_path / "e1")
+
+
+def test_no_subject_pass_for_a_stack_without_subject_keys(editor):
+    plain = editor.train([Edit("2", "Who wrote the novel?", "Tolstoy")], name="plain")
+    assert torch.isnan(plain.entry.subject_anchors).all()
+    mask = torch.ones(1, 3, dtype=torch.long)
+    assert editor.route_state(mask, stack=[plain.entry], prompts=["Who wrote the novel?"]).subject_states is None
+    keyed = editor.train([FRANCE], name="keyed")
+    state = editor.route_state(mask, stack=[plain.entry, keyed.entry], prompts=["Who wrote the novel?"])
+    assert state.subject_states is not None and state.subject_mask.shape == state.subject_states.shape[:2]
