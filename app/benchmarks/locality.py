@@ -180,8 +180,8 @@ def generate_all(editor: LemoeEditor, prompts: Sequence[str], params: SamplingPa
     return out  # type: ignore[return-value]
 
 
-def score(probes: Sequence[Probe], base: Sequence[Generation], after: Sequence[Generation], owner: dict[str, str]) -> dict:
-    """Per kind: probe count, score (target in the output / output unchanged), share routed to any
+def score(probes: Sequence[Probe], base: Sequence[Generation | None], after: Sequence[Generation], owner: dict[str, str]) -> dict:
+    """Per kind (`base`: the unedited model's answers, needed for kept probes only): probe count, score (target in the output / output unchanged), share routed to any
     expert, and (edited kinds) share routed to the expert holding the probe's edit."""
     rows = {}
     for kind in KINDS:
@@ -215,15 +215,25 @@ def run_locality(opts: LocalityOptions) -> dict:
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
     editor = LemoeEditor(loaded.model, loaded.tokenizer, opts.config, device=loaded.device)
     params = SamplingParams(max_new_tokens=opts.max_new_tokens)
-    prompts = [p.prompt for p in probes]
-    log.info("%d probes; generating with the unedited model", len(probes))
-    base = generate_all(editor, prompts, params, stack=())
+    # Kept probes are generated apart from edited ones, in the same batches before and after
+    # editing; the unedited model's answers to edited probes are not needed.
+    kept = [k for k, p in enumerate(probes) if p.kind in KEPT_KINDS]
+    edited_probes = [k for k, p in enumerate(probes) if p.kind not in KEPT_KINDS]
+    log.info("%d probes (%d must stay); generating those with the unedited model", len(probes), len(kept))
+    base_kept = generate_all(editor, [probes[k].prompt for k in kept], params, stack=())
     edits = [Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None)
              for i in edited]
     trained = train_lifelong(editor, edits, batch_size=opts.batch_size)
     log.info("generating with %d experts", trained["experts"])
     started = time.perf_counter()
-    after = generate_all(editor, prompts, params)
+    after: list = [None] * len(probes)
+    base: list = [None] * len(probes)
+    for group, gens in ((kept, generate_all(editor, [probes[k].prompt for k in kept], params)),
+                        (edited_probes, generate_all(editor, [probes[k].prompt for k in edited_probes], params))):
+        for k, g in zip(group, gens, strict=True):
+            after[k] = g
+    for k, g in zip(kept, base_kept, strict=True):
+        base[k] = g
     return {
         "data": str(opts.data), "format": opts.format, "model": loaded.name, "edits": len(edited),
         "subjects": opts.subjects, "experts": trained["experts"], "subject_keyed_edits": trained["subject_keyed_edits"],
