@@ -148,7 +148,7 @@ class LemoeEditor:
         view = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
         # Experts from before subject views existed keyed the bare prompt.
         made = entry.meta.get("subject_view", {"context": "", "lowercase": False})
-        if entry.subject_anchors is not None and self.subject_layer is not None and made != view:
+        if self.subject_layer is not None and _keyed(entry) and made != view:
             log.warning("expert %s: its subject keys read prompts as %s, this editor as %s; its subject-keyed "
                         "edits will rarely fire until they are trained again", entry.name, made, view)
         entry.module.to(self.device).eval().requires_grad_(False)

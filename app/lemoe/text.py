@@ -47,11 +47,11 @@ def subject_view(tokenizer, prompt: str, *, context: str = "", lowercase: bool =
     sequence's first token and is tokenised with its leading space, as it would be mid-sentence.
     Without one, the prompt's first token is excluded (a first hidden state has no context).
     """
-    prompt = prompt.strip() if context else prompt
-    text = f"{context} {prompt}" if context else prompt
+    head = f"{context} " if context else ""
+    text = head + (prompt.strip() if context else prompt)
     if lowercase:
-        text = text.lower()
-    start = len(text) - len(prompt)
+        head, text = head.lower(), text.lower()
+    start = len(head)
     before = len(tokenizer(text[:start].rstrip())["input_ids"]) if context else len(tokenizer("")["input_ids"]) + 1
     return SubjectView(text, start, before)
 
@@ -64,9 +64,10 @@ def subject_token_index(tokenizer, prompt: str, subject: str | None, *, context:
     if not subject or not subject.strip():
         return None
     view = subject_view(tokenizer, prompt, context=context, lowercase=lowercase)
-    start = view.text.lower().find(subject.strip().lower(), view.start)
+    needle = subject.strip().lower()
+    start = view.text.lower().find(needle, view.start)
     if start < 0:
         return None
-    end = start + len(subject.strip())
+    end = start + len(needle)
     index = len(tokenizer(view.text[:end])["input_ids"]) - 1
     return index if index >= view.first else None
