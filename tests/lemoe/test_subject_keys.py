@@ -231,3 +231,14 @@ def test_no_subject_pass_for_a_stack_without_subject_keys(editor):
     keyed = editor.train([FRANCE], name="keyed")
     state = editor.route_state(mask, stack=[plain.entry, keyed.entry], prompts=["Who wrote the novel?"])
     assert state.subject_states is not None and state.subject_mask.shape == state.subject_states.shape[:2]
+
+
+def test_an_expert_keyed_by_another_subject_view_is_flagged_on_load(editor, caplog):
+    entry = editor.train([FRANCE], name="e1").entry
+    assert entry.meta["subject_view"] == {"context": "Q:", "lowercase": False}
+    with caplog.at_level("WARNING", logger="app.lemoe.editor"):
+        editor.add_expert(entry)
+        assert not caplog.records
+        del entry.meta["subject_view"]  # an expert trained before subject views: keys of the bare prompt
+        editor.set_stack([entry])
+    assert len(caplog.records) == 1 and "e1" in caplog.records[0].getMessage()
