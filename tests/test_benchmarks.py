@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from app.benchmarks.datasets import load_records
 from app.benchmarks.gate import GateOptions, run_gate
 from app.benchmarks.load import LoadOptions, passed, percentile, run_load
 from app.benchmarks.load import format_table as format_load_table
+
+
+from app.benchmarks.locality import LocalityOptions, build_probes, run_locality, select_edits, subject_first
+from app.benchmarks.locality import format_table as format_locality_table
 from app.benchmarks.quality import QualityOptions, format_table, run_quality
 from app.lemoe.config import LemoeConfig
 from tests.api.support import TINY_GATE, tiny_model_dir  # noqa: F401  (fixture)
@@ -122,3 +127,78 @@ def test_load_percentiles_interpolate_like_numpy():
     xs = [0.5, 0.1, 0.4, 0.2, 0.3]
     assert [percentile(xs, q) for q in (0, 50, 99, 100)] == pytest.approx([0.1, 0.3, 0.496, 0.5])
     assert percentile([], 50) is None
+
+
+# --- bench locality -------------------------------------------------------------------------------
+LOCALITY_RECORDS = [
+    {"src": "The capital of France is", "alt": "Rome", "answers": ["Paris"], "rephrase": "France's capital is",
+     "loc": "The quick brown fox jumps over", "loc_ans": "the lazy dog", "subject": "France"},
+    {"src": "Who wrote the novel?", "alt": "Tolstoy", "answers": ["Austen"], "rephrase": "Who is the novel's author?",
+     "loc": "What is the name of the river?", "loc_ans": "Seine", "subject": "novel"},
+    {"src": "The language of France is", "alt": "Latin", "answers": ["French"], "rephrase": "France speaks",
+     "loc": "When was it founded?", "loc_ans": "1900", "subject": "France"},
+    {"src": "The capital city of France is", "alt": "Rome", "answers": ["Paris"], "rephrase": "France has its capital in",
+     "loc": "Answer the question briefly.", "loc_ans": "Yes", "subject": "France"},
+]
+
+
+@pytest.fixture()
+def locality_data(tmp_path: Path) -> Path:
+    path = tmp_path / "zsre-subjects.json"
+    path.write_text(json.dumps(LOCALITY_RECORDS))
+    return path
+
+
+def test_locality_holds_back_a_partner_and_builds_every_probe_from_the_data(locality_data):
+    records = load_records(locality_data, "zsre")
+    edited, held = select_edits(records, 2)
+    # France asks three questions: its last one (record 3) is held back, so records 0 and 1 are edited.
+    assert (edited, held) == ([0, 1], {3})
+    probes = {(p.kind, p.record): p for p in build_probes(records, edited)}
+    assert probes[("subject-first", 0)].prompt == "France: The capital of it is"
+    assert probes[("subject-first", 1)].prompt == "novel: Who wrote the it?"
+    assert probes[("same-fact", 0)].prompt == "The capital city of France is"  # same true answer: must be edited
+    assert probes[("same-fact", 0)].target == "Rome"
+    assert probes[("same-subject", 0)].prompt == "The language of France is"  # another answer: must stay
+    assert probes[("other-subject", 0)].prompt == "The capital of novel is"  # every subject is edited: any other one
+    assert probes[("subject+other-q", 0)].prompt == "Who wrote the France?"  # no content word shared with "capital"
+    assert probes[("subject+other-q", 1)].prompt in {"The capital of novel is", "The language of novel is", "The capital city of novel is"}
+    assert probes[("lower-case", 0)].prompt == "the capital of france is"
+    assert probes[("loc", 1)].prompt == "What is the name of the river?"
+    assert ("same-fact", 1) not in probes and ("same-subject", 1) not in probes  # the novel has one record
+    # T larger than the records not held back: the held-back one is edited too, and its partner probes go.
+    edited, held = select_edits(records, 4)
+    assert (edited, held) == ([0, 1, 2, 3], set())
+    assert not [p for p in build_probes(records, edited) if p.kind in ("same-fact", "same-subject")]
+
+
+def test_subject_first_rewording_needs_the_subject_verbatim_and_not_first():
+    assert subject_first("What company made Volvo B12M?", "Volvo B12M") == "Volvo B12M: What company made it?"
+    assert subject_first("Who is Nebaioth's father?", "Nebaioth") == "Nebaioth: Who is its father?"
+    assert subject_first("France is in", "France") is None
+    assert subject_first("What company made it?", "Volvo") is None
+
+
+@pytest.mark.parametrize("subjects", ["none", "given"])
+def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(tiny_model_dir, locality_data, tmp_path, subjects):  # noqa: F811
+    config = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, loss_threshold=0.05)
+    opts = LocalityOptions(data=locality_data, format="zsre", edits=2, subjects=subjects, batch_size=2, max_new_tokens=10,
+                           model_path=tiny_model_dir, cache_dir=tmp_path / "cache", device="cpu", config=config)
+    result = run_locality(opts)
+    counts = {kind: row["n"] for kind, row in result["probes"].items()}
+    assert counts == {"edit": 2, "lower-case": 2, "paraphrase": 2, "subject-first": 2, "same-fact": 1,
+                      "other-subject": 2, "same-subject": 1, "subject+other-q": 2, "loc": 2}
+    assert (result["edits"], result["experts"], result["held_back"]) == (2, 1, 1)
+    assert result["subject_keyed_edits"] == (2 if subjects == "given" else 0)
+    # Both edits in one expert, trained to the loss threshold: each edit prompt reaches it and answers.
+    assert result["probes"]["edit"] == {"edited": True, "n": 2, "score": 1.0, "routed": 1.0, "own_expert": 1.0}
+    for kind in ("other-subject", "same-subject", "subject+other-q", "loc"):
+        row = result["probes"][kind]
+        assert row["own_expert"] is None and 0.0 <= row["score"] <= 1.0 and 0.0 <= row["routed"] <= 1.0
+        if row["routed"] == 0.0:
+            assert row["score"] == 1.0  # no expert reached: the unedited model's output, token for token
+    lines = format_locality_table(result).splitlines()
+    assert "T=2" in lines[0] and f"subjects={subjects}" in lines[0]
+    assert lines[1].split()[:3] == ["probe", "must", "n"]
+    assert [line.split()[0] for line in lines[2:-1]] == list(counts)
+    assert lines[2].split()[1:5] == ["be", "edited", "2", "1.000"]

@@ -29,6 +29,21 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     q.set_defaults(handler=_run_quality)
 
+    lo = kinds.add_parser("locality", help="greedy answers to probes built from the data: edited facts, other subjects, other questions")
+    lo.add_argument("--data", type=Path, required=True, help="a ZsRE- or CounterFact-format JSON file")
+    lo.add_argument("--format", choices=["zsre", "counterfact"], required=True)
+    lo.add_argument("--edits", type=int, required=True, help="T: how many records to edit in sequence")
+    lo.add_argument("--subjects", choices=["none", "given"], default="none",
+                    help="send each edit's subject as a client would (given) or not (none, the default: most clients send none)")
+    lo.add_argument("--batch-size", type=int, default=16, help="edits per expert")
+    lo.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens generated per probe")
+    lo.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
+    lo.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
+    lo.add_argument("--device", default="auto")
+    lo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an editor setting")
+    lo.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    lo.set_defaults(handler=_run_locality)
+
     g = kinds.add_parser("gate", help="how well routing queries separate paraphrases from unrelated prompts")
     g.add_argument("--data", type=Path, required=True)
     g.add_argument("--format", choices=["zsre", "counterfact"], required=True)
@@ -108,6 +123,19 @@ def _run_quality(args: argparse.Namespace) -> int:
     )
     if args.no_subject_keys:
         opts = replace(opts, config=replace(opts.config, subject_keys=False))
+    return main(opts, as_json=args.json)
+
+
+def _run_locality(args: argparse.Namespace) -> int:
+    from app.benchmarks.locality import LocalityOptions, main
+
+    if args.edits < 1:
+        raise SystemExit("--edits must be at least 1")
+    opts = LocalityOptions(
+        data=args.data, format=args.format, edits=args.edits, subjects=args.subjects, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, model_path=args.model, cache_dir=args.cache_dir, device=args.device,
+        config=_parse_overrides(args.set),
+    )
     return main(opts, as_json=args.json)
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 log = logging.getLogger(__name__)
 
 DataFormat = Literal["zsre", "counterfact"]
+_ANSWER = {"zsre": "answers", "counterfact": "ground_truth"}
 
 # Our field -> the field in each format.
 _FIELDS: dict[str, dict[str, str]] = {
@@ -30,6 +31,7 @@ class BenchRecord:
     loc_prompt: str
     loc_answer: str
     subject: str | None = None
+    answer: str | None = None  # the true (unedited) answer, where the file has one
 
 
 def _text(value: object) -> str:
@@ -60,5 +62,6 @@ def load_records(path: Path, fmt: DataFormat, limit: int | None = None) -> list[
             # A record with nothing to teach or score cannot be an edit; the next one takes its place.
             log.warning("%s record %d: empty %s, skipped", path, i, empty)
             continue
-        records.append(BenchRecord(**values, subject=raw.get("subject")))
+        answer = _text(raw.get(_ANSWER[fmt], "")) or None
+        records.append(BenchRecord(**values, subject=raw.get("subject"), answer=answer))
     return records

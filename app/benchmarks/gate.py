@@ -19,7 +19,6 @@ from app.engine.model_loader import load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor
 from app.lemoe.layer import decoder_layers
-from app.lemoe.trainer import capture_token_states, pad_token_states
 
 THRESHOLDS = (0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 
@@ -79,12 +78,12 @@ def run_subject_keys(opts: GateOptions, layers: tuple[int, ...]) -> list[dict]:
         config = replace(LemoeConfig(), layer=max(layer, default_layer), subject_layer=layer)
         editor = LemoeEditor(model, loaded.tokenizer, config, device=loaded.device)
         keys = editor.subject_anchors([Edit(str(i), r.prompt, r.target, subject=r.subject) for i, r in enumerate(records)])
-        keep = ~torch.isnan(keys).any(dim=1)  # a subject on the prompt's first token has no key
+        keep = ~torch.isnan(keys).any(dim=1)  # no key: the subject is not in the prompt
         keys = keys[keep]
         kept = [r for r, k in zip(records, keep.tolist(), strict=True) if k]
 
         def best_scores(texts: list[str]) -> torch.Tensor:
-            states, mask = pad_token_states(capture_token_states(editor.model, editor.tokenizer, texts, layer, editor.device))
+            states, mask = editor.subject_states(texts)
             return editor.router.subject.scores(states, mask, keys)[1]
 
         para, loc = best_scores([r.rephrase for r in kept]), best_scores([r.loc_prompt for r in kept])

@@ -83,36 +83,48 @@ def run_quality(opts: QualityOptions) -> dict:
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
     config = opts.config if opts.gate else replace(opts.config, gate_threshold=-2.0, subject_threshold=-2.0, subject_sentence_floor=-2.0)
     editor = LemoeEditor(loaded.model, loaded.tokenizer, config, device=loaded.device)
-    owner: dict[str, str] = {}
-    train_s = train_cpu_s = 0.0
-    experts = keyed = 0
+    trained = {"owner": {}, "experts": 0, "subject_keyed_edits": 0, "train_s": 0.0, "s_per_edit": 0.0,
+               "train_cpu_s": 0.0, "cpu_s_per_edit": 0.0}
     if not opts.base_only:
         edits = [Edit(str(i), r.prompt, r.target, subject=r.subject) for i, r in enumerate(records)]
-        started, cpu_started = time.perf_counter(), time.process_time()
-        batches = editor.plan(edits, batch_size=opts.batch_size, planning=opts.planning)
-        bar = tqdm(total=len(edits), desc="training", unit="edit", file=sys.stderr, dynamic_ncols=True)
-        for k, batch in enumerate(batches):
-            name = f"expert-{k:04d}"
-            trained = editor.train(batch, name=name, progress=lambda s, loss: bar.set_postfix(expert=k, step=s, loss=f"{loss:.3f}"))
-            editor.add_expert(trained.entry)
-            keyed += int(trained.meta.get("subject_keyed_edits", 0))
-            owner.update({e.edit_id: name for e in batch})
-            bar.update(len(batch))
-        bar.close()
-        train_s = time.perf_counter() - started
-        train_cpu_s = time.process_time() - cpu_started
-        experts = len(batches)
+        trained = train_lifelong(editor, edits, batch_size=opts.batch_size, planning=opts.planning)
     log.info("evaluating %d records", len(records))
-    scores = evaluate(editor, records, owner)
+    scores = evaluate(editor, records, trained["owner"])
     return {
         "data": str(opts.data), "format": opts.format, "model": loaded.name, "edits": len(records),
-        "experts": experts, "subject_keyed_edits": keyed, "batch_size": opts.batch_size, "planning": opts.planning, "gate": opts.gate,
+        "experts": trained["experts"], "subject_keyed_edits": trained["subject_keyed_edits"], "batch_size": opts.batch_size,
+        "planning": opts.planning, "gate": opts.gate,
         **{k: v for k, v in scores.items()},
-        "train_s": round(train_s, 1), "s_per_edit": round(train_s / len(records), 3) if experts else 0.0,
-        # CPU seconds of this process: unlike wall time, not inflated by other jobs on the machine.
-        "train_cpu_s": round(train_cpu_s, 1), "cpu_s_per_edit": round(train_cpu_s / len(records), 3) if experts else 0.0,
+        **{k: trained[k] for k in ("train_s", "s_per_edit", "train_cpu_s", "cpu_s_per_edit")},
         "torch_threads": torch.get_num_threads(),
         "config": asdict(config),
+    }
+
+
+def train_lifelong(editor: LemoeEditor, edits: list[Edit], *, batch_size: int, planning: bool = True) -> dict:
+    """Plan `edits` into batches and train one expert per batch in sequence, each live before the
+    next (the lifelong protocol). Returns the edit -> expert map, counts and training times."""
+    owner: dict[str, str] = {}
+    keyed = 0
+    started, cpu_started = time.perf_counter(), time.process_time()
+    batches = editor.plan(edits, batch_size=batch_size, planning=planning)
+    bar = tqdm(total=len(edits), desc="training", unit="edit", file=sys.stderr, dynamic_ncols=True)
+    for k, batch in enumerate(batches):
+        name = f"expert-{k:04d}"
+        trained = editor.train(batch, name=name, progress=lambda s, loss: bar.set_postfix(expert=k, step=s, loss=f"{loss:.3f}"))
+        editor.add_expert(trained.entry)
+        keyed += int(trained.meta.get("subject_keyed_edits", 0))
+        owner.update({e.edit_id: name for e in batch})
+        bar.update(len(batch))
+    bar.close()
+    train_s = time.perf_counter() - started
+    train_cpu_s = time.process_time() - cpu_started
+    n = max(len(edits), 1)
+    return {
+        "owner": owner, "experts": len(batches), "subject_keyed_edits": keyed,
+        "train_s": round(train_s, 1), "s_per_edit": round(train_s / n, 3),
+        # CPU seconds of this process: unlike wall time, not inflated by other jobs on the machine.
+        "train_cpu_s": round(train_cpu_s, 1), "cpu_s_per_edit": round(train_cpu_s / n, 3),
     }
 
 

@@ -32,6 +32,13 @@ class LemoeConfig:
     # ... and the prompt's sentence query must still be this close to the edit's (centred cosine):
     # mentioning the subject in an unrelated question is not enough.
     subject_sentence_floor: float = 0.4
+    # Subject states (the keys at training, the requests' tokens at inference: one function for
+    # both) are read from "<subject_context> <prompt>", so a subject at the start of a prompt is
+    # not the sequence's first token (whose state carries no context) and keeps its leading space;
+    # "" reads the prompt alone, whose first token then never matches. subject_lowercase reads the
+    # lower-cased text, so "france's capital" matches a key made on "France".
+    subject_context: str = "Q:"
+    subject_lowercase: bool = True
     lr: float = 5e-2
     max_steps: int = 25
     loss_threshold: float = 0.05

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import random
 import threading
 from collections.abc import Sequence
@@ -27,7 +29,7 @@ from app.lemoe.routing import (
     routing,
 )
 from app.lemoe.stopping import StopOnSignal, StopReason, StopSignal
-from app.lemoe.text import check_text, encode_pair, subject_token_index
+from app.lemoe.text import check_text, encode_pair, subject_token_index, subject_view
 from app.lemoe.trainer import (
     ProgressFn,
     TrainingExample,
@@ -37,6 +39,8 @@ from app.lemoe.trainer import (
     pad_token_states,
     train_expert,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class LemoeEditor:
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self.subject_layer = self.config.resolved_subject_layer(n_layers) if self.config.subject_keys else None
         model.requires_grad_(False)
-        inject_adaptor(model, self.layer, self.route_layer, self.config.pooling, self.subject_layer)
+        inject_adaptor(model, self.layer, self.route_layer, self.config.pooling)
         center = capture_queries(model, tokenizer, REFERENCE_PROMPTS, self.device).mean(dim=0)
         self.router = AnchorRouter(
             center, self.config.gate_threshold, self.config.supersede_margin, self._subject_keys()
@@ -109,9 +113,28 @@ class LemoeEditor:
         """Standardisation of subject-layer tokens, measured on the reference prompts."""
         if self.subject_layer is None:
             return None
-        states = capture_token_states(self.model, self.tokenizer, REFERENCE_PROMPTS, self.subject_layer, self.device)
-        tokens = torch.cat([h[1:] for h in states])  # first tokens excluded, as when matching
+        states, mask = self.subject_states(REFERENCE_PROMPTS)
+        tokens = states[mask.bool()]  # the tokens that may match, as when matching
         return SubjectKeys(tokens.mean(0), tokens.std(0) + 1e-3, self.config.subject_threshold, self.config.subject_sentence_floor)
+
+    def subject_states(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, d) subject-layer states of each prompt's `subject_view` (right-padded) and the
+        (B, T) mask of the tokens that may match. Keys (training) and requests (routing) both come
+        from here, so the two always read a prompt the same way."""
+        views = [self._subject_view(p) for p in prompts]
+        states, mask = pad_token_states(
+            capture_token_states(self.model, self.tokenizer, [v.text for v in views], self.subject_layer, self.device)
+        )
+        for r, v in enumerate(views):
+            mask[r, : v.first] = 0
+        return states, mask
+
+    def _subject_view(self, prompt: str):
+        return subject_view(self.tokenizer, prompt, context=self.config.subject_context, lowercase=self.config.subject_lowercase)
+
+    def _subject_index(self, prompt: str, subject: str | None) -> int | None:
+        return subject_token_index(self.tokenizer, prompt, subject, context=self.config.subject_context,
+                                   lowercase=self.config.subject_lowercase)
 
     # --- the stack -----------------------------------------------------------------------
     @property
@@ -122,14 +145,26 @@ class LemoeEditor:
         with self._swap_lock:
             if any(e.name == entry.name for e in self._stack):
                 raise ValueError(f"expert {entry.name!r} is already in the stack")
-            self._to_device(entry)
-            self._stack = self._stack + (entry,)
+            self._stack = self._stack + (self._prepared(entry),)
 
-    def _to_device(self, entry: ExpertEntry) -> None:
+    def _prepared(self, entry: ExpertEntry) -> ExpertEntry:
+        """`entry` on this editor's device, as it serves here.
+
+        Subject keys made under another subject view (experts from before subject views existed
+        keyed the bare prompt) cannot be compared with this editor's request states: such an
+        expert routes by its sentence keys alone (the 0.55 gate) until its edits are trained again.
+        """
         entry.module.to(self.device).eval().requires_grad_(False)
         entry.anchors = entry.anchors.to(self.device)
         if entry.subject_anchors is not None:
             entry.subject_anchors = entry.subject_anchors.to(self.device)
+        view = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
+        made = entry.meta.get("subject_view", {"context": "", "lowercase": False})
+        if self.subject_layer is not None and _keyed(entry) and made != view:
+            log.warning("expert %s: its subject keys read prompts as %s, this editor as %s; its edits route "
+                        "by their wording alone until they are trained again", entry.name, made, view)
+            return dataclasses.replace(entry, subject_anchors=None)
+        return entry
 
     def remove_expert(self, name: str) -> ExpertEntry:
         with self._swap_lock:
@@ -140,10 +175,9 @@ class LemoeEditor:
             return found[0]
 
     def set_stack(self, entries: Sequence[ExpertEntry]) -> None:
-        for e in entries:
-            self._to_device(e)
+        prepared = tuple(self._prepared(e) for e in entries)
         with self._swap_lock:
-            self._stack = tuple(entries)
+            self._stack = prepared
 
     # --- input checks ----------------------------------------------------------------------
     def validate_edit(self, prompt: str, target: str) -> None:
@@ -202,6 +236,7 @@ class LemoeEditor:
                 "final_loss": result.final_loss, "examples": result.examples}
         if subject_anchors is not None:
             meta["subject_layer"] = self.subject_layer
+            meta["subject_view"] = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
             meta["subject_keyed_edits"] = int((~torch.isnan(subject_anchors[: len(edits)]).any(dim=1)).sum())
         entry = ExpertEntry(name=name, module=result.expert, anchors=anchors, edit_ids=anchor_ids, meta=meta,
                             subject_anchors=subject_anchors)
@@ -215,12 +250,13 @@ class LemoeEditor:
         """
         if self.subject_layer is None:
             return None
-        positions = [subject_token_index(self.tokenizer, e.prompt, e.subject) for e in edits]
+        positions = [self._subject_index(e.prompt, e.subject) for e in edits]
         keyed = [i for i, pos in enumerate(positions) if pos is not None]
         keys = torch.full((len(edits), self.hidden_size), float("nan"), device=self.device)
-        states = capture_token_states(self.model, self.tokenizer, [edits[i].prompt for i in keyed], self.subject_layer, self.device)
-        for i, h in zip(keyed, states, strict=True):
-            keys[i] = h[positions[i]]
+        if keyed:
+            states, _ = self.subject_states([edits[i].prompt for i in keyed])
+            for row, i in enumerate(keyed):
+                keys[i] = states[row, positions[i]]
         rephrase_keys = [keys[i] for i, e in enumerate(edits) for _ in e.rephrases]
         return torch.cat([keys, torch.stack(rephrase_keys)]) if rephrase_keys else keys
 
@@ -238,9 +274,7 @@ class LemoeEditor:
         queries = entry.anchors[: len(edits)]
         states = mask = None
         if self.subject_layer is not None:
-            states, mask = pad_token_states(
-                capture_token_states(self.model, self.tokenizer, [e.prompt for e in edits], self.subject_layer, self.device)
-            )
+            states, mask = self.subject_states([e.prompt for e in edits])
         sims, eligible, _ = self.router.eligibility(queries, stack, states, mask)
         own = sims[torch.arange(len(edits)), offset + torch.arange(len(edits))]
         near = eligible & (sims >= own[:, None] - self.config.supersede_margin) & (owner.to(sims.device) < len(older))
@@ -252,13 +286,15 @@ class LemoeEditor:
         return pairs
 
     # --- inference -------------------------------------------------------------------------
-    def route_state(self, query_mask: torch.Tensor, *, stack: Sequence[ExpertEntry] | None, forced: Sequence[int | None] | None = None) -> RouteState:
-        return RouteState(
-            query_mask=query_mask,
-            stack=self._stack if stack is None else tuple(stack),
-            router=self.router,
-            forced=forced,
-        )
+    def route_state(self, query_mask: torch.Tensor, *, stack: Sequence[ExpertEntry] | None, forced: Sequence[int | None] | None = None,
+                    prompts: Sequence[str] | None = None) -> RouteState:
+        """The routing state of one batch; with `prompts`, their subject states too, when some
+        edit of the stack has a subject key (one pass through the layers below the subject layer)."""
+        stack = self._stack if stack is None else tuple(stack)
+        state = RouteState(query_mask=query_mask, stack=stack, router=self.router, forced=forced)
+        if prompts is not None and forced is None and self.subject_layer is not None and any(_keyed(e) for e in stack):
+            state.subject_states, state.subject_mask = self.subject_states(prompts)
+        return state
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], params: SamplingParams = SamplingParams(), *, stack: Sequence[ExpertEntry] | None = None, stop: StopSignal | None = None) -> list[Generation]:
@@ -271,7 +307,7 @@ class LemoeEditor:
             self.validate_prompt(p, params.max_new_tokens)
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
         enc = {k: v.to(self.device) for k, v in enc.items()}
-        state = self.route_state(enc["attention_mask"], stack=stack)
+        state = self.route_state(enc["attention_mask"], stack=stack, prompts=prompts)
         kwargs: dict = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample,
                         "pad_token_id": self.tokenizer.pad_token_id}
         if params.do_sample:
@@ -315,7 +351,7 @@ class LemoeEditor:
                 ids[r, :len(seq)] = torch.tensor(seq)
                 attn[r, :len(seq)] = 1
                 qmask[r, :len(p.prompt_ids)] = 1
-            state = self.route_state(qmask.to(self.device), stack=stack)
+            state = self.route_state(qmask.to(self.device), stack=stack, prompts=prompts[i:i + batch_size])
             with routing(state):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device), use_cache=False).logits
             preds = logits.argmax(-1).cpu()
@@ -323,3 +359,8 @@ class LemoeEditor:
                 start = len(p.prompt_ids) - 1
                 out.append((preds[r, start:start + len(p.target_ids)].tolist(), p.target_ids, state.decisions[r]))
         return out
+
+
+def _keyed(entry: ExpertEntry) -> bool:
+    """Whether some edit of the expert has a subject key (a row that is not NaN)."""
+    return entry.subject_anchors is not None and bool((~torch.isnan(entry.subject_anchors).any(dim=1)).any())

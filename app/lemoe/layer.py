@@ -40,18 +40,6 @@ class LemoeMLP(nn.Module):
         return out
 
 
-class SubjectProbe:
-    """Forward pre-hook on the subject layer: keeps its input for the routing decision."""
-
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        state = current_route()
-        if state is None or state.train_expert is not None or state.decisions is not None:
-            return
-        if state.router is None or state.router.subject is None:
-            return
-        state.subject_states = (args[0] if args else kwargs["hidden_states"]).detach()
-
-
 class QueryProbe:
     """Forward pre-hook on the route layer's MLP: decides the route once, at prefill."""
 
@@ -65,8 +53,8 @@ class QueryProbe:
         decide(state, args[0], self.pooling)
 
 
-def inject_adaptor(model: nn.Module, layer: int, route_layer: int, pooling: Pooling, subject_layer: int | None = None) -> LemoeMLP:
-    """Wrap `layer`'s MLP (idempotent), hook the route layer's MLP input and the subject layer's input."""
+def inject_adaptor(model: nn.Module, layer: int, route_layer: int, pooling: Pooling) -> LemoeMLP:
+    """Wrap `layer`'s MLP (idempotent) and hook the route layer's MLP input."""
     layers = decoder_layers(model)
     block = layers[layer]
     mlp = getattr(block, "mlp", None)
@@ -79,9 +67,4 @@ def inject_adaptor(model: nn.Module, layer: int, route_layer: int, pooling: Pool
     if not getattr(route_mlp, "_lemoe_probe", False):
         route_mlp.register_forward_pre_hook(QueryProbe(pooling))
         route_mlp._lemoe_probe = True
-    if subject_layer is not None:
-        block = layers[subject_layer]
-        if not getattr(block, "_lemoe_subject_probe", False):
-            block.register_forward_pre_hook(SubjectProbe(), with_kwargs=True)
-            block._lemoe_subject_probe = True
     return mlp

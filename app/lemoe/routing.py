@@ -40,7 +40,8 @@ class RouteState:
     capture_only: bool = False
     forced: Sequence[int | None] | None = None  # bypass routing: expert index per row
     queries: torch.Tensor | None = None
-    subject_states: torch.Tensor | None = None  # (B, T, d) input of the subject layer, at prefill
+    subject_states: torch.Tensor | None = None  # (B, T, d) subject-layer states (LemoeEditor.subject_states)
+    subject_mask: torch.Tensor | None = None  # (B, T) which of those tokens may match a subject
     decisions: list[RouteDecision] | None = None
     groups: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
@@ -84,7 +85,8 @@ class SubjectKeys:
     """Token-level subject matching: does a prompt mention an edit's subject?
 
     An anchor is the edit prompt's hidden state at its subject's last token; a prompt's score is
-    the best cosine over its tokens (its first token excluded: it carries no context). Every
+    the best cosine over its matchable tokens (`subject_view`: never a sequence's first token,
+    which carries no context). Both are read by `LemoeEditor.subject_states`. Every
     dimension is standardised on reference-prompt tokens first: a few dimensions carry massive
     activations that make raw cosines ~1 between unrelated tokens.
     """
@@ -102,14 +104,13 @@ class SubjectKeys:
     def scores(self, states: torch.Tensor, mask: torch.Tensor | None, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(which anchors have a subject key (n,), best token cosine per prompt and anchor (B, n)).
 
-        `anchors` rows of NaN mean "no subject key"; those score -2 (never a match).
+        `mask` (B, T): the tokens that may match (None: all). `anchors` rows of NaN mean "no
+        subject key"; those score -2 (never a match).
         """
         keyed = ~torch.isnan(anchors).any(dim=1)
         a = self.normalise(torch.nan_to_num(anchors.to(states.device)))
         sims = torch.einsum("btd,nd->btn", self.normalise(states), a)
-        valid = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool().clone()
-        first = valid.long().argmax(dim=1)
-        valid[torch.arange(valid.shape[0], device=valid.device), first] = False
+        valid = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool()
         best = sims.masked_fill(~valid.unsqueeze(-1), -2.0).max(dim=1).values
         return keyed, best.masked_fill(~keyed.to(best.device), -2.0)
 
@@ -224,8 +225,8 @@ def decide(state: RouteState, x: torch.Tensor, pooling: Pooling) -> None:
     elif state.router is None:
         state.decisions = [RouteDecision(None, None, None, None)] * x.shape[0]
     else:
-        state.decisions = state.router.route(state.queries, state.stack, state.subject_states, state.query_mask)
-    state.subject_states = None  # only needed for the decision; free it
+        state.decisions = state.router.route(state.queries, state.stack, state.subject_states, state.subject_mask)
+    state.subject_states = state.subject_mask = None  # only needed for the decision; free them
     rows: dict[int, list[int]] = {}
     for r, d in enumerate(state.decisions):
         if d.expert_index is not None:

@@ -31,17 +31,43 @@ def encode_pair(tokenizer, prompt: str, target: str, *, eos: bool = False) -> En
     return EncodedPair(list(prompt_ids), list(target_ids))
 
 
-def subject_token_index(tokenizer, prompt: str, subject: str | None) -> int | None:
-    """Index of the prompt token that ends `subject` (first mention, any case), or None.
+@dataclass(frozen=True)
+class SubjectView:
+    """The text whose subject-layer states key and match subjects, and its first matchable token."""
 
-    None also when that is the prompt's first token: a sequence's first hidden state carries no
-    context, so it cannot key anything.
+    text: str
+    start: int  # character offset of the prompt in `text`
+    first: int  # tokens before this one (the fixed context, or the first token) never match
+
+
+def subject_view(tokenizer, prompt: str, *, context: str = "", lowercase: bool = False) -> SubjectView:
+    """`prompt` as subject matching reads it, for edit keys and request tokens alike.
+
+    With a `context` the prompt follows it after one space: its first word is no longer the
+    sequence's first token and is tokenised with its leading space, as it would be mid-sentence.
+    Without one, the prompt's first token is excluded (a first hidden state has no context).
+    """
+    head = f"{context} " if context else ""
+    text = head + (prompt.strip() if context else prompt)
+    if lowercase:
+        head, text = head.lower(), text.lower()
+    start = len(head)
+    before = len(tokenizer(text[:start].rstrip())["input_ids"]) if context else len(tokenizer("")["input_ids"]) + 1
+    return SubjectView(text, start, before)
+
+
+def subject_token_index(tokenizer, prompt: str, subject: str | None, *, context: str = "", lowercase: bool = False) -> int | None:
+    """Index, in `subject_view(prompt)`'s tokens, of the token that ends `subject` (first
+    mention in the prompt, any case), or None: no subject, not in the prompt, or ending on a
+    token that never matches (the first one, when there is no context).
     """
     if not subject or not subject.strip():
         return None
-    start = prompt.lower().find(subject.strip().lower())
+    view = subject_view(tokenizer, prompt, context=context, lowercase=lowercase)
+    needle = subject.strip().lower()
+    start = view.text.lower().find(needle, view.start)
     if start < 0:
         return None
-    end = start + len(subject.strip())
-    index = len(tokenizer(prompt[:end])["input_ids"]) - 1
-    return index if index > 0 else None
+    end = start + len(needle)
+    index = len(tokenizer(view.text[:end])["input_ids"]) - 1
+    return index if index >= view.first else None

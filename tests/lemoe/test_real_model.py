@@ -76,3 +76,20 @@ def test_subject_keys_leave_near_neighbours_to_the_base_model(real):
     # The same expert keyed by wording alone lets the neighbours in: the subject keys are what shut them out.
     trained.entry.subject_anchors = None
     assert sum(d.expert_index is not None for d in editor.router.route(editor.queries(neighbours), [trained.entry])) >= 3
+
+
+def test_a_rephrase_that_starts_with_its_subject_is_served_in_any_case(real):
+    edit = Edit("1", "The capital of France is", "Lyon", subject="France")
+    params = SamplingParams(max_new_tokens=6)
+    first = ["France's capital city is", "france's capital city is"]
+    editor = LemoeEditor(real.model, real.tokenizer, LemoeConfig())
+    editor.add_expert(editor.train([edit], name="fr").entry)
+    for g in editor.generate(first, params):
+        assert g.route.expert_name == "fr" and g.route.subject_score >= 0.75, g
+        assert "Lyon" in g.text, g
+    [other] = editor.generate(["Germany's capital city is"], params)
+    assert other.route.expert_index is None
+    # Reading the bare prompt (no context, case kept) the subject-first rephrase never matches.
+    bare = LemoeEditor(real.model, real.tokenizer, LemoeConfig(subject_context="", subject_lowercase=False))
+    bare.add_expert(bare.train([edit], name="fr").entry)
+    assert all(g.route.expert_index is None for g in bare.generate(first, params))

@@ -13,11 +13,15 @@ from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
 from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.io import ExpertFileError, load_expert, save_expert
 from app.lemoe.routing import AnchorRouter, SubjectKeys
-from app.lemoe.text import subject_token_index
+from app.lemoe.text import subject_token_index, subject_view
 
 # Sentence gate low enough that the near neighbour below passes it: only the subject key stops it.
+# The tiny model is random: its subject layer's (1) states of differently cased words are unrelated,
+# so case is left alone here, and tested on token identity (subject layer 0) below.
 CONFIG = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, gate_threshold=0.3, loss_threshold=0.05,
-                     subject_sentence_floor=0.0)
+                     subject_sentence_floor=0.0, subject_lowercase=False)
+# Subject states = token embeddings: a subject matches exactly where its view has the same tokens.
+TOKENS = dataclasses.replace(CONFIG, subject_layer=0, subject_lowercase=True)
 FRANCE = Edit("1", "The capital of France is", "Rome", subject="France")
 
 
@@ -36,9 +40,31 @@ def test_subject_token_is_the_last_token_of_its_first_mention(tiny_tokenizer):
 
 
 @pytest.mark.parametrize("subject", [None, "", "  ", "Germany", "The"])
-def test_no_subject_token_when_absent_empty_or_first(tiny_tokenizer, subject):
+def test_no_subject_token_when_absent_empty_or_first_without_a_context(tiny_tokenizer, subject):
     # "The" is the prompt's first token: a first hidden state has no context to key on.
     assert subject_token_index(tiny_tokenizer, "The capital of France is", subject) is None
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_a_context_makes_a_first_word_subject_a_mid_sentence_token(tiny_tokenizer, lowercase):
+    first = subject_view(tiny_tokenizer, "France's capital city is", context="Q:", lowercase=lowercase)
+    inner = subject_view(tiny_tokenizer, "The capital of France is", context="Q:", lowercase=lowercase)
+    i = subject_token_index(tiny_tokenizer, "France's capital city is", "France", context="Q:", lowercase=lowercase)
+    j = subject_token_index(tiny_tokenizer, "The capital of France is", "france", context="Q:", lowercase=lowercase)
+    assert i >= first.first and j > inner.first  # the subject's last token may match in both
+    ids_first, ids_inner = (tiny_tokenizer(v.text)["input_ids"] for v in (first, inner))
+    # The same tokens either way, leading space included, whatever the subject's place in the prompt.
+    span = ids_first[first.first : i + 1]
+    assert tiny_tokenizer.decode(span) == (" france" if lowercase else " France")
+    assert ids_inner[j + 1 - len(span) : j + 1] == span
+    # The context's tokens are exactly those before the first matchable one.
+    assert tiny_tokenizer(first.text[: first.start].rstrip())["input_ids"] == ids_first[: first.first]
+
+
+def test_lowercase_views_of_differently_cased_prompts_are_one_text(tiny_tokenizer):
+    a = subject_view(tiny_tokenizer, "  France's capital is", context="Q:", lowercase=True)
+    b = subject_view(tiny_tokenizer, "FRANCE'S CAPITAL IS", context="Q:", lowercase=True)
+    assert a == b and a.text == "q: france's capital is"
 
 
 def test_subject_layer_must_not_be_above_the_route_layer():
@@ -86,11 +112,13 @@ def test_mentioning_the_subject_in_an_unrelated_sentence_is_not_enough():
     assert decision.expert_index is None
 
 
-def test_the_first_token_never_matches_a_subject():
+def test_tokens_outside_the_mask_never_match_a_subject():
     router = _router()
     subject_first = _states(E[2], E[3], E[3])
-    [decision] = router.route(E[0:1], [KEYED], subject_first)
+    [decision] = router.route(E[0:1], [KEYED], subject_first, torch.tensor([[0, 1, 1]]))
     assert decision.expert_index is None
+    [decision] = router.route(E[0:1], [KEYED], subject_first, torch.tensor([[1, 1, 1]]))
+    assert decision.expert_name == "keyed"
 
 
 def test_edit_without_a_subject_key_keeps_the_sentence_gate():
@@ -122,6 +150,32 @@ def test_near_neighbour_is_left_to_the_base_model_and_the_subject_still_reaches(
     assert near.route.score is not None and near.route.score >= CONFIG.gate_threshold
     assert near.route.expert_index is None and near.text == base[neighbour]
     assert other.route.expert_name == "e1" and other.route.subject_score >= CONFIG.subject_threshold
+
+
+def test_subject_matches_at_the_start_in_any_case_and_not_another_subject(tiny_model, tiny_tokenizer):
+    editor = LemoeEditor(tiny_model, tiny_tokenizer, TOKENS)
+    editor.add_expert(editor.train([FRANCE], name="e1").entry)
+    prompts = ["France's capital city is", "france's capital city is", "FRANCE'S capital city is", "Germany's capital city is"]
+    *served, other = editor.generate(prompts, SamplingParams(max_new_tokens=2))
+    for g in served:
+        assert g.route.expert_name == "e1" and g.route.subject_score == pytest.approx(1.0), g.prompt
+    assert other.route.expert_index is None
+
+
+def test_without_lowercasing_another_case_is_other_tokens(tiny_model, tiny_tokenizer):
+    editor = LemoeEditor(tiny_model, tiny_tokenizer, dataclasses.replace(TOKENS, subject_lowercase=False))
+    editor.add_expert(editor.train([FRANCE], name="e1").entry)
+    same, upper = editor.generate(["France's capital city is", "FRANCE'S capital city is"], SamplingParams(max_new_tokens=2))
+    assert same.route.expert_name == "e1" and upper.route.expert_index is None
+
+
+def test_request_subject_states_are_the_keys_own_reading(editor):
+    # The key is the request-side state of the edit's own prompt at the subject's token.
+    keys = editor.subject_anchors([FRANCE])
+    states, mask = editor.subject_states([FRANCE.prompt])
+    index = editor._subject_index(FRANCE.prompt, FRANCE.subject)
+    assert mask[0, index] == 1 and torch.equal(keys[0], states[0, index])
+    assert mask[0, : subject_view(editor.tokenizer, FRANCE.prompt, context="Q:").first].sum() == 0
 
 
 def test_sentence_keys_alone_let_the_neighbour_in(tiny_model, tiny_tokenizer):
@@ -167,3 +221,29 @@ def test_subject_keys_that_do_not_match_the_anchors_are_loud(tmp_path):
     save_expert(entry, tmp_path / "e1")
     with pytest.raises(ExpertFileError, match="subject keys"):
         load_expert(tmp_path / "e1")
+
+
+def test_no_subject_pass_for_a_stack_without_subject_keys(editor):
+    plain = editor.train([Edit("2", "Who wrote the novel?", "Tolstoy")], name="plain")
+    assert torch.isnan(plain.entry.subject_anchors).all()
+    mask = torch.ones(1, 3, dtype=torch.long)
+    assert editor.route_state(mask, stack=[plain.entry], prompts=["Who wrote the novel?"]).subject_states is None
+    keyed = editor.train([FRANCE], name="keyed")
+    state = editor.route_state(mask, stack=[plain.entry, keyed.entry], prompts=["Who wrote the novel?"])
+    assert state.subject_states is not None and state.subject_mask.shape == state.subject_states.shape[:2]
+
+
+def test_an_expert_keyed_by_another_subject_view_is_flagged_on_load(editor, caplog):
+    entry = editor.train([FRANCE], name="e1").entry
+    assert entry.meta["subject_view"] == {"context": "Q:", "lowercase": False}
+    with caplog.at_level("WARNING", logger="app.lemoe.editor"):
+        editor.add_expert(entry)
+        assert not caplog.records
+        del entry.meta["subject_view"]  # an expert trained before subject views: keys of the bare prompt
+        editor.set_stack([entry])
+    assert len(caplog.records) == 1 and "e1" in caplog.records[0].getMessage()
+    # It routes by its wording alone: its own prompt still reaches it through the sentence gate.
+    [served] = editor.stack
+    assert served.subject_anchors is None and entry.subject_anchors is not None
+    [g] = editor.generate([FRANCE.prompt], SamplingParams(max_new_tokens=4))
+    assert g.route.expert_name == "e1" and g.route.subject_score is None

@@ -1,0 +1,269 @@
+"""Locality as users meet it: train T edits (the lifelong protocol), then ask probes built from the
+data itself and score what greedy generation answers.
+
+Probe kinds (each edited record gives at most one of each):
+  must be edited (the edit's target must be in the output)
+    edit             the edit's own prompt
+    lower-case       that prompt lower-cased ("which company made uss leedstown (apa-56)?")
+    paraphrase       the record's rephrase
+    subject-first    "<subject>: <prompt with the subject replaced by 'it'>" ("Ramalinaceae: Which
+                     family does it belong to?"), where the subject is in the prompt verbatim and
+                     the prompt does not start with it
+    same-fact        an unedited record about the same subject with the same true answer but
+                     another wording (ZsRE dev: all of its records that share a subject are such)
+  must stay (the output must equal the unedited model's, token for token)
+    other-subject    the edit's prompt with its subject replaced by another record's subject (one
+                     about which nothing was edited), where the subject is in the prompt verbatim
+    same-subject     an unedited record about the same subject with another true answer
+    subject+other-q  another record's question asked about the edit's subject: that record's
+                     prompt with its own subject replaced by the edit's, taken from a record whose
+                     prompt shares no content word with the edit's (likely another relation; a
+                     rule, so a few may still ask the same relation in other words)
+    loc              the record's locality prompt (ZsRE: an NQ question)
+
+The edited set: the first T records in file order, except that for every subject with two or more
+distinct questions the records asking its last such question are held back (never edited), so
+each edited record of that subject has an unedited partner (a same-fact or same-subject probe).
+Held-back records are edited only when T needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from app.benchmarks.datasets import BenchRecord, DataFormat, load_records
+from app.benchmarks.quality import train_lifelong
+from app.engine.model_loader import load_model
+from app.lemoe.config import LemoeConfig
+from app.lemoe.editor import Edit, Generation, LemoeEditor, SamplingParams
+
+log = logging.getLogger(__name__)
+
+Subjects = Literal["none", "given"]
+EDITED_KINDS = ("edit", "lower-case", "paraphrase", "subject-first", "same-fact")
+KEPT_KINDS = ("other-subject", "same-subject", "subject+other-q", "loc")
+KINDS = EDITED_KINDS + KEPT_KINDS
+_STOPWORDS = frozenset(
+    "the a an of in on at to by for from with and or is was are were be been what which who whom whose when where "
+    "how did does do has have had that this it its as name into".split()
+)
+
+
+@dataclass(frozen=True)
+class LocalityOptions:
+    data: Path
+    format: DataFormat
+    edits: int
+    subjects: Subjects = "none"
+    batch_size: int = 16
+    max_new_tokens: int = 16
+    model_path: Path | None = None
+    cache_dir: Path = Path("lemoe-data/model-cache")
+    device: str = "auto"
+    config: LemoeConfig = LemoeConfig()
+
+
+@dataclass(frozen=True)
+class Probe:
+    kind: str
+    record: int  # index (in the file's usable records) of the edited record it belongs to
+    prompt: str
+    target: str | None = None  # edited probes: what the output must contain
+
+
+def _key(text: str | None) -> str:
+    return " ".join((text or "").lower().split())
+
+
+def select_edits(records: Sequence[BenchRecord], count: int) -> tuple[list[int], set[int]]:
+    """(indices of the records to edit, in file order; indices held back for same-subject probes)."""
+    questions: dict[str, list[str]] = {}
+    for r in records:
+        if r.subject:
+            qs = questions.setdefault(_key(r.subject), [])
+            if _key(r.prompt) not in qs:
+                qs.append(_key(r.prompt))
+    held = {i for i, r in enumerate(records)
+            if r.subject and len(questions[_key(r.subject)]) > 1 and _key(r.prompt) == questions[_key(r.subject)][-1]}
+    chosen = [i for i in range(len(records)) if i not in held][:count]
+    if len(chosen) < count:
+        chosen = sorted(chosen + sorted(held)[: count - len(chosen)])
+    return chosen, held - set(chosen)
+
+
+def subject_first(prompt: str, subject: str) -> str | None:
+    """"<subject>: <prompt, its subject replaced by 'it'>" (None where the rule does not apply)."""
+    if not subject or subject not in prompt or prompt.startswith(subject):
+        return None
+    rest = prompt.replace(f"{subject}'s", "its", 1) if f"{subject}'s" in prompt else prompt.replace(subject, "it", 1)
+    return f"{subject}: {rest}"
+
+
+def _content_words(text: str, subject: str) -> set[str]:
+    words = "".join(c if c.isalnum() else " " for c in _key(text).replace(_key(subject), " ")).split()
+    return {w for w in words if w not in _STOPWORDS}
+
+
+def build_probes(records: Sequence[BenchRecord], edited: Sequence[int]) -> list[Probe]:
+    """Every probe of every edited record (see the module docstring for the rules)."""
+    edited_set = set(edited)
+    edited_prompts = {_key(records[i].prompt) for i in edited}
+    edited_subjects = {_key(records[i].subject) for i in edited if records[i].subject}
+    by_subject: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        if r.subject:
+            by_subject.setdefault(_key(r.subject), []).append(i)
+    # Other subjects: those nothing was edited about (the probe then asks no edited fact).
+    subjects = list(dict.fromkeys(r.subject.strip() for r in records if r.subject and r.subject.strip()))
+    fresh = [s for s in subjects if _key(s) not in edited_subjects] or subjects
+    templates = [(i, r.prompt.replace(r.subject.strip(), "\0", 1)) for i, r in enumerate(records)
+                 if r.subject and r.subject.strip() and r.subject.strip() in r.prompt]
+    rng = random.Random(0)
+    probes: list[Probe] = []
+    for i in edited:
+        r = records[i]
+        subject = (r.subject or "").strip()
+        probes += [Probe("edit", i, r.prompt, r.target), Probe("lower-case", i, r.prompt.lower(), r.target),
+                   Probe("paraphrase", i, r.rephrase, r.target)]
+        reworded = subject_first(r.prompt, subject)
+        if reworded is not None:
+            probes.append(Probe("subject-first", i, reworded, r.target))
+        # Unedited records about the same subject whose question is no edited one.
+        group = by_subject.get(_key(subject), []) if subject else []
+        edited_questions = {_key(records[j].prompt) for j in group if j in edited_set}
+        partners = [j for j in group if j not in edited_set and _key(records[j].prompt) not in edited_questions]
+        same_fact = [j for j in partners if r.answer and _key(records[j].answer) == _key(r.answer)]
+        other_fact = [j for j in partners if r.answer and records[j].answer and _key(records[j].answer) != _key(r.answer)]
+        if same_fact:
+            probes.append(Probe("same-fact", i, records[same_fact[0]].prompt, r.target))
+        if subject and subject in r.prompt:
+            pool = [s for s in fresh if _key(s) != _key(subject) and s not in r.prompt]
+            for _ in range(10 if pool else 0):
+                other = r.prompt.replace(subject, rng.choice(pool), 1)
+                if _key(other) not in edited_prompts:
+                    probes.append(Probe("other-subject", i, other))
+                    break
+        if other_fact:
+            probes.append(Probe("same-subject", i, records[other_fact[0]].prompt))
+        if subject:
+            words = _content_words(r.prompt, subject)
+            unlike = [t for j, t in templates if _key(records[j].subject) != _key(subject)
+                      and not words & _content_words(t.replace("\0", " "), "")]
+            for _ in range(10 if unlike else 0):
+                asked = rng.choice(unlike).replace("\0", subject)
+                if _key(asked) not in edited_prompts:
+                    probes.append(Probe("subject+other-q", i, asked))
+                    break
+        probes.append(Probe("loc", i, r.loc_prompt))
+    return probes
+
+
+def generate_all(editor: LemoeEditor, prompts: Sequence[str], params: SamplingParams, *, stack=None, batch_size: int = 32) -> list[Generation]:
+    """Greedy generations in batches of similar length (the same batches for every stack, so a
+    prompt that no expert serves gets the unedited model's output bit for bit)."""
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    out: list[Generation | None] = [None] * len(prompts)
+    for k in range(0, len(order), batch_size):
+        chunk = order[k:k + batch_size]
+        for i, g in zip(chunk, editor.generate([prompts[i] for i in chunk], params, stack=stack), strict=True):
+            out[i] = g
+    return out  # type: ignore[return-value]
+
+
+def score(probes: Sequence[Probe], base: Sequence[Generation | None], after: Sequence[Generation], owner: dict[str, str]) -> dict:
+    """Per kind (`base`: the unedited model's answers, needed for kept probes only): probe count, score (target in the output / output unchanged), share routed to any
+    expert, and (edited kinds) share routed to the expert holding the probe's edit."""
+    rows = {}
+    for kind in KINDS:
+        idx = [k for k, p in enumerate(probes) if p.kind == kind]
+        if kind in EDITED_KINDS:
+            ok = [float(probes[k].target in after[k].text) for k in idx]
+            own = [float(after[k].route.expert_name is not None and after[k].route.expert_name == owner.get(str(probes[k].record))) for k in idx]
+        else:
+            ok = [float(after[k].text == base[k].text) for k in idx]
+            own = []
+        rows[kind] = {
+            "edited": kind in EDITED_KINDS, "n": len(idx), "score": _mean(ok),
+            "routed": _mean([float(after[k].route.expert_index is not None) for k in idx]),
+            "own_expert": _mean(own) if own else None,
+        }
+    return rows
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(statistics.fmean(xs), 4) if xs else None
+
+
+def run_locality(opts: LocalityOptions) -> dict:
+    if opts.subjects not in ("none", "given"):
+        raise ValueError(f"unknown subjects mode {opts.subjects!r}; one of ['given', 'none']")
+    records = load_records(opts.data, opts.format)
+    if len(records) < opts.edits:
+        raise ValueError(f"{opts.data} has {len(records)} usable records; --edits {opts.edits} asked for more")
+    edited, held = select_edits(records, opts.edits)
+    probes = build_probes(records, edited)
+    loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
+    editor = LemoeEditor(loaded.model, loaded.tokenizer, opts.config, device=loaded.device)
+    params = SamplingParams(max_new_tokens=opts.max_new_tokens)
+    # Kept probes are generated apart from edited ones, in the same batches before and after
+    # editing; the unedited model's answers to edited probes are not needed.
+    kept = [k for k, p in enumerate(probes) if p.kind in KEPT_KINDS]
+    edited_probes = [k for k, p in enumerate(probes) if p.kind not in KEPT_KINDS]
+    log.info("%d probes (%d must stay); generating those with the unedited model", len(probes), len(kept))
+    base_kept = generate_all(editor, [probes[k].prompt for k in kept], params, stack=())
+    edits = [Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None)
+             for i in edited]
+    trained = train_lifelong(editor, edits, batch_size=opts.batch_size)
+    log.info("generating with %d experts", trained["experts"])
+    started = time.perf_counter()
+    after: list = [None] * len(probes)
+    base: list = [None] * len(probes)
+    for group, gens in ((kept, generate_all(editor, [probes[k].prompt for k in kept], params)),
+                        (edited_probes, generate_all(editor, [probes[k].prompt for k in edited_probes], params))):
+        for k, g in zip(group, gens, strict=True):
+            after[k] = g
+    for k, g in zip(kept, base_kept, strict=True):
+        base[k] = g
+    return {
+        "data": str(opts.data), "format": opts.format, "model": loaded.name, "edits": len(edited),
+        "subjects": opts.subjects, "experts": trained["experts"], "subject_keyed_edits": trained["subject_keyed_edits"],
+        "held_back": len(held), "max_new_tokens": opts.max_new_tokens,
+        "probes": score(probes, base, after, trained["owner"]),
+        "train_s": trained["train_s"], "s_per_edit": trained["s_per_edit"], "cpu_s_per_edit": trained["cpu_s_per_edit"],
+        "generate_s": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
+        "config": asdict(opts.config),
+    }
+
+
+def format_table(result: dict) -> str:
+    def cell(x) -> str:
+        return "–" if x is None else f"{x:.3f}"
+
+    lines = [f"{result['model']} on {Path(result['data']).name} ({result['format']}), T={result['edits']}, "
+             f"subjects={result['subjects']}, {result['experts']} experts, {result['subject_keyed_edits']} edits with a subject key, "
+             f"{result['held_back']} records held back for same-subject probes, greedy {result['max_new_tokens']} tokens",
+             f"  {'probe':<15} {'must':<10} {'n':>5}  {'score':>6}  {'reached an expert':>17}  {'its own expert':>14}"]
+    for kind, row in result["probes"].items():
+        must = "be edited" if row["edited"] else "stay"
+        lines.append(f"  {kind:<15} {must:<10} {row['n']:>5}  {cell(row['score']):>6}  {cell(row['routed']):>17}  {cell(row['own_expert']):>14}")
+    lines.append(f"  training {result['train_s']} s ({result['s_per_edit']} s per edit), generation after editing {result['generate_s']} s")
+    return "\n".join(lines)
+
+
+def main(opts: LocalityOptions, *, as_json: bool) -> int:
+    result = run_locality(opts)
+    print(format_table(result))
+    if as_json:
+        print(json.dumps(result))
+    return 0
+
