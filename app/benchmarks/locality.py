@@ -237,6 +237,7 @@ def run_locality(opts: LocalityOptions) -> dict:
     return {
         "data": str(opts.data), "format": opts.format, "model": loaded.name, "edits": len(edited),
         "subjects": opts.subjects, "experts": trained["experts"], "subject_keyed_edits": trained["subject_keyed_edits"],
+        "subjects_inferred": trained["subjects_inferred"],
         "held_back": len(held), "max_new_tokens": opts.max_new_tokens,
         "probes": score(probes, base, after, trained["owner"]),
         "train_s": trained["train_s"], "s_per_edit": trained["s_per_edit"], "cpu_s_per_edit": trained["cpu_s_per_edit"],
@@ -250,7 +251,8 @@ def format_table(result: dict) -> str:
         return "–" if x is None else f"{x:.3f}"
 
     lines = [f"{result['model']} on {Path(result['data']).name} ({result['format']}), T={result['edits']}, "
-             f"subjects={result['subjects']}, {result['experts']} experts, {result['subject_keyed_edits']} edits with a subject key, "
+             f"subjects={result['subjects']}, {result['experts']} experts, {result['subject_keyed_edits']} edits with a subject key "
+             f"({result['subjects_inferred']} inferred), "
              f"{result['held_back']} records held back for same-subject probes, greedy {result['max_new_tokens']} tokens",
              f"  {'probe':<15} {'must':<10} {'n':>5}  {'score':>6}  {'reached an expert':>17}  {'its own expert':>14}"]
     for kind, row in result["probes"].items():

@@ -101,12 +101,18 @@ def run_quality(opts: QualityOptions) -> dict:
     }
 
 
-def train_lifelong(editor: LemoeEditor, edits: list[Edit], *, batch_size: int, planning: bool = True) -> dict:
+def train_lifelong(editor: LemoeEditor, edits: list[Edit], *, batch_size: int, planning: bool = True,
+                   infer_subjects: bool = True) -> dict:
     """Plan `edits` into batches and train one expert per batch in sequence, each live before the
-    next (the lifelong protocol). Returns the edit -> expert map, counts and training times."""
+    next (the lifelong protocol). Edits without a subject get the one the model infers, as the
+    server's worker does (`infer_subjects`; timed with training). Returns the edit -> expert map,
+    counts and training times."""
     owner: dict[str, str] = {}
     keyed = 0
     started, cpu_started = time.perf_counter(), time.process_time()
+    inferred: dict = {}
+    if infer_subjects:
+        edits, inferred = editor.complete_subjects(edits)
     batches = editor.plan(edits, batch_size=batch_size, planning=planning)
     bar = tqdm(total=len(edits), desc="training", unit="edit", file=sys.stderr, dynamic_ncols=True)
     for k, batch in enumerate(batches):
@@ -121,7 +127,7 @@ def train_lifelong(editor: LemoeEditor, edits: list[Edit], *, batch_size: int, p
     train_cpu_s = time.process_time() - cpu_started
     n = max(len(edits), 1)
     return {
-        "owner": owner, "experts": len(batches), "subject_keyed_edits": keyed,
+        "owner": owner, "experts": len(batches), "subject_keyed_edits": keyed, "subjects_inferred": len(inferred),
         "train_s": round(train_s, 1), "s_per_edit": round(train_s / n, 3),
         # CPU seconds of this process: unlike wall time, not inflated by other jobs on the machine.
         "train_cpu_s": round(train_cpu_s, 1), "cpu_s_per_edit": round(train_cpu_s / n, 3),

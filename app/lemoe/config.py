@@ -32,6 +32,14 @@ class LemoeConfig:
     # ... and the prompt's sentence query must still be this close to the edit's (centred cosine):
     # mentioning the subject in an unrelated question is not enough.
     subject_sentence_floor: float = 0.4
+    # Relation keys: an edit with a subject key fires only where the prompt's other tokens (its
+    # subject's left out; standardised subject-layer states, averaged) are this close (cosine) to
+    # the edit prompt's: another question about the same subject does not get the edit's answer.
+    # None: no relation check.
+    relation_threshold: float | None = 0.35
+    # Edits sent without a subject get one the base model picks among the prompt's spans
+    # (app.lemoe.subjects), so they have subject and relation keys too.
+    infer_subjects: bool = True
     # Subject states (the keys at training, the requests' tokens at inference: one function for
     # both) are read from "<subject_context> <prompt>", so a subject at the start of a prompt is
     # not the sequence's first token (whose state carries no context) and keeps its leading space;

@@ -28,8 +28,9 @@ from app.lemoe.routing import (
     anchor_owners,
     routing,
 )
+from app.lemoe.subjects import InferredSubject, infer_subjects
 from app.lemoe.stopping import StopOnSignal, StopReason, StopSignal
-from app.lemoe.text import check_text, encode_pair, subject_token_index, subject_view
+from app.lemoe.text import check_text, encode_pair, subject_token_span, subject_view
 from app.lemoe.trainer import (
     ProgressFn,
     TrainingExample,
@@ -70,6 +71,15 @@ class Generation:
     route: RouteDecision
     completion_tokens: int
     stop_reason: StopReason = StopReason.LENGTH
+
+
+@dataclass(frozen=True)
+class SubjectAnchors:
+    """Per anchor: subject key, relation key (NaN rows: none) and subject length in tokens."""
+
+    subject: torch.Tensor
+    relation: torch.Tensor
+    lengths: torch.Tensor
 
 
 @dataclass
@@ -115,7 +125,8 @@ class LemoeEditor:
             return None
         states, mask = self.subject_states(REFERENCE_PROMPTS)
         tokens = states[mask.bool()]  # the tokens that may match, as when matching
-        return SubjectKeys(tokens.mean(0), tokens.std(0) + 1e-3, self.config.subject_threshold, self.config.subject_sentence_floor)
+        return SubjectKeys(tokens.mean(0), tokens.std(0) + 1e-3, self.config.subject_threshold,
+                           self.config.subject_sentence_floor, self.config.relation_threshold)
 
     def subject_states(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, d) subject-layer states of each prompt's `subject_view` (right-padded) and the
@@ -129,12 +140,36 @@ class LemoeEditor:
             mask[r, : v.first] = 0
         return states, mask
 
+    def relation_mask(self, prompts: Sequence[str], mask: torch.Tensor) -> torch.Tensor:
+        """`mask` (from `subject_states(prompts)`) less the tokens before each prompt's last
+        sentence: the tokens a relation key reads."""
+        out = mask.clone()
+        for r, p in enumerate(prompts):
+            out[r, : self._subject_view(p).last_sentence] = 0
+        return out
+
     def _subject_view(self, prompt: str):
         return subject_view(self.tokenizer, prompt, context=self.config.subject_context, lowercase=self.config.subject_lowercase)
 
-    def _subject_index(self, prompt: str, subject: str | None) -> int | None:
-        return subject_token_index(self.tokenizer, prompt, subject, context=self.config.subject_context,
-                                   lowercase=self.config.subject_lowercase)
+    def _subject_span(self, prompt: str, subject: str | None) -> tuple[int, int] | None:
+        return subject_token_span(self.tokenizer, prompt, subject, context=self.config.subject_context,
+                                  lowercase=self.config.subject_lowercase)
+
+    def infer_subjects(self, prompts: Sequence[str]) -> list[InferredSubject | None]:
+        """For edits sent without a subject: the span of each prompt the base model names as its
+        subject (`app.lemoe.subjects`), or None."""
+        return infer_subjects(self.model, self.tokenizer, prompts, self.device)
+
+    def complete_subjects(self, edits: Sequence[Edit]) -> tuple[list[Edit], dict[str, InferredSubject]]:
+        """`edits`, those without a subject given the one the model infers (a client's subject
+        always wins), and what was inferred by edit id. Unchanged when subject keys or
+        `infer_subjects` are off."""
+        missing = [e for e in edits if not (e.subject and e.subject.strip())]
+        if self.subject_layer is None or not self.config.infer_subjects or not missing:
+            return list(edits), {}
+        found = {e.edit_id: s for e, s in zip(missing, self.infer_subjects([e.prompt for e in missing]), strict=True)
+                 if s is not None}
+        return [dataclasses.replace(e, subject=found[e.edit_id].text) if e.edit_id in found else e for e in edits], found
 
     # --- the stack -----------------------------------------------------------------------
     @property
@@ -158,12 +193,14 @@ class LemoeEditor:
         entry.anchors = entry.anchors.to(self.device)
         if entry.subject_anchors is not None:
             entry.subject_anchors = entry.subject_anchors.to(self.device)
+        if entry.relation_anchors is not None:
+            entry.relation_anchors = entry.relation_anchors.to(self.device)
         view = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
         made = entry.meta.get("subject_view", {"context": "", "lowercase": False})
         if self.subject_layer is not None and _keyed(entry) and made != view:
             log.warning("expert %s: its subject keys read prompts as %s, this editor as %s; its edits route "
                         "by their wording alone until they are trained again", entry.name, made, view)
-            return dataclasses.replace(entry, subject_anchors=None)
+            return dataclasses.replace(entry, subject_anchors=None, relation_anchors=None, subject_lengths=None)
         return entry
 
     def remove_expert(self, name: str) -> ExpertEntry:
@@ -231,34 +268,55 @@ class LemoeEditor:
         anchor_prompts = [e.prompt for e in edits] + [r for e in edits for r in e.rephrases]
         anchor_ids = [e.edit_id for e in edits] + [e.edit_id for e in edits for _ in e.rephrases]
         anchors = self.queries(anchor_prompts)
-        subject_anchors = self.subject_anchors(edits)
+        keys = self.subject_anchors(edits)
         meta = {"layer": self.layer, "route_layer": self.route_layer, "steps": result.steps,
                 "final_loss": result.final_loss, "examples": result.examples}
-        if subject_anchors is not None:
+        if keys is not None:
             meta["subject_layer"] = self.subject_layer
             meta["subject_view"] = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
-            meta["subject_keyed_edits"] = int((~torch.isnan(subject_anchors[: len(edits)]).any(dim=1)).sum())
+            meta["subject_keyed_edits"] = int((~torch.isnan(keys.subject[: len(edits)]).any(dim=1)).sum())
         entry = ExpertEntry(name=name, module=result.expert, anchors=anchors, edit_ids=anchor_ids, meta=meta,
-                            subject_anchors=subject_anchors)
+                            subject_anchors=None if keys is None else keys.subject,
+                            relation_anchors=None if keys is None else keys.relation,
+                            subject_lengths=None if keys is None else keys.lengths)
         return TrainedExpert(entry, result.steps, result.final_loss, result.seconds, meta)
 
-    def subject_anchors(self, edits: Sequence[Edit]) -> torch.Tensor | None:
-        """Subject keys in anchor order (each edit, then its rephrases, which share the edit's).
+    def subject_anchors(self, edits: Sequence[Edit]) -> SubjectAnchors | None:
+        """Subject and relation keys in anchor order (each edit, then its rephrases, which share
+        the edit's subject key and have relation keys of their own where they name the subject).
 
         A NaN row: the edit names no subject, or its prompt does not contain it; that edit is
         routed by its sentence key alone. None when subject keys are off.
         """
         if self.subject_layer is None:
             return None
-        positions = [self._subject_index(e.prompt, e.subject) for e in edits]
-        keyed = [i for i, pos in enumerate(positions) if pos is not None]
-        keys = torch.full((len(edits), self.hidden_size), float("nan"), device=self.device)
-        if keyed:
-            states, _ = self.subject_states([edits[i].prompt for i in keyed])
-            for row, i in enumerate(keyed):
-                keys[i] = states[row, positions[i]]
-        rephrase_keys = [keys[i] for i, e in enumerate(edits) for _ in e.rephrases]
-        return torch.cat([keys, torch.stack(rephrase_keys)]) if rephrase_keys else keys
+        prompts = [e.prompt for e in edits] + [r for e in edits for r in e.rephrases]
+        subjects = [e.subject for e in edits] + [e.subject for e in edits for _ in e.rephrases]
+        owner = list(range(len(edits))) + [i for i, e in enumerate(edits) for _ in e.rephrases]
+        spans = [self._subject_span(p, s) for p, s in zip(prompts, subjects, strict=True)]
+        n, d = len(prompts), self.hidden_size
+        subject = torch.full((n, d), float("nan"), device=self.device)
+        relation = torch.full((n, d), float("nan"), device=self.device)
+        lengths = torch.zeros(n, dtype=torch.long)
+        found = [k for k, span in enumerate(spans) if span is not None]
+        if found:
+            texts = [prompts[k] for k in found]
+            states, mask = self.subject_states(texts)
+            rows = torch.arange(len(found))
+            last = torch.tensor([spans[k][1] for k in found])
+            length = torch.tensor([spans[k][1] - spans[k][0] + 1 for k in found])
+            vectors = self.router.subject.relation_vectors(states, self.relation_mask(texts, mask), rows, last, length)
+            for row, k in enumerate(found):
+                subject[k] = states[row, spans[k][1]]
+                lengths[k] = length[row]
+                # A prompt that is all subject asks nothing else: no relation check for it.
+                if bool(vectors[row].any()):
+                    relation[k] = vectors[row]
+        for k in range(len(edits), n):  # a rephrase keys on its edit's subject state
+            subject[k] = subject[owner[k]]
+            if spans[k] is None:
+                relation[k], lengths[k] = relation[owner[k]], lengths[owner[k]]
+        return SubjectAnchors(subject, relation, lengths)
 
     def superseded(self, edits: Sequence[Edit], entry: ExpertEntry) -> list[tuple[str, str]]:
         """(new edit id, older edit id) pairs: on the new edit's own prompt an older edit of the
@@ -272,10 +330,11 @@ class LemoeEditor:
         owner, ids = anchor_owners(stack), anchor_edit_ids(stack)
         # The edits' own sentence queries are their anchors (listed first in the entry).
         queries = entry.anchors[: len(edits)]
-        states = mask = None
+        states = mask = relation_mask = None
         if self.subject_layer is not None:
             states, mask = self.subject_states([e.prompt for e in edits])
-        sims, eligible, _ = self.router.eligibility(queries, stack, states, mask)
+            relation_mask = self.relation_mask([e.prompt for e in edits], mask)
+        sims, eligible, _, _ = self.router.eligibility(queries, stack, states, mask, relation_mask)
         own = sims[torch.arange(len(edits)), offset + torch.arange(len(edits))]
         near = eligible & (sims >= own[:, None] - self.config.supersede_margin) & (owner.to(sims.device) < len(older))
         pairs = []
@@ -294,6 +353,7 @@ class LemoeEditor:
         state = RouteState(query_mask=query_mask, stack=stack, router=self.router, forced=forced)
         if prompts is not None and forced is None and self.subject_layer is not None and any(_keyed(e) for e in stack):
             state.subject_states, state.subject_mask = self.subject_states(prompts)
+            state.relation_mask = self.relation_mask(prompts, state.subject_mask)
         return state
 
     @torch.inference_mode()

@@ -44,6 +44,11 @@ class ExpertEntry:
     meta: dict = field(default_factory=dict)
     # (n_edits, d) subject-layer states at each anchor's subject; a NaN row: no subject key.
     subject_anchors: torch.Tensor | None = None
+    # (n_edits, d) relation keys: unit vectors of what each anchor's prompt asks about its subject
+    # (`SubjectKeys.relation_vectors`); a NaN row: no relation check. None: made before they existed.
+    relation_anchors: torch.Tensor | None = None
+    # (n_edits,) how many tokens each anchor's subject spans in its prompt (0: no subject key).
+    subject_lengths: torch.Tensor | None = None
 
     @property
     def key(self) -> torch.Tensor:

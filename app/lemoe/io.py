@@ -47,6 +47,9 @@ def save_expert(entry: ExpertEntry, directory: Path) -> str:
     }
     if entry.subject_anchors is not None:
         tensors["subject_anchors"] = entry.subject_anchors.detach().cpu().float().contiguous()
+    if entry.relation_anchors is not None and entry.subject_lengths is not None:
+        tensors["relation_anchors"] = entry.relation_anchors.detach().cpu().float().contiguous()
+        tensors["subject_lengths"] = entry.subject_lengths.detach().cpu().long().contiguous()
     config = {
         "name": entry.name,
         "kind": module.kind,
@@ -110,6 +113,11 @@ def load_expert(
     subject_anchors = tensors.get("subject_anchors")
     if subject_anchors is not None and subject_anchors.shape[0] != anchors.shape[0]:
         raise ExpertFileError("subject keys do not match its anchors", directory=directory)
+    relation_anchors, lengths = tensors.get("relation_anchors"), tensors.get("subject_lengths")
+    if (relation_anchors is None) != (lengths is None) or (
+        relation_anchors is not None and not relation_anchors.shape[0] == lengths.shape[0] == anchors.shape[0]
+    ):
+        raise ExpertFileError("relation keys do not match its anchors", directory=directory)
     return ExpertEntry(
         name=name,
         module=module,
@@ -117,4 +125,6 @@ def load_expert(
         edit_ids=list(config.get("edit_ids", [])),
         meta=dict(config.get("meta", {})),
         subject_anchors=None if subject_anchors is None else subject_anchors.to(device),
+        relation_anchors=None if relation_anchors is None else relation_anchors.to(device),
+        subject_lengths=lengths,
     )

@@ -22,6 +22,7 @@ class RouteDecision:
     score: float | None  # centred cosine to the nearest anchor (None with an empty stack)
     nearest_edit_id: str | None
     subject_score: float | None = None  # the chosen anchor's subject match, if it has a subject key
+    relation_score: float | None = None  # what the prompt asks about that subject against the edit's (relation key)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RouteState:
     queries: torch.Tensor | None = None
     subject_states: torch.Tensor | None = None  # (B, T, d) subject-layer states (LemoeEditor.subject_states)
     subject_mask: torch.Tensor | None = None  # (B, T) which of those tokens may match a subject
+    relation_mask: torch.Tensor | None = None  # (B, T) which are read for the relation (LemoeEditor.relation_mask)
     decisions: list[RouteDecision] | None = None
     groups: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
@@ -82,27 +84,34 @@ def pool(x: torch.Tensor, mask: torch.Tensor | None, how: Pooling) -> torch.Tens
 
 
 class SubjectKeys:
-    """Token-level subject matching: does a prompt mention an edit's subject?
+    """Token-level subject matching (does a prompt mention an edit's subject?) and relation
+    matching (does it ask what the edit's prompt asks about it?).
 
-    An anchor is the edit prompt's hidden state at its subject's last token; a prompt's score is
-    the best cosine over its matchable tokens (`subject_view`: never a sequence's first token,
-    which carries no context). Both are read by `LemoeEditor.subject_states`. Every
-    dimension is standardised on reference-prompt tokens first: a few dimensions carry massive
-    activations that make raw cosines ~1 between unrelated tokens.
+    A subject anchor is the edit prompt's hidden state at its subject's last token; a prompt's
+    score is the best cosine over its matchable tokens (`subject_view`: never a sequence's first
+    token, which carries no context). A relation anchor is the mean of the edit prompt's other
+    matchable tokens (its subject's left out); a prompt is compared on its tokens outside the span
+    that matched the subject. Both read `LemoeEditor.subject_states`. Every dimension is
+    standardised on reference-prompt tokens first: a few dimensions carry massive activations
+    that make raw cosines ~1 between unrelated tokens.
     """
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, threshold: float, sentence_floor: float) -> None:
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, threshold: float, sentence_floor: float,
+                 relation_threshold: float | None = None) -> None:
         self.mean = mean
         self.std = std
         self.threshold = threshold
         self.sentence_floor = sentence_floor
+        self.relation_threshold = relation_threshold  # None: no relation check
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
-        return torch.nn.functional.normalize(z, dim=-1)
+        return torch.nn.functional.normalize(self.standardise(x), dim=-1)
 
-    def scores(self, states: torch.Tensor, mask: torch.Tensor | None, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(which anchors have a subject key (n,), best token cosine per prompt and anchor (B, n)).
+    def scores(self, states: torch.Tensor, mask: torch.Tensor | None, anchors: torch.Tensor) -> SubjectMatch:
+        """Per prompt and anchor, the best token cosine and where it is.
 
         `mask` (B, T): the tokens that may match (None: all). `anchors` rows of NaN mean "no
         subject key"; those score -2 (never a match).
@@ -111,18 +120,51 @@ class SubjectKeys:
         a = self.normalise(torch.nan_to_num(anchors.to(states.device)))
         sims = torch.einsum("btd,nd->btn", self.normalise(states), a)
         valid = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool()
-        best = sims.masked_fill(~valid.unsqueeze(-1), -2.0).max(dim=1).values
-        return keyed, best.masked_fill(~keyed.to(best.device), -2.0)
+        best = sims.masked_fill(~valid.unsqueeze(-1), -2.0).max(dim=1)
+        return SubjectMatch(keyed, best.values.masked_fill(~keyed.to(best.values.device), -2.0), best.indices)
+
+    def relation_vectors(self, states: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor,
+                         last: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """(P, d) unit vectors: for each (row, span) pair, the standardised mean of that row's
+        matchable tokens outside tokens last-length+1..last (its subject). A prompt that is all
+        subject gives a zero vector, which matches nothing."""
+        valid = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool()
+        z = self.standardise(states) * valid.unsqueeze(-1)
+        running = torch.cat([torch.zeros_like(z[:, :1]), z.cumsum(dim=1)], dim=1)  # (B, T+1, d)
+        rows, last, length = rows.to(z.device), last.to(z.device), length.to(z.device)
+        first = (last - length + 1).clamp(min=0)
+        outside = running[rows, -1] - (running[rows, last + 1] - running[rows, first])
+        return torch.nn.functional.normalize(outside, dim=-1)
+
+
+@dataclass(frozen=True)
+class SubjectMatch:
+    keyed: torch.Tensor  # (n,) which anchors have a subject key
+    scores: torch.Tensor  # (B, n) best token cosine (-2: no key)
+    where: torch.Tensor  # (B, n) index of that token
 
 
 def subject_anchor_matrix(stack: Sequence[ExpertEntry], dim: int) -> torch.Tensor:
     """Every anchor's subject key in stack order (NaN rows where there is none)."""
+    return _anchor_rows(stack, dim, "subject_anchors")
+
+
+def relation_anchor_matrix(stack: Sequence[ExpertEntry], dim: int) -> torch.Tensor:
+    """Every anchor's relation key in stack order (NaN rows where there is none)."""
+    return _anchor_rows(stack, dim, "relation_anchors")
+
+
+def subject_lengths(stack: Sequence[ExpertEntry]) -> torch.Tensor:
+    """Every anchor's subject length in tokens, in stack order (0 where unknown)."""
+    return torch.cat([torch.zeros(len(e.anchors), dtype=torch.long) if e.subject_lengths is None
+                      else e.subject_lengths.long().cpu() for e in stack])
+
+
+def _anchor_rows(stack: Sequence[ExpertEntry], dim: int, attr: str) -> torch.Tensor:
     rows = []
     for e in stack:
-        if e.subject_anchors is None:
-            rows.append(torch.full((len(e.anchors), dim), float("nan"), device=e.anchors.device))
-        else:
-            rows.append(e.subject_anchors.float())
+        keys = getattr(e, attr)
+        rows.append(torch.full((len(e.anchors), dim), float("nan"), device=e.anchors.device) if keys is None else keys.float())
     return torch.cat(rows)
 
 
@@ -156,21 +198,46 @@ class AnchorRouter:
         stack: Sequence[ExpertEntry],
         subject_states: torch.Tensor | None = None,
         query_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(sentence cosines, which anchors may fire, subject cosines or None), each (B, n_anchors)."""
+        relation_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(sentence cosines, which anchors may fire, subject cosines or None, relation cosines or
+        None), each (B, n_anchors); relation cosines are NaN where they were not needed."""
         sims = self.similarities(queries, stack)
         eligible = sims >= self.threshold
-        subject_sims = None
+        subject_sims = relation_sims = None
         if self.subject is not None and subject_states is not None:
-            keyed, subject_sims = self.subject.scores(
-                subject_states, query_mask, subject_anchor_matrix(stack, subject_states.shape[-1])
-            )
+            match = self.subject.scores(subject_states, query_mask, subject_anchor_matrix(stack, subject_states.shape[-1]))
             # An edit with a subject key fires only where its subject is mentioned (and the
-            # sentence is not wholly unlike the edit's), whatever the sentence gate says.
-            subject_sims = subject_sims.to(sims.device)
+            # sentence is not wholly unlike the edit's), whatever the sentence gate says...
+            subject_sims = match.scores.to(sims.device)
             keyed_ok = (subject_sims >= self.subject.threshold) & (sims >= self.subject.sentence_floor)
-            eligible = torch.where(keyed.to(sims.device), keyed_ok, eligible)
-        return sims, eligible, subject_sims
+            if self.subject.relation_threshold is not None:
+                keyed_ok, relation_sims = self._relation_check(
+                    keyed_ok, match, subject_states, query_mask if relation_mask is None else relation_mask, stack
+                )
+            eligible = torch.where(match.keyed.to(sims.device), keyed_ok, eligible)
+        return sims, eligible, subject_sims, relation_sims
+
+    def _relation_check(self, keyed_ok: torch.Tensor, match: SubjectMatch, subject_states: torch.Tensor,
+                        relation_mask: torch.Tensor | None, stack: Sequence[ExpertEntry]) -> tuple[torch.Tensor, torch.Tensor]:
+        """... and only where the prompt asks what the edit asks about it: outside the span that
+        matched the subject, its tokens must be close to the edit prompt's (the relation key).
+        Without this, every question about an edited subject gets the edit's answer."""
+        assert self.subject is not None and self.subject.relation_threshold is not None
+        relation = relation_anchor_matrix(stack, subject_states.shape[-1]).to(keyed_ok.device)
+        has_key = ~torch.isnan(relation).any(dim=1)
+        relation_sims = torch.full(keyed_ok.shape, float("nan"), device=keyed_ok.device)
+        pairs = (keyed_ok & has_key).nonzero()
+        if len(pairs):
+            rows, anchors = pairs[:, 0], pairs[:, 1]
+            vectors = self.subject.relation_vectors(
+                subject_states, relation_mask, rows, match.where.to(keyed_ok.device)[rows, anchors],
+                subject_lengths(stack).to(keyed_ok.device)[anchors],
+            ).to(relation.device)
+            relation_sims[rows, anchors] = (vectors * relation[anchors]).sum(dim=-1)
+            keyed_ok = keyed_ok.clone()
+            keyed_ok[rows, anchors] = relation_sims[rows, anchors] >= self.subject.relation_threshold
+        return keyed_ok, relation_sims
 
     def route(
         self,
@@ -178,10 +245,11 @@ class AnchorRouter:
         stack: Sequence[ExpertEntry],
         subject_states: torch.Tensor | None = None,
         query_mask: torch.Tensor | None = None,
+        relation_mask: torch.Tensor | None = None,
     ) -> list[RouteDecision]:
         if not stack:
             return [RouteDecision(None, None, None, None) for _ in range(queries.shape[0])]
-        sims, eligible, subject_sims = self.eligibility(queries, stack, subject_states, query_mask)
+        sims, eligible, subject_sims, relation_sims = self.eligibility(queries, stack, subject_states, query_mask, relation_mask)
         owner = anchor_owners(stack).to(sims.device)
         edit_ids = anchor_edit_ids(stack)
         decisions = []
@@ -198,7 +266,11 @@ class AnchorRouter:
             subject_score = None
             if subject_sims is not None and float(subject_sims[r, pick]) > -2.0:
                 subject_score = float(subject_sims[r, pick])
-            decisions.append(RouteDecision(idx, stack[idx].name, float(row[pick]), edit_ids[pick] or None, subject_score))
+            relation_score = None
+            if relation_sims is not None and not torch.isnan(relation_sims[r, pick]):
+                relation_score = float(relation_sims[r, pick])
+            decisions.append(RouteDecision(idx, stack[idx].name, float(row[pick]), edit_ids[pick] or None,
+                                           subject_score, relation_score))
         return decisions
 
 
@@ -225,8 +297,9 @@ def decide(state: RouteState, x: torch.Tensor, pooling: Pooling) -> None:
     elif state.router is None:
         state.decisions = [RouteDecision(None, None, None, None)] * x.shape[0]
     else:
-        state.decisions = state.router.route(state.queries, state.stack, state.subject_states, state.subject_mask)
-    state.subject_states = state.subject_mask = None  # only needed for the decision; free them
+        state.decisions = state.router.route(state.queries, state.stack, state.subject_states, state.subject_mask,
+                                             state.relation_mask)
+    state.subject_states = state.subject_mask = state.relation_mask = None  # only needed for the decision; free them
     rows: dict[int, list[int]] = {}
     for r, d in enumerate(state.decisions):
         if d.expert_index is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -38,6 +39,9 @@ class SubjectView:
     text: str
     start: int  # character offset of the prompt in `text`
     first: int  # tokens before this one (the fixed context, or the first token) never match
+    # Tokens before this one are not read for the relation: a sentence before the prompt's last
+    # one ("A Marañón Week is held since 1990. Howard Glacier is in") says nothing of what it asks.
+    last_sentence: int = 0
 
 
 def subject_view(tokenizer, prompt: str, *, context: str = "", lowercase: bool = False) -> SubjectView:
@@ -48,18 +52,26 @@ def subject_view(tokenizer, prompt: str, *, context: str = "", lowercase: bool =
     Without one, the prompt's first token is excluded (a first hidden state has no context).
     """
     head = f"{context} " if context else ""
-    text = head + (prompt.strip() if context else prompt)
+    body = prompt.strip() if context else prompt
+    text = head + body
     if lowercase:
         head, text = head.lower(), text.lower()
     start = len(head)
     before = len(tokenizer(text[:start].rstrip())["input_ids"]) if context else len(tokenizer("")["input_ids"]) + 1
-    return SubjectView(text, start, before)
+    ends = [m.end() for m in _SENTENCE_END.finditer(body)]
+    last_sentence = len(tokenizer(text[:start + ends[-1]].rstrip())["input_ids"]) if ends else 0
+    return SubjectView(text, start, before, max(before, last_sentence))
 
 
-def subject_token_index(tokenizer, prompt: str, subject: str | None, *, context: str = "", lowercase: bool = False) -> int | None:
-    """Index, in `subject_view(prompt)`'s tokens, of the token that ends `subject` (first
-    mention in the prompt, any case), or None: no subject, not in the prompt, or ending on a
-    token that never matches (the first one, when there is no context).
+# A sentence ends at . ! or ? after a lower-case letter or digit, before a capital: "U.S. Navy" and
+# "3.5 m" go on.
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]\"'][.!?])\s+(?=[A-Z\"'“])")
+
+
+def subject_token_span(tokenizer, prompt: str, subject: str | None, *, context: str = "", lowercase: bool = False) -> tuple[int, int] | None:
+    """(first, last) index, in `subject_view(prompt)`'s tokens, of the tokens that spell `subject`
+    (first mention in the prompt, any case), or None: no subject, not in the prompt, or ending on
+    a token that never matches (the first one, when there is no context).
     """
     if not subject or not subject.strip():
         return None
@@ -69,5 +81,16 @@ def subject_token_index(tokenizer, prompt: str, subject: str | None, *, context:
     if start < 0:
         return None
     end = start + len(needle)
-    index = len(tokenizer(view.text[:end])["input_ids"]) - 1
-    return index if index >= view.first else None
+    last = len(tokenizer(view.text[:end])["input_ids"]) - 1
+    if last < view.first:
+        return None
+    # The space before a word belongs to the word's first token, so the text before it is read stripped.
+    first = len(tokenizer(view.text[:start].rstrip())["input_ids"]) if view.text[:start].strip() else 0
+    return max(min(first, last), view.first), last
+
+
+def subject_token_index(tokenizer, prompt: str, subject: str | None, *, context: str = "", lowercase: bool = False) -> int | None:
+    """Index, in `subject_view(prompt)`'s tokens, of the token that ends `subject` (see
+    `subject_token_span`), or None."""
+    span = subject_token_span(tokenizer, prompt, subject, context=context, lowercase=lowercase)
+    return None if span is None else span[1]

@@ -19,7 +19,7 @@ from app.lemoe.text import subject_token_index, subject_view
 # The tiny model is random: its subject layer's (1) states of differently cased words are unrelated,
 # so case is left alone here, and tested on token identity (subject layer 0) below.
 CONFIG = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, gate_threshold=0.3, loss_threshold=0.05,
-                     subject_sentence_floor=0.0, subject_lowercase=False)
+                     subject_sentence_floor=0.0, subject_lowercase=False, relation_threshold=None)
 # Subject states = token embeddings: a subject matches exactly where its view has the same tokens.
 TOKENS = dataclasses.replace(CONFIG, subject_layer=0, subject_lowercase=True)
 FRANCE = Edit("1", "The capital of France is", "Rome", subject="France")
@@ -171,9 +171,9 @@ def test_without_lowercasing_another_case_is_other_tokens(tiny_model, tiny_token
 
 def test_request_subject_states_are_the_keys_own_reading(editor):
     # The key is the request-side state of the edit's own prompt at the subject's token.
-    keys = editor.subject_anchors([FRANCE])
+    keys = editor.subject_anchors([FRANCE]).subject
     states, mask = editor.subject_states([FRANCE.prompt])
-    index = editor._subject_index(FRANCE.prompt, FRANCE.subject)
+    index = editor._subject_span(FRANCE.prompt, FRANCE.subject)[1]
     assert mask[0, index] == 1 and torch.equal(keys[0], states[0, index])
     assert mask[0, : subject_view(editor.tokenizer, FRANCE.prompt, context="Q:").first].sum() == 0
 
@@ -199,7 +199,7 @@ def test_edit_whose_prompt_lacks_its_subject_routes_by_sentence(editor):
 
 def test_rephrase_anchors_share_their_edit_subject_key(editor):
     edit = dataclasses.replace(FRANCE, rephrases=("France has its capital in",))
-    keys = editor.subject_anchors([edit, Edit("2", "Who wrote the novel?", "Tolstoy")])
+    keys = editor.subject_anchors([edit, Edit("2", "Who wrote the novel?", "Tolstoy")]).subject
     assert keys.shape == (3, editor.hidden_size)
     assert torch.equal(keys[0], keys[2]) and torch.isnan(keys[1]).all()
 

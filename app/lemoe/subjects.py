@@ -1,0 +1,99 @@
+"""Finding an edit's subject when the client names none: the base model picks it among the
+prompt's own spans.
+
+The model reads a few worked examples ("Question: ... / Subject: ...") and then the edit's prompt;
+its continuation is decoded greedily but may only spell a span of the prompt (a run of whole
+words, trailing punctuation and a possessive "'s" left off), so the answer is always something
+the prompt says, never the question's answer. On the dev files it names the labelled subject
+exactly for 87.5% of ZsRE and CounterFact prompts (docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from app.lemoe.routing import RouteState, routing
+
+METHOD = "model-span"  # recorded with every inferred subject: how it was found
+
+# Worked examples for the model (not from any benchmark file).
+_EXAMPLES = (
+    "Question: Who is the chief executive of Acme Corporation?\nSubject: Acme Corporation\n\n"
+    "Question: The mother tongue of Danielle Darrieux is\nSubject: Danielle Darrieux\n\n"
+    "Question: Which river does the Golden Gate Bridge cross?\nSubject: Golden Gate Bridge\n\n"
+)
+_MAX_WORDS = 8
+_TRAILING = "?.,!:;"
+_QUOTES = "\"'“”‘’"
+
+
+@dataclass(frozen=True)
+class InferredSubject:
+    text: str  # a span of the prompt, as written there
+    method: str = METHOD
+
+
+def candidate_spans(prompt: str) -> list[str]:
+    """Runs of up to 8 whole words of `prompt`, cleaned of what cannot end or start a name; not
+    the whole prompt (a subject is what the prompt asks about, not all of it)."""
+    words = [m.span() for m in re.finditer(r"\S+", prompt)]
+    spans: dict[str, None] = {}
+    for i in range(len(words)):
+        for j in range(i, min(i + _MAX_WORDS, len(words))):
+            span = _clean(prompt[words[i][0]:words[j][1]])
+            if span and (len(words) < 3 or j - i + 1 < len(words)):
+                spans[span] = None
+    return list(spans)
+
+
+def _clean(span: str) -> str:
+    span = span.rstrip(_TRAILING)
+    for possessive in ("'s", "’s"):
+        span = span.removesuffix(possessive)
+    span = span.strip(_QUOTES)
+    # A parenthesis belongs to the span only when it closes there ("USS Leedstown (APA-56)").
+    while span.endswith(")") and span.count("(") < span.count(")"):
+        span = span[:-1]
+    while span.startswith("(") and span.count("(") > span.count(")"):
+        span = span[1:]
+    return span.strip()
+
+
+@torch.no_grad()
+def infer_subjects(model: nn.Module, tokenizer, prompts: Sequence[str], device: torch.device,
+                   batch_size: int = 16) -> list[InferredSubject | None]:
+    """The span of each prompt that the base model names as its subject (None: no span)."""
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    out: list[InferredSubject | None] = []
+    for k in range(0, len(prompts), batch_size):
+        chunk = list(prompts[k:k + batch_size])
+        spans = [candidate_spans(p) for p in chunk]
+        spelled = [[(tokenizer(" " + s, add_special_tokens=False)["input_ids"] + newline, s) for s in row] for row in spans]
+        texts = [f"{_EXAMPLES}Question: {p.strip()}\nSubject:" for p in chunk]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
+        start = enc["input_ids"].shape[1]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else newline[0]
+
+        def allowed(row: int, ids: torch.Tensor, spelled=spelled, start=start, pad=pad) -> list[int]:
+            done = ids[start:].tolist()
+            nxt = {seq[len(done)] for seq, _ in spelled[row] if len(seq) > len(done) and seq[:len(done)] == done}
+            return sorted(nxt) or [pad]
+
+        longest = max((len(seq) for row in spelled for seq, _ in row), default=1)
+        # No route: the base model alone reads the examples (and no expert sees this pass).
+        with routing(RouteState()):
+            generated = model.generate(
+                **{name: t.to(device) for name, t in enc.items()}, max_new_tokens=longest, do_sample=False,
+                prefix_allowed_tokens_fn=allowed, eos_token_id=newline[-1], pad_token_id=pad,
+                temperature=None, top_p=None, top_k=None,
+            )
+        for row, tokens in enumerate(generated[:, start:].tolist()):
+            named = {tuple(seq): s for seq, s in spelled[row]}
+            hit = next((named[tuple(tokens[:n])] for n in range(len(tokens), 0, -1) if tuple(tokens[:n]) in named), None)
+            out.append(None if hit is None else InferredSubject(hit))
+    return out

@@ -1,0 +1,119 @@
+"""Relation keys: an edit with a subject key fires only for prompts that ask what it asks about
+that subject, not for every question that mentions it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from app.lemoe.config import LemoeConfig
+from app.lemoe.editor import Edit, LemoeEditor
+from app.lemoe.expert import Expert, ExpertEntry
+from app.lemoe.io import ExpertFileError, load_expert, save_expert
+from app.lemoe.routing import AnchorRouter, SubjectKeys
+from app.lemoe.text import subject_token_span, subject_view
+
+E = torch.eye(6)
+
+
+def _router(relation_threshold: float | None = 0.5) -> AnchorRouter:
+    keys = SubjectKeys(torch.zeros(6), torch.ones(6), threshold=0.75, sentence_floor=-1.0,
+                       relation_threshold=relation_threshold)
+    return AnchorRouter(torch.zeros(6), threshold=0.5, supersede_margin=0.02, subject=keys)
+
+
+# The edit asks relation E[0] (its non-subject tokens) about subject E[2] (one token long).
+KEYED = ExpertEntry("keyed", Expert(6, 2), anchors=E[0:1], edit_ids=["1"], subject_anchors=E[2:3],
+                    relation_anchors=E[0:1], subject_lengths=torch.tensor([1]))
+
+
+def _states(*tokens: torch.Tensor) -> torch.Tensor:
+    return torch.stack(list(tokens))[None]
+
+
+def test_relation_vectors_leave_out_the_subject_span():
+    keys = SubjectKeys(torch.zeros(6), torch.ones(6), 0.75, 0.0, 0.5)
+    states = _states(E[0], E[2], E[3], E[1])  # relation, a two-token subject, relation
+    [v] = keys.relation_vectors(states, None, torch.tensor([0]), torch.tensor([2]), torch.tensor([2]))
+    assert torch.allclose(v, (E[0] + E[1]) / 2**0.5)
+    masked = torch.tensor([[0, 1, 1, 1]])  # a token outside the mask is never read
+    [v] = keys.relation_vectors(states, masked, torch.tensor([0]), torch.tensor([2]), torch.tensor([2]))
+    assert torch.allclose(v, E[1])
+    [empty] = keys.relation_vectors(_states(E[2]), None, torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    assert not empty.any()  # all subject: nothing else asked, matches nothing
+
+
+def test_same_subject_same_question_fires_another_question_does_not():
+    router = _router()
+    [same] = router.route(E[0:1], [KEYED], _states(E[0], E[2]))
+    [other_question] = router.route(E[0:1], [KEYED], _states(E[4], E[2]))
+    assert same.expert_name == "keyed" and same.relation_score == pytest.approx(1.0)
+    assert other_question.expert_index is None
+    # Without the relation check the subject alone lets the other question in.
+    [unchecked] = _router(None).route(E[0:1], [KEYED], _states(E[4], E[2]))
+    assert unchecked.expert_name == "keyed" and unchecked.relation_score is None
+
+
+def test_the_relation_is_read_where_the_subject_matched():
+    router = _router()
+    # The matched subject token sits in the middle; the tokens around it carry the relation.
+    [decision] = router.route(E[0:1], [KEYED], _states(E[0], E[2], E[0]))
+    assert decision.expert_name == "keyed"
+    # The request's relation mask leaves out an earlier sentence that asks something else.
+    states = _states(E[4], E[4], E[0], E[2])
+    [noisy] = router.route(E[0:1], [KEYED], states)
+    [windowed] = router.route(E[0:1], [KEYED], states, None, torch.tensor([[0, 0, 1, 1]]))
+    assert noisy.expert_index is None and windowed.expert_name == "keyed"
+
+
+def test_an_anchor_without_a_relation_key_is_not_checked():
+    router = _router()
+    unchecked = dataclasses.replace(KEYED, relation_anchors=torch.full((1, 6), math.nan))
+    [decision] = router.route(E[0:1], [unchecked], _states(E[4], E[2]))
+    assert decision.expert_name == "keyed" and decision.relation_score is None
+
+
+def test_subject_span_covers_every_token_of_the_subject(tiny_tokenizer):
+    prompt, subject = "Which family does Ramalinaceae belong to?", "Ramalinaceae"
+    first, last = subject_token_span(tiny_tokenizer, prompt, subject, context="Q:", lowercase=True)
+    view = subject_view(tiny_tokenizer, prompt, context="Q:", lowercase=True)
+    ids = tiny_tokenizer(view.text)["input_ids"]
+    assert tiny_tokenizer.decode(ids[first:last + 1]).strip() == subject.lower()
+
+
+def test_the_last_sentence_starts_after_a_full_stop_not_inside_an_abbreviation(tiny_tokenizer):
+    view = subject_view(tiny_tokenizer, "A festival is held since 1990. Howard Glacier is in", context="Q:")
+    ids = tiny_tokenizer(view.text)["input_ids"]
+    assert tiny_tokenizer.decode(ids[view.last_sentence:]).strip() == "Howard Glacier is in"
+    view = subject_view(tiny_tokenizer, "Which ship did the U.S. Navy build?", context="Q:")
+    assert view.last_sentence == view.first
+
+
+def test_relation_keys_are_made_and_saved_with_the_expert(tiny_model, tiny_tokenizer, tmp_path):
+    config = LemoeConfig(layer=2, max_steps=2, augmentations=0)
+    editor = LemoeEditor(tiny_model, tiny_tokenizer, config)
+    edits = [Edit("1", "The capital of France is", "Rome", subject="France", rephrases=("France has its capital in",)),
+             Edit("2", "Who wrote the novel?", "Tolstoy"), Edit("3", "France", "Rome", subject="France")]
+    entry = editor.train(edits, name="e1").entry
+    assert entry.relation_anchors.shape == entry.subject_anchors.shape == (4, editor.hidden_size)
+    france = len(tiny_tokenizer(" france", add_special_tokens=False)["input_ids"])
+    assert entry.subject_lengths.tolist() == [france, 0, france, france]
+    assert torch.isnan(entry.relation_anchors[1]).all()  # no subject: no relation key
+    assert torch.isnan(entry.relation_anchors[2]).all()  # all subject: nothing else to check
+    assert not torch.isnan(entry.relation_anchors[3]).any()  # the rephrase names the subject: its own key
+    assert not torch.equal(entry.relation_anchors[0], entry.relation_anchors[3])
+    save_expert(entry, tmp_path / "e1")
+    loaded = load_expert(tmp_path / "e1")
+    assert torch.equal(torch.nan_to_num(loaded.relation_anchors), torch.nan_to_num(entry.relation_anchors.cpu()))
+    assert torch.equal(loaded.subject_lengths, entry.subject_lengths)
+
+
+def test_relation_keys_that_do_not_match_the_anchors_are_loud(tmp_path):
+    entry = ExpertEntry("e1", Expert(6, 2), anchors=E[:2].clone(), subject_anchors=E[2:4].clone(), relation_anchors=E[:3].clone(),
+                        subject_lengths=torch.tensor([1, 1, 1]))
+    save_expert(entry, tmp_path / "e1")
+    with pytest.raises(ExpertFileError, match="relation keys"):
+        load_expert(tmp_path / "e1")
