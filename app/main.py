@@ -29,7 +29,7 @@ from app.api.middleware import (
     UnhandledErrorMiddleware,
 )
 from app.api.openapi import install_openapi
-from app.api.routes import audit, edits, experts, generate, health, training
+from app.api.routes import audit, edits, experts, generate, health, openai, training
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.metrics_prom import Metrics
@@ -103,11 +103,13 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         limits={
             ("POST", "/v1/edits"): max_body_bytes(settings),
             ("POST", "/v1/generate"): generate_body_bytes(settings),
+            ("POST", "/v1/completions"): completion_body_bytes(settings),
+            ("POST", "/v1/chat/completions"): chat_body_bytes(settings),
         },
         read_timeout_s=settings.body_read_timeout_s,
     )
     app.add_middleware(RequestObserverMiddleware, metrics=metrics)  # outermost: sees the 408/413s
-    for module in (edits, generate, training, experts, audit, health):
+    for module in (edits, generate, openai, training, experts, audit, health):
         app.include_router(module.router)
     install_openapi(app, settings)
     return app
@@ -123,6 +125,17 @@ def generate_body_bytes(settings: Settings) -> int:
     """Room for one prompt at max_text_chars, every character JSON-escaped (a character outside
     the BMP is a 12-byte surrogate pair), plus the other fields."""
     return max(DEFAULT_BODY_LIMIT, settings.max_text_chars * 12 + 4096)
+
+
+def completion_body_bytes(settings: Settings) -> int:
+    """A prompt and four stop strings at max_text_chars, JSON-escaped, plus the other fields."""
+    return max(DEFAULT_BODY_LIMIT, 5 * settings.max_text_chars * 12 + 4096)
+
+
+def chat_body_bytes(settings: Settings) -> int:
+    """max_chat_messages messages and four stop strings at max_text_chars, JSON-escaped."""
+    texts = settings.max_chat_messages + 4
+    return max(DEFAULT_BODY_LIMIT, texts * (settings.max_text_chars * 12 + 512) + 4096)
 
 
 def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | None, bool]:
