@@ -17,8 +17,9 @@ from app.schemas.generation import AS_JSON_INTEGER, ExpertRef, Prompt
 from app.services.params import DEFAULT_MAX_NEW_TOKENS, CompletionDraft
 
 MAX_STOP_STRINGS = 4  # as OpenAI
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes -2**63 .. 2**64 - 1
-MIN_SEED = -(2**63)
+# Integers JSON numbers carry exactly everywhere (torch's generators take -2**63 .. 2**64 - 1).
+MAX_SEED = 2**53 - 1
+MIN_SEED = -(2**53 - 1)
 
 StopText = Annotated[str, Field(min_length=1), Documented(pattern=NO_NUL_PATTERN, **from_settings(maxLength="max_text_chars"))]
 
@@ -132,16 +133,14 @@ class ChatCompletionRequest(_Sampling):
     ]
     max_completion_tokens: Annotated[int | None, Field(ge=1), AS_JSON_INTEGER,
                                       Documented(**from_settings(maximum="max_new_tokens_limit"))] = Field(
-        default=None, description="OpenAI's newer name for max_tokens (give one of them)"
+        default=None, description="OpenAI's newer name for max_tokens; wins when both are given"
     )
 
     def to_draft(self) -> CompletionDraft:
-        draft = self._draft(messages=tuple((m.role, m.content) for m in self.messages))
-        if self.max_completion_tokens is not None:
-            from dataclasses import replace
-
-            draft = replace(draft, max_tokens=self.max_completion_tokens)
-        return draft
+        return self._draft(
+            messages=tuple((m.role, m.content) for m in self.messages),
+            max_completion_tokens=self.max_completion_tokens,
+        )
 
 
 # --- responses --------------------------------------------------------------------------------

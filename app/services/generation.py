@@ -164,6 +164,8 @@ def prepare_completion(*, engine: Engine, settings: Settings, draft: CompletionD
     for i, stop in enumerate(draft.stop):
         check_storable(stop, field=f"stop[{i}]", max_chars=settings.max_text_chars)
     max_tokens = _max_tokens(draft.max_tokens, settings, "max_tokens")
+    if draft.max_completion_tokens is not None:
+        max_tokens = _max_tokens(draft.max_completion_tokens, settings, "max_completion_tokens")
     _fits(engine, prompt, max_tokens)
     greedy = draft.temperature < MIN_SAMPLING_TEMPERATURE
     params = GenerationParams(

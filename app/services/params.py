@@ -37,6 +37,7 @@ class CompletionDraft:
     prompt: str | None = None
     messages: tuple[tuple[str, str], ...] = ()  # (role, content), oldest first
     max_tokens: int | None = None  # None: as GenerationDraft
+    max_completion_tokens: int | None = None  # OpenAI's newer name: wins over max_tokens
     temperature: float = 1.0  # 0 (or below the sampler's floor): greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()

@@ -61,7 +61,13 @@ OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "headers": {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "string", "pattern": "^[0-9]+$"}}},
     },
 }
-STREAM_RESPONSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+# Before OpenAPI 3.2, the `schema` of an event stream describes one event.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string", "description": "A JSON chunk, or [DONE] at the end"}},
+    "required": ["data"],
+}
+STREAM_RESPONSE = {"content": {"text/event-stream": {"schema": SSE_EVENT}},
                    "description": "JSON, or with `stream: true` server-sent events of chunks"}
 
 router = APIRouter(prefix=V1, tags=["openai"], responses=OPENAI_ERROR_RESPONSES)
@@ -112,10 +118,6 @@ async def chat_completions(
 
 async def _prepare(engine, settings, body: CompletionRequest | ChatCompletionRequest) -> PreparedCompletion:
     """Checked before anything is sent, so that a bad request is a 400 even when streaming."""
-    if isinstance(body, ChatCompletionRequest) and body.max_tokens is not None and body.max_completion_tokens is not None:
-        from app.errors import InvalidInput
-
-        raise InvalidInput("give max_tokens or max_completion_tokens, not both", param="max_completion_tokens")
     call = partial(generation_service.prepare_completion, engine=engine, settings=settings, draft=body.to_draft())
     return await run_in_threadpool(call)
 
