@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import store
 from app.api.middleware import (
@@ -88,7 +89,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                     log.exception("background task %s failed", task.get_name())
             database.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from this server (no CDN: they work offline).
+    app = FastAPIOffline(
         title="lemoe-server",
         version="0.1.0",
         description=API_DESCRIPTION,
