@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -45,15 +45,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKER_TASK = "lemoe-training-worker"
+START_TASK = "lemoe-start-up"
 
 API_DESCRIPTION = """Editing as a service: submit fact edits, train them into routed experts,
 generate through the edited model, follow every change in the audit log, and roll back.
 Every error has the body `{"error": {"type": "...", "message": "..."}}`."""
 
 
-def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
-    """The app; `engine` lets tests share one already-loaded model between apps."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    load_in_background: bool | None = None,
+    on_start_failure: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """The app; `engine` lets tests share one already-loaded model between apps.
+
+    With `load_in_background` (the default when the model is loaded here, i.e. no `engine`), HTTP
+    serves at once: /healthz answers 200 and /readyz 503 naming the start-up stage while the
+    database is migrated and the model loads; a start-up that fails is logged, /readyz says so,
+    and `on_start_failure` is called (`lemoe serve` then exits). Otherwise the app starts
+    serving only once everything is loaded, and a failure stops the start-up.
+    """
     settings = settings or get_settings()
+    background = engine is None if load_in_background is None else load_in_background
     database = open_database(settings)
     session_factory = store.make_session_factory(database)
     metrics = Metrics(session_factory)
@@ -63,23 +78,40 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks: list[asyncio.Task] = []
-        worker = None
-        try:
+        started: list[TrainingWorker] = []
+
+        async def start() -> None:
             worker, recovered = await asyncio.to_thread(_start, runtime, engine)
             if worker is not None:
+                started.append(worker)
                 tasks.append(
                     asyncio.create_task(worker.run_forever(recovered=recovered), name=WORKER_TASK)
                 )
             if settings.stack_poll_interval_s > 0:
                 tasks.append(asyncio.create_task(_watch_stack(runtime), name="lemoe-stack-watcher"))
+
+        async def start_in_background() -> None:
+            try:
+                await start()
+            except Exception as exc:
+                runtime.stage = f"start-up failed ({type(exc).__name__}); see the server log"
+                log.exception("start-up failed; this process will not become ready")
+                if on_start_failure is not None:
+                    on_start_failure(exc)
+
+        try:
+            if background:
+                tasks.append(asyncio.create_task(start_in_background(), name=START_TASK))
+            else:
+                await start()
             yield
         finally:
-            if worker is not None:
+            for worker in started:
                 worker.stop()
-            for task in tasks:
+            for task in list(tasks):
                 if task.get_name() != WORKER_TASK:
                     task.cancel()  # the worker stops by itself, interrupting a run cleanly
-            for task in tasks:
+            for task in list(tasks):
                 try:
                     timeout = STOP_TIMEOUT_S if task.get_name() == WORKER_TASK else 5.0
                     await asyncio.wait_for(task, timeout=timeout)
@@ -87,9 +119,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                     pass
                 except Exception:
                     log.exception("background task %s failed", task.get_name())
+            for worker in started:  # a worker started while the loop above waited
+                worker.stop()
             database.dispose()
 
-    # /docs and /redoc load Swagger UI and ReDoc from this server (no CDN: they work offline).
     app = FastAPIOffline(
         title="lemoe-server",
         version="0.1.0",
@@ -146,13 +179,16 @@ def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | No
     settings = runtime.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.skip_migrate:
+        runtime.stage = "migrating the database"
         store.migrate(runtime.database)
     if engine is None:
         from app.engine.engine import Engine
 
         model = settings.model_path or "bundled SmolLM2-135M-Instruct"
+        runtime.stage = "loading the model"
         log.info("loading the model (%s) on %s", model, settings.device)
         engine = Engine.from_settings(settings)
+    runtime.stage = "loading the expert stack"
     runtime.engine = engine
     stack = LiveStack(engine, runtime.session_factory, settings)
 
@@ -182,6 +218,7 @@ def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | No
             worker.release_trainer_role()
         raise
     runtime.stack = stack
+    runtime.stage = "ready"
     for q in stack.quarantined.values():
         log.error(
             "serving without expert %r (id %s): %s: %s. Restore its files (config.json and "
