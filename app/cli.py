@@ -29,20 +29,49 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    """HTTP first: the port opens (and "serving on ..." is logged) while the model still loads;
+    /readyz says when it is ready. A start-up that fails stops the server: exit status 1."""
     import uvicorn
 
     from app.main import create_app
 
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
-    app = create_app(settings)
-    log.info("serving on http://%s:%s (OpenAPI docs at /docs)", host, port)
+    failed: list[BaseException] = []
+    servers: list[uvicorn.Server] = []
+
+    def stop(exc: BaseException) -> None:
+        failed.append(exc)
+        for server in servers:
+            server.should_exit = True
+
+    app = create_app(settings, on_start_failure=stop)
     # log_config=None: keep the logging configured above (one format for everything).
     # access_log=False: uvicorn's would log query strings; RequestObserverMiddleware logs each request.
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=30
     )
-    return 0
+    servers.append(_server(config))
+    servers[0].run()
+    return 1 if failed else 0
+
+
+def _server(config):
+    """uvicorn's server, saying "serving on ..." once its port is open."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.should_exit:
+                return
+            for server in self.servers:
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    log.info("serving on http://%s:%s (OpenAPI docs at /docs; /readyz answers 200 once "
+                             "the model is loaded)", host, port)
+
+    return Server(config)
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:

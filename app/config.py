@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=2000, ge=1)
     max_new_tokens_limit: int = Field(default=256, ge=1)
     max_rephrases: int = Field(default=10, ge=0)
+    max_chat_messages: int = Field(default=100, ge=1)  # per chat completion request
 
     # Time limits: a hung client, model or database costs a bounded time, then a clear error.
     # A generation stops at its next token past this (503 generation_timeout) or when its client

@@ -28,10 +28,13 @@ class ServiceError(Exception):
     status_code: int = 500
     type: str = "internal_error"
 
-    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, headers: Mapping[str, str] | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = dict(headers or {})
+        self.param = param  # the request field at fault, where known (OpenAI's error shape names it)
 
 
 class InvalidInput(ServiceError, ValueError):
@@ -156,9 +159,33 @@ def error_body(type_: str, message: str) -> dict[str, dict[str, str]]:
 
 
 def error_response(
-    status_code: int, type_: str, message: str, headers: Mapping[str, str] | None = None
+    status_code: int,
+    type_: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    path: str | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(type_, message), status_code=status_code, headers=dict(headers or {}))
+    """The error body; on the OpenAI-compatible routes (`path` in OPENAI_PATHS) in OpenAI's shape,
+    where a bad value is a 400 (as OpenAI answers) rather than a 422."""
+    if path in OPENAI_PATHS:
+        if status_code == 422:
+            status_code = 400
+        body: dict = openai_error_body(status_code, type_, message, param)
+    else:
+        body = error_body(type_, message)
+    return JSONResponse(body, status_code=status_code, headers=dict(headers or {}))
+
+
+# Routes whose errors have OpenAI's shape (their clients parse it).
+OPENAI_PATHS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions"})
+
+
+def openai_error_body(status_code: int, type_: str, message: str, param: str | None = None) -> dict[str, dict]:
+    """`{"error": {"message", "type", "param", "code"}}`: OpenAI's type, this server's as the code."""
+    kind = "server_error" if status_code >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": type_}}
 
 
 _HTTP_TYPES = {
@@ -222,7 +249,7 @@ def describe_validation_error(error: Mapping[str, Any]) -> str:
     return text
 
 
-def _validation_response(exc: RequestValidationError) -> JSONResponse:
+def _validation_response(exc: RequestValidationError, path: str | None = None) -> JSONResponse:
     errors = list(exc.errors())
     json_errors = [e for e in errors if e.get("type") == "json_invalid"]
     if json_errors:
@@ -230,11 +257,12 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
         detail = (error.get("ctx") or {}).get("error", "malformed JSON")
         loc = error.get("loc", ())
         at = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
-        return error_response(400, "invalid_json", f"the request body is not valid JSON{at}: {detail}")
+        return error_response(400, "invalid_json", f"the request body is not valid JSON{at}: {detail}", path=path)
     messages = [describe_validation_error(e) for e in errors[:3]]
     if len(errors) > 3:
         messages.append(f"... and {len(errors) - 3} more")
-    return error_response(422, "invalid_input", "; ".join(messages) or "invalid request")
+    param = _field_path(errors[0].get("loc", ()))[1] or None if errors else None
+    return error_response(422, "invalid_input", "; ".join(messages) or "invalid request", path=path, param=param)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -253,11 +281,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status_code, exc.type, exc.message, exc.headers)
+        return error_response(
+            exc.status_code, exc.type, exc.message, exc.headers, path=request.url.path, param=exc.param
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_response(exc)
+        return _validation_response(exc, request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -273,7 +303,7 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         else:
             message = str(exc.detail)
-        return error_response(exc.status_code, type_, message, exc.headers)
+        return error_response(exc.status_code, type_, message, exc.headers, path=request.url.path)
 
     @app.exception_handler(PoolTimeout)
     async def _pool_exhausted(request: Request, exc: PoolTimeout) -> JSONResponse:
@@ -309,10 +339,14 @@ def database_unavailable(request: Request, exc: Exception, message: str) -> JSON
     log.warning(
         "database error on %s %s: %s", request.method, request.url.path, getattr(exc, "orig", None) or exc
     )
-    return error_response(503, "database_unavailable", message, {"Retry-After": str(RETRY_AFTER_S)})
+    return error_response(
+        503, "database_unavailable", message, {"Retry-After": str(RETRY_AFTER_S)}, path=request.url.path
+    )
 
 
 def unexpected_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:
     """A bug: the traceback goes to the log, a generic 500 to the client."""
     log.error("unhandled error on %s %s", method, path, exc_info=exc)
-    return error_response(500, "internal_error", "internal server error; the details are in the server log")
+    return error_response(
+        500, "internal_error", "internal server error; the details are in the server log", path=path
+    )

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import store
 from app.api.middleware import (
@@ -29,7 +30,7 @@ from app.api.middleware import (
     UnhandledErrorMiddleware,
 )
 from app.api.openapi import install_openapi
-from app.api.routes import audit, edits, experts, generate, health, training
+from app.api.routes import audit, edits, experts, generate, health, openai, training
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.metrics_prom import Metrics
@@ -44,15 +45,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKER_TASK = "lemoe-training-worker"
+START_TASK = "lemoe-start-up"
 
 API_DESCRIPTION = """Editing as a service: submit fact edits, train them into routed experts,
 generate through the edited model, follow every change in the audit log, and roll back.
 Every error has the body `{"error": {"type": "...", "message": "..."}}`."""
 
 
-def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
-    """The app; `engine` lets tests share one already-loaded model between apps."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    load_in_background: bool | None = None,
+    on_start_failure: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """The app; `engine` lets tests share one already-loaded model between apps.
+
+    With `load_in_background` (the default when the model is loaded here, i.e. no `engine`), HTTP
+    serves at once: /healthz answers 200 and /readyz 503 naming the start-up stage while the
+    database is migrated and the model loads; a start-up that fails is logged, /readyz says so,
+    and `on_start_failure` is called (`lemoe serve` then exits). Otherwise the app starts
+    serving only once everything is loaded, and a failure stops the start-up.
+    """
     settings = settings or get_settings()
+    background = engine is None if load_in_background is None else load_in_background
     database = open_database(settings)
     session_factory = store.make_session_factory(database)
     metrics = Metrics(session_factory)
@@ -62,23 +78,40 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks: list[asyncio.Task] = []
-        worker = None
-        try:
+        started: list[TrainingWorker] = []
+
+        async def start() -> None:
             worker, recovered = await asyncio.to_thread(_start, runtime, engine)
             if worker is not None:
+                started.append(worker)
                 tasks.append(
                     asyncio.create_task(worker.run_forever(recovered=recovered), name=WORKER_TASK)
                 )
             if settings.stack_poll_interval_s > 0:
                 tasks.append(asyncio.create_task(_watch_stack(runtime), name="lemoe-stack-watcher"))
+
+        async def start_in_background() -> None:
+            try:
+                await start()
+            except Exception as exc:
+                runtime.stage = f"start-up failed ({type(exc).__name__}); see the server log"
+                log.exception("start-up failed; this process will not become ready")
+                if on_start_failure is not None:
+                    on_start_failure(exc)
+
+        try:
+            if background:
+                tasks.append(asyncio.create_task(start_in_background(), name=START_TASK))
+            else:
+                await start()
             yield
         finally:
-            if worker is not None:
+            for worker in started:
                 worker.stop()
-            for task in tasks:
+            for task in list(tasks):
                 if task.get_name() != WORKER_TASK:
                     task.cancel()  # the worker stops by itself, interrupting a run cleanly
-            for task in tasks:
+            for task in list(tasks):
                 try:
                     timeout = STOP_TIMEOUT_S if task.get_name() == WORKER_TASK else 5.0
                     await asyncio.wait_for(task, timeout=timeout)
@@ -86,9 +119,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                     pass
                 except Exception:
                     log.exception("background task %s failed", task.get_name())
+            for worker in started:  # a worker started while the loop above waited
+                worker.stop()
             database.dispose()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="lemoe-server",
         version="0.1.0",
         description=API_DESCRIPTION,
@@ -103,11 +138,13 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         limits={
             ("POST", "/v1/edits"): max_body_bytes(settings),
             ("POST", "/v1/generate"): generate_body_bytes(settings),
+            ("POST", "/v1/completions"): completion_body_bytes(settings),
+            ("POST", "/v1/chat/completions"): chat_body_bytes(settings),
         },
         read_timeout_s=settings.body_read_timeout_s,
     )
     app.add_middleware(RequestObserverMiddleware, metrics=metrics)  # outermost: sees the 408/413s
-    for module in (edits, generate, training, experts, audit, health):
+    for module in (edits, generate, openai, training, experts, audit, health):
         app.include_router(module.router)
     install_openapi(app, settings)
     return app
@@ -125,19 +162,33 @@ def generate_body_bytes(settings: Settings) -> int:
     return max(DEFAULT_BODY_LIMIT, settings.max_text_chars * 12 + 4096)
 
 
+def completion_body_bytes(settings: Settings) -> int:
+    """A prompt and four stop strings at max_text_chars, JSON-escaped, plus the other fields."""
+    return max(DEFAULT_BODY_LIMIT, 5 * settings.max_text_chars * 12 + 4096)
+
+
+def chat_body_bytes(settings: Settings) -> int:
+    """max_chat_messages messages and four stop strings at max_text_chars, JSON-escaped."""
+    texts = settings.max_chat_messages + 4
+    return max(DEFAULT_BODY_LIMIT, texts * (settings.max_text_chars * 12 + 512) + 4096)
+
+
 def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | None, bool]:
     """Blocking start-up work (run in a thread): the worker when enabled, and whether it
     already recovered (it holds the trainer role)."""
     settings = runtime.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.skip_migrate:
+        runtime.stage = "migrating the database"
         store.migrate(runtime.database)
     if engine is None:
         from app.engine.engine import Engine
 
         model = settings.model_path or "bundled SmolLM2-135M-Instruct"
+        runtime.stage = "loading the model"
         log.info("loading the model (%s) on %s", model, settings.device)
         engine = Engine.from_settings(settings)
+    runtime.stage = "loading the expert stack"
     runtime.engine = engine
     stack = LiveStack(engine, runtime.session_factory, settings)
 
@@ -167,6 +218,7 @@ def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | No
             worker.release_trainer_role()
         raise
     runtime.stack = stack
+    runtime.stage = "ready"
     for q in stack.quarantined.values():
         log.error(
             "serving without expert %r (id %s): %s: %s. Restore its files (config.json and "

@@ -30,24 +30,24 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 def test_serve_runs_uvicorn_with_the_app(env, monkeypatch):
     calls = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: calls.append((app, kwargs)))
+    monkeypatch.setattr("uvicorn.Server.run", lambda self, sockets=None: calls.append(self.config))
 
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "9123"]) == 0
 
-    [(app, kwargs)] = calls
-    assert isinstance(app, FastAPI)
-    assert (kwargs["host"], kwargs["port"]) == ("0.0.0.0", 9123)
-    assert kwargs["access_log"] is False  # its lines carry query strings (prompts); the app logs its own
+    [config] = calls
+    assert isinstance(config.app, FastAPI)
+    assert (config.host, config.port) == ("0.0.0.0", 9123)
+    assert config.access_log is False  # its lines carry query strings (prompts); the app logs its own
 
 
 def test_serve_defaults_come_from_settings(env, monkeypatch):
     env.setenv("LEMOE_PORT", "8765")
     calls = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr("uvicorn.Server.run", lambda self, sockets=None: calls.append(self.config))
 
     cli.main(["serve"])
 
-    assert (calls[0]["host"], calls[0]["port"]) == ("127.0.0.1", 8765)
+    assert (calls[0].host, calls[0].port) == ("127.0.0.1", 8765)
 
 
 def test_migrate_creates_the_schema(env, tmp_path):

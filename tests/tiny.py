@@ -9,6 +9,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 EOS = "<|im_end|>"
+# ChatML, as SmolLM2-Instruct's (the tokens are plain text to the tiny tokenizer but for EOS).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 _CORPUS = [
     "The capital of France is Paris. The capital of Germany is Berlin.",
     "Who wrote the novel? What is the name of the river? When was it founded?",
@@ -24,7 +29,9 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
         vocab_size=320, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_tiny_model(vocab_size: int, *, seed: int = 0, layers: int = 4) -> LlamaForCausalLM:

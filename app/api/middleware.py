@@ -76,7 +76,7 @@ class RequestBodyMiddleware:
             response = error_response(
                 408, "request_timeout",
                 f"the request body did not arrive within {self.read_timeout_s:g} s "
-                f"(LEMOE_BODY_READ_TIMEOUT_S; {size} bytes came)", _CLOSE,
+                f"(LEMOE_BODY_READ_TIMEOUT_S; {size} bytes came)", _CLOSE, path=path,
             )
             await response(scope, receive, send)
             return
@@ -86,7 +86,7 @@ class RequestBodyMiddleware:
     async def _too_large(method: str, path: str, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
             413, "payload_too_large",
-            f"the request body is larger than the {limit} bytes {method} {path} accepts", _CLOSE,
+            f"the request body is larger than the {limit} bytes {method} {path} accepts", _CLOSE, path=path,
         )
         await response(scope, receive, send)
 

@@ -152,8 +152,46 @@ class Engine:
         """`stop` ends the generation early (caller gone, deadline passed); see `stop_reason`."""
         stack = self.editor.stack  # one snapshot for the whole request
         [g] = self.editor.generate([prompt], params, stack=stack, stop=stop)
+        return self._result(g)
+
+    def complete(
+        self,
+        prompt: str,
+        params: GenerationParams = GenerationParams(),
+        *,
+        route_on: str | None = None,
+        edits: bool = True,
+        stop: StopSignal | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> GenerationResult:
+        """Continue `prompt` on the route that `route_on` (default: the prompt) takes, decided
+        before the first token and held for all; `edits=False` answers with the base model.
+        `on_text` receives the text as it is generated (pieces that add up to `text`)."""
+        stack = self.editor.stack if edits else ()
+        [g] = self.editor.generate_routed_on(
+            [prompt], [prompt if route_on is None else route_on], params, stack=stack, stop=stop, on_text=on_text
+        )
+        return self._result(g)
+
+    def chat_prompt(self, messages: Sequence[tuple[str, str]]) -> str:
+        """The model's own chat template around (role, content) messages, ready for the
+        assistant's reply; ValueError when the model has none."""
+        tokenizer = self.loaded.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"the model {self.model_name} has no chat template; use /v1/completions")
+        return tokenizer.apply_chat_template(
+            [{"role": role, "content": content} for role, content in messages],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` as a prompt (what a generation reads)."""
+        return len(self.loaded.tokenizer(text)["input_ids"])
+
+    def _result(self, g) -> GenerationResult:
         return GenerationResult(
-            prompt=prompt,
+            prompt=g.prompt,
             text=g.text,
             expert_name=g.route.expert_name,
             route_score=g.route.score,

@@ -6,15 +6,16 @@ import dataclasses
 import logging
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from app.lemoe.config import LemoeConfig
+from app.lemoe.decoding import SeededSampler, StopOnText, TextDeltas, completion_text, cut_at_stop
 from app.lemoe.expert import ExpertEntry
 from app.lemoe.layer import decoder_layers, inject_adaptor
 from app.lemoe.planner import plan_batches
@@ -62,6 +63,8 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    seed: int | None = None  # with do_sample: draw from a generator of its own, seeded so
+    stop: tuple[str, ...] = ()  # the text ends before the first of these (StopReason.STOP)
 
 
 @dataclass(frozen=True)
@@ -357,31 +360,45 @@ class LemoeEditor:
         return state
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], params: SamplingParams = SamplingParams(), *, stack: Sequence[ExpertEntry] | None = None, stop: StopSignal | None = None) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], params: SamplingParams = SamplingParams(), *, stack: Sequence[ExpertEntry] | None = None, stop: StopSignal | None = None,
+                 forced: Sequence[int | None] | None = None, on_text: Callable[[str], None] | None = None) -> list[Generation]:
         """Generate through the routed stack; the route is fixed on the prompt at prefill.
 
         `stop` ends the whole batch at the next token once it fires; each row's `stop_reason` says
-        whether it finished (eos, length) or was cut short (cancelled, deadline).
+        whether it finished (eos, length, a stop string) or was cut short (cancelled, deadline).
+        `forced` takes the route of each row as given (see `generate_routed_on`); `on_text` (one
+        prompt only) receives the text as it is generated, in pieces that add up to its `text`.
         """
         for p in prompts:
             self.validate_prompt(p, params.max_new_tokens)
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
         enc = {k: v.to(self.device) for k, v in enc.items()}
-        state = self.route_state(enc["attention_mask"], stack=stack, prompts=prompts)
+        state = self.route_state(enc["attention_mask"], stack=stack, prompts=prompts, forced=forced)
         kwargs: dict = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample,
                         "pad_token_id": self.tokenizer.pad_token_id}
-        if params.do_sample:
+        if params.do_sample and params.seed is not None:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=LogitsProcessorList(
+                [SeededSampler(params.seed, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)]))
+        elif params.do_sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        criterion = None
+        criteria, criterion = [], None
         if stop is not None:
             criterion = StopOnSignal(stop)
-            kwargs["stopping_criteria"] = StoppingCriteriaList([criterion])
+            criteria.append(criterion)
+        if params.stop:
+            criteria.append(StopOnText(self.tokenizer, params.stop, enc["input_ids"].shape[1]))
+        if criteria:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
+        eos = self.tokenizer.eos_token_id
+        if on_text is not None:
+            if len(prompts) != 1:
+                raise ValueError("on_text streams one prompt at a time")
+            kwargs["streamer"] = TextDeltas(self.tokenizer, on_text, stops=params.stop, eos=eos)
         with routing(state):
             out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:]
-        eos = self.tokenizer.eos_token_id
         results = []
         for prompt, row, decision in zip(prompts, new, state.decisions or [], strict=True):
             tokens = row.tolist()
@@ -391,9 +408,32 @@ class LemoeEditor:
                 reason = StopReason.LENGTH
             else:
                 reason = criterion.fired
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            text, cut = cut_at_stop(completion_text(self.tokenizer, tokens), params.stop)
+            if cut:
+                reason = StopReason.STOP
             results.append(Generation(prompt, text, decision, len(tokens), reason))
         return results
+
+    def route(self, texts: Sequence[str], *, stack: Sequence[ExpertEntry] | None = None) -> list[RouteDecision]:
+        """The route each text takes, decided by the router as at a generation's prefill."""
+        stack = self._stack if stack is None else tuple(stack)
+        if not stack:
+            return [RouteDecision(None, None, None, None) for _ in texts]
+        states = mask = None
+        if self.subject_layer is not None and any(_keyed(e) for e in stack):
+            states, mask = self.subject_states(texts)
+        return self.router.route(self.queries(texts), stack, states, mask)
+
+    def generate_routed_on(self, prompts: Sequence[str], route_texts: Sequence[str], params: SamplingParams = SamplingParams(), *,
+                           stack: Sequence[ExpertEntry] | None = None, stop: StopSignal | None = None,
+                           on_text: Callable[[str], None] | None = None) -> list[Generation]:
+        """Generate from `prompts` (e.g. a chat template around a user's message) on the routes
+        that `route_texts` (e.g. that message alone) take: decided first, held for every token."""
+        stack = self._stack if stack is None else tuple(stack)
+        decisions = self.route(route_texts, stack=stack)
+        results = self.generate(prompts, params, stack=stack, stop=stop, on_text=on_text,
+                                forced=[d.expert_index for d in decisions])
+        return [dataclasses.replace(g, route=d) for g, d in zip(results, decisions, strict=True)]
 
     @torch.inference_mode()
     def teacher_forced(self, prompts: Sequence[str], targets: Sequence[str], *, stack: Sequence[ExpertEntry] | None = None, batch_size: int = 32) -> list[tuple[list[int], list[int], RouteDecision]]:

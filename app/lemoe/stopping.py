@@ -12,10 +12,11 @@ from transformers import StoppingCriteria
 
 
 class StopReason(StrEnum):
-    """Why a generation ended: naturally (eos, length) or early (cancelled, deadline)."""
+    """Why a generation ended: naturally (eos, length, a stop string) or early (cancelled, deadline)."""
 
     EOS = "eos"
     LENGTH = "length"
+    STOP = "stop"  # the text reached one of the caller's stop strings (left out of the text)
     CANCELLED = "cancelled"  # the caller set the event (e.g. its client went away)
     DEADLINE = "deadline"  # the deadline passed first
 

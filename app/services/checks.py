@@ -22,22 +22,22 @@ SCHEDULER_ACTOR = "scheduler"
 def check_text(value: Any, *, field: str, max_chars: int) -> str:
     """A non-blank string of at most `max_chars` characters that both databases can store."""
     if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be a string, got {type(value).__name__}")
+        raise InvalidInput(f"{field} must be a string, got {type(value).__name__}", param=field)
     if not value.strip():
-        raise InvalidInput(f"{field} must not be empty or whitespace, got {value!r}")
+        raise InvalidInput(f"{field} must not be empty or whitespace, got {value!r}", param=field)
     return check_storable(value, field=field, max_chars=max_chars)
 
 
 def check_storable(value: str, *, field: str, max_chars: int) -> str:
     """Length, NUL (PostgreSQL text refuses it) and lone surrogates (not encodable as UTF-8)."""
     if len(value) > max_chars:
-        raise InvalidInput(f"{field} is {len(value)} characters long; at most {max_chars} are allowed")
+        raise InvalidInput(f"{field} is {len(value)} characters long; at most {max_chars} are allowed", param=field)
     if "\x00" in value:
-        raise InvalidInput(f"{field} must not contain NUL characters")
+        raise InvalidInput(f"{field} must not contain NUL characters", param=field)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInput(f"{field} is not valid Unicode text (it holds a lone surrogate)") from None
+        raise InvalidInput(f"{field} is not valid Unicode text (it holds a lone surrogate)", param=field) from None
     return value
 
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.errors import GenerationCancelled, GenerationTimeout, InvalidInput
-from app.services.checks import check_text
-from app.services.params import DEFAULT_MAX_NEW_TOKENS, GenerationDraft
+from app.services.checks import check_storable, check_text
+from app.services.params import DEFAULT_MAX_NEW_TOKENS, CompletionDraft, GenerationDraft
 from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
-    from app.engine.engine import Engine
+    from app.engine.engine import Engine, GenerationParams
     from app.metrics_prom import Metrics
 
 
@@ -30,6 +31,12 @@ class Generated:
     model: str
     completion_tokens: int
     seconds: float
+    prompt_tokens: int = 0
+    finish_reason: str = "length"  # OpenAI's: "stop" (end of sequence or a stop string) or "length"
+
+
+# Below this a temperature samples as greedily as greedy decoding (and overflows float32 logits).
+MIN_SAMPLING_TEMPERATURE = 0.01
 
 
 def generate(
@@ -46,20 +53,11 @@ def generate(
     The generation stops at its next token once `cancel` is set (GenerationCancelled) or after
     settings.generation_timeout_s (GenerationTimeout).
     """
-    from app.engine.engine import GenerationParams, StopReason, StopSignal
+    from app.engine.engine import GenerationParams
 
     prompt = check_text(draft.prompt, field="prompt", max_chars=settings.max_text_chars)
-    max_new_tokens = draft.max_new_tokens
-    if max_new_tokens is None:
-        max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens_limit)
-    if not 1 <= max_new_tokens <= settings.max_new_tokens_limit:
-        raise InvalidInput(
-            f"max_new_tokens must be from 1 to {settings.max_new_tokens_limit}, got {max_new_tokens}"
-        )
-    try:
-        engine.validate_prompt(prompt, max_new_tokens)
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
+    max_new_tokens = _max_tokens(draft.max_new_tokens, settings, "max_new_tokens")
+    _fits(engine, prompt, max_new_tokens)
     params = GenerationParams(
         max_new_tokens=max_new_tokens,
         do_sample=draft.do_sample,
@@ -67,12 +65,36 @@ def generate(
         top_p=draft.top_p,
         top_k=draft.top_k,
     )
+    result, seconds = _run(lambda stop: engine.generate(prompt, params, stop=stop), settings, metrics, cancel)
+    return _generated(result, engine, stack, seconds)
+
+
+def _max_tokens(value: int | None, settings: Settings, name: str) -> int:
+    if value is None:
+        return min(DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens_limit)
+    if not 1 <= value <= settings.max_new_tokens_limit:
+        raise InvalidInput(f"{name} must be from 1 to {settings.max_new_tokens_limit}, got {value}", param=name)
+    return value
+
+
+def _fits(engine: Engine, prompt: str, max_new_tokens: int) -> None:
+    try:
+        engine.validate_prompt(prompt, max_new_tokens)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def _run(call, settings: Settings, metrics: Metrics | None, cancel: threading.Event | None):
+    """(result, seconds) of `call(stop)`; a generation cut short raises GenerationCancelled or
+    GenerationTimeout, and each one is counted in the metrics."""
+    from app.engine.engine import StopReason, StopSignal
+
     stop = StopSignal.within(settings.generation_timeout_s, cancel)
     started = time.perf_counter()
     if cancel is not None and cancel.is_set():  # gone while it waited for a thread
         stopped, tokens = StopReason.CANCELLED, 0
     else:
-        result = engine.generate(prompt, params, stop=stop)
+        result = call(stop)
         stopped, tokens = result.stop_reason, result.completion_tokens
     seconds = time.perf_counter() - started
     if stopped in (StopReason.CANCELLED, StopReason.DEADLINE):
@@ -85,8 +107,12 @@ def generate(
         metrics.observe_generation(
             seconds, routed=result.expert_name is not None, tokens=result.completion_tokens
         )
+    return result, seconds
+
+
+def _generated(result, engine: Engine, stack: LiveStack, seconds: float, **extra) -> Generated:
     return Generated(
-        prompt=prompt,
+        prompt=result.prompt,
         text=result.text,
         expert_name=result.expert_name,
         expert_id=stack.expert_id(result.expert_name),
@@ -96,4 +122,95 @@ def generate(
         model=engine.model_name,
         completion_tokens=result.completion_tokens,
         seconds=seconds,
+        **extra,
     )
+
+
+@dataclass(frozen=True)
+class PreparedCompletion:
+    """A checked OpenAI-style request: the exact prompt, what it is routed on, and how."""
+
+    prompt: str
+    route_on: str
+    route_kind: str  # "prompt", "last_user_message" or "chat_prompt" (a chat without a user text)
+    params: GenerationParams
+    prompt_tokens: int
+    edits: bool
+
+
+def prepare_completion(*, engine: Engine, settings: Settings, draft: CompletionDraft) -> PreparedCompletion:
+    """Check an OpenAI-style request (InvalidInput naming the field) before anything is sent:
+    `draft.prompt`, or the model's chat template around `draft.messages`, routed on the last user
+    message's content (never on the template's tokens or a system prompt)."""
+    from app.engine.engine import GenerationParams
+
+    if draft.messages:
+        for i, (_, content) in enumerate(draft.messages):
+            check_storable(content, field=f"messages[{i}].content", max_chars=settings.max_text_chars)
+        if len(draft.messages) > settings.max_chat_messages:
+            raise InvalidInput(
+                f"messages has {len(draft.messages)} items; at most {settings.max_chat_messages} are allowed",
+                param="messages",
+            )
+        try:
+            prompt = engine.chat_prompt(draft.messages)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), param="messages") from None
+        route_on = route_text(draft.messages)
+        kind = "last_user_message" if route_on is not None else "chat_prompt"
+    else:
+        prompt = check_text(draft.prompt, field="prompt", max_chars=settings.max_text_chars)
+        route_on, kind = prompt, "prompt"
+    for i, stop in enumerate(draft.stop):
+        check_storable(stop, field=f"stop[{i}]", max_chars=settings.max_text_chars)
+    max_tokens = _max_tokens(draft.max_tokens, settings, "max_tokens")
+    if draft.max_completion_tokens is not None:
+        max_tokens = _max_tokens(draft.max_completion_tokens, settings, "max_completion_tokens")
+    _fits(engine, prompt, max_tokens)
+    greedy = draft.temperature < MIN_SAMPLING_TEMPERATURE
+    params = GenerationParams(
+        max_new_tokens=max_tokens,
+        do_sample=not greedy,
+        temperature=1.0 if greedy else draft.temperature,
+        top_p=max(draft.top_p, MIN_TOP_P),
+        seed=draft.seed,
+        stop=draft.stop,
+    )
+    return PreparedCompletion(
+        prompt, route_on or prompt, kind, params, engine.count_tokens(prompt), draft.edits
+    )
+
+
+def complete(
+    *,
+    engine: Engine,
+    stack: LiveStack,
+    settings: Settings,
+    prepared: PreparedCompletion,
+    metrics: Metrics | None = None,
+    cancel: threading.Event | None = None,
+    on_text: Callable[[str], None] | None = None,
+) -> Generated:
+    """Run a prepared completion; the route is decided once, before the first token, and held.
+    `on_text` receives the text as it is generated. Stops and limits as `generate`."""
+    from app.engine.engine import StopReason
+
+    p = prepared
+    result, seconds = _run(
+        lambda stop: engine.complete(p.prompt, p.params, route_on=p.route_on, edits=p.edits, stop=stop, on_text=on_text),
+        settings, metrics, cancel,
+    )
+    finish = "length" if result.stop_reason is StopReason.LENGTH else "stop"
+    return _generated(result, engine, stack, seconds, prompt_tokens=p.prompt_tokens, finish_reason=finish)
+
+
+# top_p 0 (OpenAI allows it) keeps only the most likely token, as this does.
+MIN_TOP_P = 1e-9
+
+
+def route_text(messages: tuple[tuple[str, str], ...]) -> str | None:
+    """What a chat is routed on: its last user message's content (None without one, or when blank)."""
+    for role, content in reversed(messages):
+        if role == "user":
+            return content if content.strip() else None
+    return None

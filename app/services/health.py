@@ -35,12 +35,16 @@ class ReadinessReport:
 
 
 def readiness(
-    *, session_factory: sessionmaker[Session], engine: Engine | None, stack: LiveStack | None
+    *,
+    session_factory: sessionmaker[Session],
+    engine: Engine | None,
+    stack: LiveStack | None,
+    stage: str = "starting",
 ) -> ReadinessReport:
     """503 until the model is loaded and while the database does not answer. The message never
     carries the driver's text (it names hosts and ports): only the kind of error."""
     if engine is None or stack is None or stack.version is None:
-        raise NotReady("the model is not loaded yet")
+        raise NotReady(f"not ready: {stage}", headers={"Retry-After": "5"})
     try:
         with session_factory() as session:
             store.ping(session)

@@ -28,3 +28,18 @@ class GenerationDraft:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+
+
+@dataclass(frozen=True)
+class CompletionDraft:
+    """An OpenAI-style completion (`prompt`) or chat completion (`messages`) before validation."""
+
+    prompt: str | None = None
+    messages: tuple[tuple[str, str], ...] = ()  # (role, content), oldest first
+    max_tokens: int | None = None  # None: as GenerationDraft
+    max_completion_tokens: int | None = None  # OpenAI's newer name: wins over max_tokens
+    temperature: float = 1.0  # 0 (or below the sampler's floor): greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    edits: bool = True  # False: the base model answers, whatever the experts

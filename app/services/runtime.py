@@ -25,6 +25,7 @@ class Runtime:
     session_factory: sessionmaker[Session]
     metrics: Metrics
     engine: Engine | None = None  # set by the lifespan once the model is loaded
+    stage: str = "starting"  # what start-up is doing (/readyz names it until "ready")
     stack: LiveStack | None = None
     worker: Any = None  # the TrainingWorker when this process trains (tests call run_once)
     wake_worker: Callable[[], None] | None = None

@@ -27,7 +27,10 @@ from tests.pg import temporary_database_url
 
 # Limits small enough that every text the document allows also fits the tiny model's context
 # (at most 4 tokens a character), so a positive case is never refused for its token count.
-FUZZ_LIMITS = {"max_text_chars": 24, "max_new_tokens_limit": 8, "max_edits_per_request": 3, "max_rephrases": 2}
+FUZZ_LIMITS = {
+    "max_text_chars": 24, "max_new_tokens_limit": 8, "max_edits_per_request": 3, "max_rephrases": 2,
+    "max_chat_messages": 2,
+}
 MAX_EXAMPLES = 12
 SEED = 13
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from functools import partial
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +19,8 @@ from app.services.generation import Generated
 from app.services.params import GenerationDraft
 
 router = APIRouter(prefix=V1, tags=["generate"], responses=ERROR_RESPONSES)
+
+T = TypeVar("T")
 
 # How often a waiting request checks whether its client is still there.
 DISCONNECT_POLL_S = 0.2
@@ -39,21 +42,27 @@ def _public(g: Generated) -> GenerationPublic:
 
 async def _generate(request: Request, runtime: RuntimeDep, draft: GenerationDraft, **deps) -> GenerationPublic:
     """Generate in a worker thread (never on the event loop); a client that hangs up stops it."""
+    call = partial(generation_service.generate, draft=draft, metrics=runtime.metrics, **deps)
+    return _public(await run_cancellable(request, call))
+
+
+async def run_cancellable(request: Request, call: Callable[..., T]) -> T:
+    """`call(cancel=event)` in a worker thread; the event is set (the generation stops at its
+    next token) when the client hangs up or this request is cancelled."""
     cancel = threading.Event()
-    call = partial(generation_service.generate, draft=draft, metrics=runtime.metrics, cancel=cancel, **deps)
-    task = asyncio.ensure_future(run_in_threadpool(call))
-    task.add_done_callback(_retrieve)
+    task = asyncio.ensure_future(run_in_threadpool(partial(call, cancel=cancel)))
+    task.add_done_callback(retrieve)
     try:
         while not task.done():
             await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
             if not task.done() and await request.is_disconnected():
                 cancel.set()  # the generation ends at its next token and raises
-        return _public(task.result())
+        return task.result()
     finally:
         cancel.set()  # a no-op once it finished; stops it when this request is cancelled
 
 
-def _retrieve(task: asyncio.Future) -> None:
+def retrieve(task: asyncio.Future) -> None:
     """Mark a result nobody awaits any more (the request was cancelled) as seen."""
     if not task.cancelled():
         task.exception()

@@ -23,10 +23,12 @@ async def healthz() -> Health:
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse, "description": "Not ready"}})
 def readyz(runtime: RuntimeDep) -> Readiness:
-    """The model is loaded and the database answers (503 otherwise), and the stack this process
+    """The model is loaded and the database answers (503 naming the start-up stage, e.g.
+    "not ready: loading the model", or the database error otherwise), and the stack this process
     really serves: `degraded` (still 200) while an active expert's files cannot be loaded."""
     report = health_service.readiness(
-        session_factory=runtime.session_factory, engine=runtime.engine, stack=runtime.stack
+        session_factory=runtime.session_factory, engine=runtime.engine, stack=runtime.stack,
+        stage=runtime.stage,
     )
     return Readiness(
         status="degraded" if report.degraded else "ready",
