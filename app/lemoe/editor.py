@@ -419,10 +419,11 @@ class LemoeEditor:
         stack = self._stack if stack is None else tuple(stack)
         if not stack:
             return [RouteDecision(None, None, None, None) for _ in texts]
-        states = mask = None
+        states = mask = relation_mask = None
         if self.subject_layer is not None and any(_keyed(e) for e in stack):
             states, mask = self.subject_states(texts)
-        return self.router.route(self.queries(texts), stack, states, mask)
+            relation_mask = self.relation_mask(texts, mask)
+        return self.router.route(self.queries(texts), stack, states, mask, relation_mask)
 
     def generate_routed_on(self, prompts: Sequence[str], route_texts: Sequence[str], params: SamplingParams = SamplingParams(), *,
                            stack: Sequence[ExpertEntry] | None = None, stop: StopSignal | None = None,
