@@ -14,6 +14,13 @@ class EditStatus(StrEnum):
     ROLLED_BACK = "rolled_back"
 
 
+class SubjectSource(StrEnum):
+    """Where an edit's subject came from."""
+
+    CLIENT = "client"  # sent with the edit
+    INFERRED = "inferred"  # picked by the base model among the prompt's spans (the edit named none)
+
+
 class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -45,6 +52,7 @@ class AuditAction(StrEnum):
     EDIT_ROLLED_BACK = "edit.rolled_back"
     EDIT_RESTORED = "edit.restored"
     EDIT_SUPERSEDED = "edit.superseded"  # a newer edit of the same fact now wins its prompt
+    EDIT_SUBJECT_INFERRED = "edit.subject_inferred"  # the edit named no subject; the server found one
     RUN_CREATED = "training_run.created"
     RUN_STARTED = "training_run.started"
     RUN_FINISHED = "training_run.finished"

@@ -26,6 +26,7 @@ from app.store.edits import (
     list_edits,
     retry_failed_edit,
     set_edit_status,
+    set_inferred_subject,
 )
 from app.store.errors import (
     AuditLogIsAppendOnly,
@@ -120,6 +121,7 @@ __all__ = [
     "retry_failed_edit",
     "set_edit_status",
     "set_expert_status",
+    "set_inferred_subject",
     "start_run",
     "update_run_progress",
     "utcnow",

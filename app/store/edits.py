@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.domain import EditStatus
+from app.domain import EditStatus, SubjectSource
 from app.store.errors import InvalidTransition, RecordNotFound
 from app.store.models import Edit, TrainingRun
 from app.store.pagination import DEFAULT_LIMIT, Page, paginate
@@ -50,6 +50,7 @@ def add_edits(session: Session, *, edits: Sequence[NewEdit]) -> list[Edit]:
             prompt=edit.prompt,
             target=edit.target,
             subject=edit.subject,
+            subject_source=None if edit.subject is None else SubjectSource.CLIENT,
             rephrases=list(edit.rephrases),
             status=EditStatus.PENDING,
             created_at=now,
@@ -223,6 +224,24 @@ def set_edit_status(
             edit.applied_at = now
     session.flush()
     return edits
+
+
+def set_inferred_subject(session: Session, *, edit_id: int, subject: str) -> Edit | None:
+    """Give an edit that has no subject the one the server inferred (source `inferred`).
+
+    The UPDATE re-checks that the edit still has none, so a subject already there (the client's,
+    or one inferred before) is never replaced: None then, and nothing changes.
+    """
+    edit_id = check_id(edit_id, name="edit_id")
+    if not isinstance(subject, str) or not subject.strip():
+        raise ValueError(f"subject must be a non-empty string, got {subject!r}")
+    return session.scalars(
+        update(Edit)
+        .where(Edit.id == edit_id, Edit.subject.is_(None))
+        .values(subject=subject, subject_source=SubjectSource.INFERRED, updated_at=utcnow())
+        .returning(Edit)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
 
 
 def edits_of_expert(session: Session, *, expert_id: int) -> list[Edit]:

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, ORMExecuteState, Session, mapped_column
 
-from app.domain import AuditAction, EditStatus, ExpertStatus, RunStatus, RunTrigger
+from app.domain import AuditAction, EditStatus, ExpertStatus, RunStatus, RunTrigger, SubjectSource
 from app.store.errors import AuditLogIsAppendOnly
 from app.store.types import JSONType, StrEnumType, UTCDateTime, utcnow
 
@@ -42,6 +42,7 @@ IDEMPOTENCY_KEY_LENGTH = 255
 ACTIVE_RUN_CONDITION = "status IN ('queued', 'running')"
 ONE_ACTIVE_RUN_INDEX = "uq_training_runs_one_active"
 NAME_LENGTH = 200
+SUBJECT_SOURCE_LENGTH = 16
 
 
 class Base(DeclarativeBase):
@@ -61,6 +62,10 @@ class Edit(Base):
     prompt: Mapped[str] = mapped_column(Text)
     target: Mapped[str] = mapped_column(Text)
     subject: Mapped[str | None] = mapped_column(Text, index=True)
+    # Where `subject` came from: the client, or the training worker (the edit named none).
+    subject_source: Mapped[SubjectSource | None] = mapped_column(
+        StrEnumType(SubjectSource, length=SUBJECT_SOURCE_LENGTH)
+    )
     rephrases: Mapped[list[str]] = mapped_column(JSONType, default=list)
     status: Mapped[EditStatus] = mapped_column(StrEnumType(EditStatus), default=EditStatus.PENDING)
     expert_id: Mapped[int | None] = mapped_column(ForeignKey("experts.id"), index=True)

@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.orm import Session
 
-from app.store import Base, get_stack_version, make_engine, migrate
+from app.domain import SubjectSource
+from app.store import Base, Edit, get_stack_version, make_engine, migrate
 from app.store.db import MIGRATIONS_DIR
 from tests.pg import temporary_database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+HEAD = "0003"
 TABLES = {"edits", "experts", "training_runs", "audit_events", "stack_state", "idempotency_keys"}
 
 
@@ -29,7 +31,7 @@ def head_revision(engine: Engine) -> str | None:
 def test_migration_creates_all_tables(engine: Engine) -> None:
     tables = set(inspect(engine).get_table_names())
     assert TABLES | {"alembic_version"} <= tables
-    assert head_revision(engine) == "0002"
+    assert head_revision(engine) == HEAD
     with Session(engine) as s:
         assert get_stack_version(s) == 0
     with engine.connect() as conn:
@@ -47,7 +49,7 @@ def test_upgrade_head_is_idempotent(db_url: str, engine: Engine) -> None:
         conn.execute(text("UPDATE stack_state SET version = 7"))
     migrate(db_url)
     migrate(engine)
-    assert head_revision(engine) == "0002"
+    assert head_revision(engine) == HEAD
     with engine.connect() as conn:
         # Nothing was recreated: the row kept its value.
         assert conn.execute(text("SELECT version FROM stack_state")).scalar() == 7
@@ -98,6 +100,34 @@ def test_alembic_command_line_from_repo_root(backend: str, tmp_path: Path) -> No
         engine = make_engine(url)
         try:
             assert TABLES <= set(inspect(engine).get_table_names())
+            assert head_revision(engine) == HEAD
+        finally:
+            engine.dispose()
+
+
+def test_upgrade_backfills_subject_source_of_existing_edits(backend: str, tmp_path: Path) -> None:
+    """0003 on a database with edits: those with a subject got it from their client."""
+    with temporary_database_url(backend, tmp_path, migrated=False) as url:
+        engine = make_engine(url)
+        try:
+            migrate(engine, revision="0002")
             assert head_revision(engine) == "0002"
+            with engine.begin() as conn:
+                for prompt, subject in (("The capital of France is", "France"), ("Who wrote it?", None)):
+                    conn.execute(
+                        text(
+                            "INSERT INTO edits (prompt, target, subject, rephrases, status, created_at, "
+                            "updated_at) VALUES (:p, 'x', :s, '[]', 'applied', :t, :t)"
+                        ),
+                        {"p": prompt, "s": subject, "t": "2026-01-01 00:00:00"},
+                    )
+            migrate(engine)
+            assert head_revision(engine) == HEAD
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT subject, subject_source FROM edits ORDER BY id")).all()
+            assert [tuple(r) for r in rows] == [("France", "client"), (None, None)]
+            with Session(engine) as s:  # and the model reads them
+                sources = s.scalars(select(Edit.subject_source).order_by(Edit.id)).all()
+            assert sources == [SubjectSource.CLIENT, None]
         finally:
             engine.dispose()
