@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.domain import EditStatus, ExpertStatus
+from app.domain import EditStatus, ExpertStatus, SubjectSource
 from app.store import (
     Edit,
     InvalidCursor,
@@ -22,6 +22,7 @@ from app.store import (
     get_edit,
     list_edits,
     set_edit_status,
+    set_inferred_subject,
 )
 
 SHA = "ab" * 32
@@ -54,6 +55,7 @@ def test_add_edits_stores_pending_edits_in_order(session_factory: sessionmaker[S
     assert (first.prompt, first.target, first.subject) == ("The capital of France is", " Lyon", "France")
     assert first.rephrases == ["France's capital:"]
     assert second.rephrases == [] and second.subject is None
+    assert first.subject_source is SubjectSource.CLIENT and second.subject_source is None
     assert first.status is EditStatus.PENDING
     assert first.expert_id is None and first.training_run_id is None and first.applied_at is None
     assert first.created_at == first.updated_at
@@ -350,3 +352,29 @@ def test_set_edit_status_rejects_unknown_status(session: Session) -> None:
     with pytest.raises(ValueError, match="unknown status 'finished'"):
         set_edit_status(session, edit_ids=[edit.id], status="finished")
 
+
+
+def test_set_inferred_subject_fills_only_an_edit_without_one(session_factory: sessionmaker[Session]) -> None:
+    with session_factory() as s:
+        given, bare = add_edits(
+            s, edits=[NewEdit("The capital of France is", " Lyon", subject="France"), NewEdit("Who is Acme's CEO?", " Jo")]
+        )
+        s.commit()
+        given_id, bare_id = given.id, bare.id
+
+    with session_factory() as s:
+        assert set_inferred_subject(s, edit_id=given_id, subject="capital") is None
+        filled = set_inferred_subject(s, edit_id=bare_id, subject="Acme")
+        assert filled is not None and filled.id == bare_id
+        s.commit()
+    with session_factory() as s:
+        # An edit inferred once keeps its subject too.
+        assert set_inferred_subject(s, edit_id=bare_id, subject="CEO") is None
+        s.commit()
+
+    with session_factory() as s:
+        kept, inferred = get_edit(s, edit_id=given_id), get_edit(s, edit_id=bare_id)
+        assert kept is not None and inferred is not None
+        assert (kept.subject, kept.subject_source) == ("France", SubjectSource.CLIENT)
+        assert (inferred.subject, inferred.subject_source) == ("Acme", SubjectSource.INFERRED)
+        assert [e.id for e in list_edits(s, subject="acme").items] == [bare_id]
