@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # Edits that name a subject fire only where it is mentioned; False: sentence keys only.
     subject_keys: bool | None = None
     subject_threshold: float | None = None  # None: the editor's calibrated default
+    # Edits sent without a subject get one the base model picks among the prompt's spans
+    # (recorded on the edit as inferred); False: they route by their wording alone.
+    infer_subjects: bool | None = None
     edits_per_expert: int = Field(default=16, ge=1, le=256)
     planning: bool = True
     # Training knobs for tests and experiments; None: the editor's default (app/lemoe/config.py).

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, func, literal, select
@@ -23,7 +23,7 @@ from app.services.checks import SCHEDULER_ACTOR
 from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
-    from app.engine.engine import Engine
+    from app.engine.engine import Engine, EngineEdit
     from app.metrics_prom import Metrics
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class TrainingWorker:
         tally = _Tally()
         try:
             edits = [EngineEdit(e.edit_id, e.prompt, e.target, e.rephrases, e.subject) for e in run.edits]
+            edits = self._with_inferred_subjects(run, edits)
             batches = self.engine.plan(
                 edits, batch_size=self.settings.edits_per_expert, planning=self.settings.planning
             ) if edits else []
@@ -138,6 +139,25 @@ class TrainingWorker:
             self.metrics.observe_run(status.value, seconds)
         log.info("training run %s %s in %.1f s: %d experts, %d edits applied, %d failed",
                  run.run_id, status.value, seconds, tally.experts, tally.applied, tally.failed)
+
+    def _with_inferred_subjects(self, run: training.StartedRun, edits: list[EngineEdit]) -> list[EngineEdit]:
+        """Edits without a subject get the one the model infers, recorded on the edit (with its
+        audit event) before training uses it. A failure here fails nothing: it is logged and
+        those edits train without a subject, routed by their wording alone."""
+        if all(e.subject for e in edits):
+            return edits
+        try:
+            inferred = self.engine.infer_subjects(edits)
+            recorded = training.record_inferred_subjects(
+                self.session_factory, run=run, subjects=inferred
+            ) if inferred else {}
+        except Exception:
+            log.exception("run %s: could not infer the subjects of its edits; they train without one",
+                          run.run_id)
+            return edits
+        if recorded:
+            log.info("run %s: inferred subjects %s", run.run_id, recorded)
+        return [replace(e, subject=recorded[e.edit_id]) if e.edit_id in recorded else e for e in edits]
 
     def _train_batch(self, run: training.StartedRun, index: int, count: int, batch, tally: _Tally) -> None:
         """Train, register and make live one expert; a training error fails only this batch."""

@@ -23,6 +23,7 @@ from app.lemoe.io import (
     weights_sha256,
 )
 from app.lemoe.stopping import StopReason, StopSignal
+from app.lemoe.subjects import InferredSubject
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class Engine:
             ("gate_threshold", "gate_threshold"),
             ("subject_keys", "subject_keys"),
             ("subject_threshold", "subject_threshold"),
+            ("infer_subjects", "infer_subjects"),
             ("train_max_steps", "max_steps"),
             ("train_augmentations", "augmentations"),
             ("train_loss_threshold", "loss_threshold"),
@@ -202,6 +204,13 @@ class Engine:
         )
 
     # --- training ------------------------------------------------------------------------------
+    def infer_subjects(self, edits: Sequence[EngineEdit]) -> dict[int, InferredSubject]:
+        """The subject the base model names (a span of the prompt) for each edit that has none,
+        by edit id; a subject already given is never replaced. Empty when subject keys or
+        subject inference are off."""
+        _, found = self.editor.complete_subjects([self._to_edit(e) for e in edits])
+        return {int(edit_id): subject for edit_id, subject in found.items()}
+
     def plan(self, edits: Sequence[EngineEdit], *, batch_size: int, planning: bool = True) -> list[list[EngineEdit]]:
         by_id = {str(e.edit_id): e for e in edits}
         batches = self.editor.plan([self._to_edit(e) for e in edits], batch_size=batch_size, planning=planning)
@@ -274,5 +283,5 @@ class Engine:
 
 __all__ = [
     "BuiltExpert", "Engine", "EngineEdit", "ExpertFileError", "ExpertSpec", "GenerationParams",
-    "GenerationResult", "ProgressFn", "StopReason", "StopSignal", "check_expert_files",
+    "GenerationResult", "InferredSubject", "ProgressFn", "StopReason", "StopSignal", "check_expert_files",
 ]

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from app.domain import EditStatus
+from app.domain import EditStatus, SubjectSource
 from app.schemas.common import NON_BLANK_PATTERN, Documented, PublicModel, from_settings
 from app.services.params import EditDraft
 
@@ -41,7 +41,8 @@ class EditCreate(BaseModel):
     )
     subject: EditText | None = Field(
         default=None,
-        description="The entity the fact is about; it must appear in the prompt (any case)",
+        description="The entity the fact is about; it must appear in the prompt (any case). "
+        "Without one, the training run infers it (a span of the prompt the base model picks)",
     )
     rephrases: Annotated[list[EditText], Documented(**from_settings(maxItems="max_rephrases"))] = Field(
         default_factory=list, description="Other wordings of the prompt, used as training data"
@@ -83,6 +84,11 @@ class EditPublic(PublicModel):
     prompt: str
     target: str
     subject: str | None
+    subject_source: SubjectSource | None = Field(
+        description="Where `subject` came from: `client` (sent with the edit) or `inferred` (the "
+        "edit named none; the training run had the base model pick a span of the prompt, see the "
+        "edit's `edit.subject_inferred` event); null while the edit has no subject"
+    )
     rephrases: list[str]
     expert_id: int | None = Field(description="The expert that holds (or held) this edit")
     training_run_id: int | None = Field(description="The run that last claimed this edit")

@@ -7,7 +7,7 @@ the functions here, each ONE transaction that also writes its audit events.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from app.services.checks import SYSTEM_ACTOR, store_errors
 from app.services.stack import stored_path
 
 if TYPE_CHECKING:
-    from app.engine.engine import BuiltExpert
+    from app.engine.engine import BuiltExpert, InferredSubject
 
 # requeue_interrupted(stale_before=EPOCH) touches no live run: it only returns to pending the
 # in-flight edits whose run has already finished.
@@ -196,6 +196,34 @@ def start_run(
                 ClaimedEdit(e.id, e.prompt, e.target, tuple(e.rephrases or ()), e.subject) for e in claimed
             ),
         )
+
+
+def record_inferred_subjects(
+    session_factory: sessionmaker[Session],
+    *,
+    run: StartedRun,
+    subjects: Mapping[int, InferredSubject],
+) -> dict[int, str]:
+    """The subjects the model inferred for edits of `run` that named none, each with an
+    edit.subject_inferred event (subject and method), in one commit. An edit that has a subject
+    by now keeps it and is left out; returns edit id -> the subject recorded."""
+    recorded: dict[int, str] = {}
+    with session_factory() as session:
+        for edit_id, inferred in sorted(subjects.items()):
+            edit = store.set_inferred_subject(session, edit_id=edit_id, subject=inferred.text)
+            if edit is None:
+                continue
+            store.append_audit(
+                session,
+                actor=run.actor,
+                action=AuditAction.EDIT_SUBJECT_INFERRED,
+                edit_id=edit_id,
+                training_run_id=run.run_id,
+                payload={"subject": inferred.text, "method": inferred.method},
+            )
+            recorded[edit_id] = inferred.text
+        session.commit()
+    return recorded
 
 
 def mark_training(session_factory: sessionmaker[Session], *, edit_ids: Sequence[int]) -> None:
