@@ -10,6 +10,7 @@ exactly for 87.5% of ZsRE and CounterFact prompts (docs/BENCHMARKS.md).
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,26 +70,35 @@ def infer_subjects(model: nn.Module, tokenizer, prompts: Sequence[str], device: 
                    batch_size: int = 16) -> list[InferredSubject | None]:
     """The span of each prompt that the base model names as its subject (None: no span)."""
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else newline[0]
+    examples = tokenizer(_EXAMPLES)["input_ids"]
+    # The worked examples are most of each input and the same in every row: the model reads them
+    # once, and each row's own question (after padding, masked out) continues from their cache.
+    with routing(RouteState()):
+        cached = model(input_ids=torch.tensor([examples], device=device), use_cache=True).cache
     out: list[InferredSubject | None] = []
     for k in range(0, len(prompts), batch_size):
         chunk = list(prompts[k:k + batch_size])
-        spans = [candidate_spans(p) for p in chunk]
-        spelled = [[(tokenizer(" " + s, add_special_tokens=False)["input_ids"] + newline, s) for s in row] for row in spans]
-        texts = [f"{_EXAMPLES}Question: {p.strip()}\nSubject:" for p in chunk]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
-        start = enc["input_ids"].shape[1]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else newline[0]
+        spelled = [[(tokenizer(" " + s, add_special_tokens=False)["input_ids"] + newline, s) for s in candidate_spans(p)]
+                   for p in chunk]
+        questions = [tokenizer(f"Question: {p.strip()}\nSubject:", add_special_tokens=False)["input_ids"] for p in chunk]
+        width = max(len(q) for q in questions)
+        ids = torch.tensor([examples + [pad] * (width - len(q)) + q for q in questions], device=device)
+        mask = torch.tensor([[1] * len(examples) + [0] * (width - len(q)) + [1] * len(q) for q in questions], device=device)
+        start = ids.shape[1]
 
-        def allowed(row: int, ids: torch.Tensor, spelled=spelled, start=start, pad=pad) -> list[int]:
-            done = ids[start:].tolist()
+        def allowed(row: int, tokens: torch.Tensor, spelled=spelled, start=start) -> list[int]:
+            done = tokens[start:].tolist()
             nxt = {seq[len(done)] for seq, _ in spelled[row] if len(seq) > len(done) and seq[:len(done)] == done}
             return sorted(nxt) or [pad]
 
+        cache = copy.deepcopy(cached)
+        cache.batch_repeat_interleave(len(chunk))
         longest = max((len(seq) for row in spelled for seq, _ in row), default=1)
         # No route: the base model alone reads the examples (and no expert sees this pass).
         with routing(RouteState()):
             generated = model.generate(
-                **{name: t.to(device) for name, t in enc.items()}, max_new_tokens=longest, do_sample=False,
+                input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=longest, do_sample=False,
                 prefix_allowed_tokens_fn=allowed, eos_token_id=newline[-1], pad_token_id=pad,
                 temperature=None, top_p=None, top_k=None,
             )

@@ -7,6 +7,7 @@ import pytest
 from app.engine.model_loader import load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
+from app.lemoe.subjects import infer_subjects
 from app.lemoe.text import encode_pair
 from tests.real_model import MODEL_CACHE, counterfact_records, zsre_records
 
@@ -94,3 +95,32 @@ def test_a_rephrase_that_starts_with_its_subject_is_served_in_any_case(real):
     bare = LemoeEditor(real.model, real.tokenizer, LemoeConfig(subject_context="", subject_lowercase=False))
     bare.add_expert(bare.train([edit], name="fr").entry)
     assert all(g.route.expert_index is None for g in bare.generate(first, params))
+
+
+def test_the_model_names_the_labelled_subject_of_most_prompts(real):
+    records = zsre_records(0, 12)
+    found = infer_subjects(real.model, real.tokenizer, [r["src"] for r in records], real.model.device)
+    assert all(f is not None and f.text in r["src"] for f, r in zip(found, records))
+    assert sum(f.text == r["subject"] for f, r in zip(found, records)) >= 9, [f.text for f in found]
+
+
+def test_relation_keys_keep_other_questions_about_an_edited_subject(real):
+    # The docs' own example, sent without a subject as most clients do.
+    editor = LemoeEditor(real.model, real.tokenizer, LemoeConfig())
+    params = SamplingParams(max_new_tokens=6)
+    kept = ["The official language of France is", "The capital of Germany is", "Who is the CEO of Beta?", "Where is Acme based?"]
+    base = [g.text for g in editor.generate(kept, params, stack=())]
+    edits, inferred = editor.complete_subjects([Edit("1", "The capital of France is", "Lyon"),
+                                                Edit("2", "Who is the CEO of Acme?", "Jane Doe")])
+    assert {k: s.text for k, s in inferred.items()} == {"1": "France", "2": "Acme"}
+    trained = editor.train(edits, name="e1")
+    editor.add_expert(trained.entry)
+
+    answers = editor.generate([e.prompt for e in edits] + ["What is the capital of France?"], params)
+    assert [g.route.expert_name for g in answers] == ["e1"] * 3
+    assert answers[0].text.strip().startswith("Lyon") and answers[1].text.strip().startswith("Jane Doe")
+    after = editor.generate(kept, params)
+    assert [g.route.expert_index for g in after] == [None] * 4 and [g.text for g in after] == base
+    # The subject alone would have let the other question about France in.
+    unchecked = LemoeEditor(real.model, real.tokenizer, LemoeConfig(relation_threshold=None))
+    assert unchecked.route([kept[0]], stack=[trained.entry])[0].expert_name == "e1"

@@ -1,0 +1,37 @@
+"""Inferred subjects: the base model names the span of a prompt that the edit is about."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.lemoe.config import LemoeConfig
+from app.lemoe.editor import Edit, LemoeEditor
+from app.lemoe.subjects import candidate_spans, infer_subjects
+
+
+def test_candidate_spans_are_whole_words_cleaned_of_punctuation():
+    spans = candidate_spans("Which corporation created USS Leedstown (APA-56)?")
+    assert "USS Leedstown (APA-56)" in spans and "Leedstown" in spans
+    assert "USS Leedstown (APA-56" not in spans and "(APA-56)?" not in spans
+    assert "Which corporation created USS Leedstown (APA-56)" not in spans  # not the whole prompt
+    assert "France" in candidate_spans("France's capital city is")
+    assert candidate_spans("Paris") == ["Paris"]  # a one-word prompt is its own only span
+
+
+def test_inferred_subjects_are_spans_of_their_prompts(tiny_model, tiny_tokenizer):
+    prompts = ["Who is the CEO of Acme?", "The capital of France is", "Who wrote the novel?"]
+    found = infer_subjects(tiny_model, tiny_tokenizer, prompts, tiny_model.device)
+    assert len(found) == 3
+    for prompt, subject in zip(prompts, found, strict=True):
+        assert subject is not None and subject.text in candidate_spans(prompt) and subject.method == "model-span"
+
+
+def test_complete_subjects_keeps_the_clients_and_fills_the_rest(tiny_model, tiny_tokenizer):
+    editor = LemoeEditor(tiny_model, tiny_tokenizer, LemoeConfig(layer=2))
+    given = Edit("1", "The capital of France is", "Rome", subject="France")
+    bare = Edit("2", "Who is the CEO of Acme?", "Jane Doe")
+    edits, inferred = editor.complete_subjects([given, bare])
+    assert edits[0] == given and set(inferred) == {"2"}
+    assert edits[1].subject == inferred["2"].text
+    off = LemoeEditor(tiny_model, tiny_tokenizer, LemoeConfig(layer=2, infer_subjects=False))
+    assert off.complete_subjects([bare]) == ([bare], {})
