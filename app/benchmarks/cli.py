@@ -41,6 +41,11 @@ def add_bench_parser(subparsers) -> None:
     lo.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
     lo.add_argument("--device", default="auto")
     lo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an editor setting")
+    lo.add_argument("--routing-only", action="store_true",
+                    help="no training, no generation: plan the edits, make their keys and report which probes reach "
+                         "an expert (its own, for edited probes), once per --relation-thresholds value")
+    lo.add_argument("--relation-thresholds", nargs="+", default=None, metavar="T",
+                    help="with --routing-only: relation thresholds to compare ('none': no relation check)")
     lo.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     lo.set_defaults(handler=_run_locality)
 
@@ -136,6 +141,16 @@ def _run_locality(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, model_path=args.model, cache_dir=args.cache_dir, device=args.device,
         config=_parse_overrides(args.set),
     )
+    if args.relation_thresholds and not args.routing_only:
+        raise SystemExit("--relation-thresholds needs --routing-only (use --set relation_threshold=T for a full run)")
+    if args.routing_only:
+        from app.benchmarks.locality import main_routing
+
+        try:
+            thresholds = [None if t.lower() == "none" else float(t) for t in args.relation_thresholds or [str(opts.config.relation_threshold)]]
+        except ValueError as exc:
+            raise SystemExit(f"--relation-thresholds: {exc}") from None
+        return main_routing(opts, thresholds, as_json=args.json)
     return main(opts, as_json=args.json)
 
 

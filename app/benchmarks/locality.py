@@ -46,6 +46,7 @@ from app.benchmarks.quality import train_lifelong
 from app.engine.model_loader import load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, Generation, LemoeEditor, SamplingParams
+from app.lemoe.expert import Expert, ExpertEntry
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,80 @@ def run_locality(opts: LocalityOptions) -> dict:
         "generate_s": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
         "config": asdict(opts.config),
     }
+
+
+def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | None]) -> dict:
+    """Routing alone (no training, no generation): the edits are planned and keyed as for training
+    (subjects inferred where none is sent), and each probe's route is read once per relation
+    threshold. An edited probe counts when it reaches its own edit's expert, a kept one when it
+    reaches none (it then gets the unedited model's output bit for bit)."""
+    records = load_records(opts.data, opts.format)
+    if len(records) < opts.edits:
+        raise ValueError(f"{opts.data} has {len(records)} usable records; --edits {opts.edits} asked for more")
+    edited, held = select_edits(records, opts.edits)
+    probes = build_probes(records, edited)
+    loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
+    editor = LemoeEditor(loaded.model, loaded.tokenizer, opts.config, device=loaded.device)
+    edits = [Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None)
+             for i in edited]
+    edits, inferred = editor.complete_subjects(edits)
+    stack, owner = [], {}
+    for k, batch in enumerate(editor.plan(edits, batch_size=opts.batch_size)):
+        keys = editor.subject_anchors(batch)
+        name = f"expert-{k:04d}"
+        # An untrained expert: routing never reads an expert's weights.
+        stack.append(ExpertEntry(name, Expert(editor.hidden_size, 1), editor.queries([e.prompt for e in batch]),
+                                 [e.edit_id for e in batch], {}, None if keys is None else keys.subject,
+                                 None if keys is None else keys.relation, None if keys is None else keys.lengths))
+        owner.update({e.edit_id: name for e in batch})
+    prompts = [p.prompt for p in probes]
+    queries = editor.queries(prompts)
+    states = mask = relation_mask = None
+    if editor.subject_layer is not None:
+        states, mask = editor.subject_states(prompts)
+        relation_mask = editor.relation_mask(prompts, mask)
+    rows = {}
+    for threshold in relation_thresholds:
+        if editor.router.subject is not None:
+            editor.router.subject.relation_threshold = threshold
+        decisions = editor.router.route(queries, stack, states, mask, relation_mask)
+        row = {}
+        for kind in KINDS:
+            idx = [k for k, p in enumerate(probes) if p.kind == kind]
+            if kind in EDITED_KINDS:
+                ok = [float(decisions[k].expert_name == owner[str(probes[k].record)]) for k in idx]
+            else:
+                ok = [float(decisions[k].expert_index is None) for k in idx]
+            row[kind] = {"edited": kind in EDITED_KINDS, "n": len(idx), "score": _mean(ok)}
+        rows["none" if threshold is None else str(threshold)] = row
+    return {"data": str(opts.data), "format": opts.format, "model": loaded.name, "edits": len(edited),
+            "subjects": opts.subjects, "subjects_inferred": len(inferred), "experts": len(stack),
+            "held_back": len(held), "relation_thresholds": rows}
+
+
+def format_routing_table(result: dict) -> str:
+    thresholds = list(result["relation_thresholds"])
+    lines = [f"{result['model']} on {Path(result['data']).name} ({result['format']}), T={result['edits']}, "
+             f"subjects={result['subjects']} ({result['subjects_inferred']} inferred), {result['experts']} experts, routing only: "
+             "share of edited probes reaching their own expert / of kept probes reaching none",
+             f"  {'probe':<15} {'must':<10} {'n':>5}  " + "  ".join(f"{'rel ' + t:>9}" for t in thresholds)]
+    first = result["relation_thresholds"][thresholds[0]]
+    for kind, row in first.items():
+        must = "be edited" if row["edited"] else "stay"
+        cells = []
+        for t in thresholds:
+            score = result["relation_thresholds"][t][kind]["score"]
+            cells.append(f"{'–' if score is None else f'{score:.3f}':>9}")
+        lines.append(f"  {kind:<15} {must:<10} {row['n']:>5}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def main_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | None], *, as_json: bool) -> int:
+    result = run_routing(opts, relation_thresholds)
+    print(format_routing_table(result))
+    if as_json:
+        print(json.dumps(result))
+    return 0
 
 
 def format_table(result: dict) -> str:
