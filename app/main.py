@@ -32,7 +32,7 @@ from app.api.middleware import (
 from app.api.openapi import install_openapi
 from app.api.routes import audit, edits, experts, generate, health, openai, training
 from app.config import Settings, get_settings
-from app.errors import install_error_handlers
+from app.api.errors import install_error_handlers
 from app.metrics_prom import Metrics
 from app.services import training as training_service
 from app.services.runtime import Runtime, open_database

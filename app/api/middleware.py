@@ -12,7 +12,7 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response, unexpected_error_response
+from app.api.errors import error_response, unexpected_error_response
 
 if TYPE_CHECKING:
     from app.metrics_prom import Metrics
