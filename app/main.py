@@ -23,12 +23,12 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app import store
+from app.api.errors import install_error_handlers
 from app.api.middleware import DEFAULT_BODY_LIMIT, RequestBodyMiddleware, UnhandledErrorMiddleware
-from app.api.request_metrics import HttpMetrics, RequestObserverMiddleware
 from app.api.openapi import install_openapi
+from app.api.request_metrics import HttpMetrics, RequestObserverMiddleware
 from app.api.routes import audit, edits, experts, generate, health, openai, training
 from app.config import Settings, get_settings
-from app.api.errors import install_error_handlers
 from app.metrics import Metrics
 from app.services import training as training_service
 from app.services.runtime import Runtime, open_database

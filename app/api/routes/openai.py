@@ -22,8 +22,8 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import V1, EngineDep, RuntimeDep, SettingsDep, StackDep
-from app.api.routes.generate import retrieve, run_cancellable
 from app.api.errors import openai_error_body
+from app.api.routes.generate import retrieve, run_cancellable
 from app.errors import ServiceError
 from app.schemas.generation import ExpertRef
 from app.schemas.openai import (
