@@ -92,7 +92,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 async def _run_worker(settings: Settings) -> int:
     from app import store
     from app.engine.engine import Engine
-    from app.metrics_prom import Metrics
+    from app.metrics import Metrics
     from app.services import training as training_service
     from app.services.runtime import open_database
     from app.services.stack import LiveStack

@@ -23,17 +23,13 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app import store
-from app.api.middleware import (
-    DEFAULT_BODY_LIMIT,
-    RequestBodyMiddleware,
-    RequestObserverMiddleware,
-    UnhandledErrorMiddleware,
-)
+from app.api.errors import install_error_handlers
+from app.api.middleware import DEFAULT_BODY_LIMIT, RequestBodyMiddleware, UnhandledErrorMiddleware
 from app.api.openapi import install_openapi
+from app.api.request_metrics import HttpMetrics, RequestObserverMiddleware
 from app.api.routes import audit, edits, experts, generate, health, openai, training
 from app.config import Settings, get_settings
-from app.errors import install_error_handlers
-from app.metrics_prom import Metrics
+from app.metrics import Metrics
 from app.services import training as training_service
 from app.services.runtime import Runtime, open_database
 from app.services.stack import LiveStack
@@ -71,7 +67,8 @@ def create_app(
     background = engine is None if load_in_background is None else load_in_background
     database = open_database(settings)
     session_factory = store.make_session_factory(database)
-    metrics = Metrics(session_factory)
+    http_metrics = HttpMetrics()  # registered first: /metrics lists the HTTP metrics first
+    metrics = Metrics(session_factory, registry=http_metrics.registry)
     runtime = Runtime(settings=settings, database=database, session_factory=session_factory, metrics=metrics)
     metrics.track_stack(lambda: runtime.stack)
 
@@ -143,7 +140,7 @@ def create_app(
         },
         read_timeout_s=settings.body_read_timeout_s,
     )
-    app.add_middleware(RequestObserverMiddleware, metrics=metrics)  # outermost: sees the 408/413s
+    app.add_middleware(RequestObserverMiddleware, metrics=http_metrics)  # outermost: sees the 408/413s
     for module in (edits, generate, openai, training, experts, audit, health):
         app.include_router(module.router)
     install_openapi(app, settings)

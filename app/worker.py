@@ -24,7 +24,7 @@ from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
     from app.engine.engine import Engine, EngineEdit
-    from app.metrics_prom import Metrics
+    from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

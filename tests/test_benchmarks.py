@@ -12,8 +12,6 @@ from app.benchmarks.datasets import load_records
 from app.benchmarks.gate import GateOptions, run_gate
 from app.benchmarks.load import LoadOptions, passed, percentile, run_load
 from app.benchmarks.load import format_table as format_load_table
-
-
 from app.benchmarks.locality import LocalityOptions, build_probes, run_locality, select_edits, subject_first
 from app.benchmarks.locality import format_table as format_locality_table
 from app.benchmarks.quality import QualityOptions, format_table, run_quality

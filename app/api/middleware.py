@@ -1,23 +1,15 @@
-"""ASGI middleware of the HTTP layer: body limits and read deadline, unexpected errors, access log
-and request metrics."""
+"""ASGI middleware of the HTTP layer: body limits and read deadline, unexpected errors. (The access
+log and request metrics: app.api.request_metrics.)"""
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import anyio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response, unexpected_error_response
-
-if TYPE_CHECKING:
-    from app.metrics_prom import Metrics
-
-access_log = logging.getLogger("app.access")
+from app.api.errors import error_response, unexpected_error_response
 
 # Body limit of every route not named in RequestBodyMiddleware's table (ids, small triggers).
 DEFAULT_BODY_LIMIT = 64 * 1024
@@ -135,39 +127,3 @@ class UnhandledErrorMiddleware:
                 raise
             response = unexpected_error_response(scope.get("method", "?"), scope.get("path", "?"), exc)
             await response(scope, receive, send)
-
-
-class RequestObserverMiddleware:
-    """Every request, once: a line on the `app.access` logger (client, method, path, status,
-    duration) and its count and time in the metrics, by route template (bounded labels).
-
-    The query string is never logged: GET /v1/generate carries the prompt in it.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # what the server answers when the app fails before responding
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            seconds = time.perf_counter() - started
-            method = scope.get("method", "?")
-            template = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.observe_request(method, template, status, seconds)
-            client = scope.get("client")
-            where = f"{client[0]}:{client[1]}" if client else "-"
-            access_log.info('%s "%s %s" %d %.1fms', where, method, scope.get("path", "?"), status, seconds * 1000)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.schemas.common import NON_BLANK_PATTERN, Documented, from_settings
 from app.services.params import DEFAULT_MAX_NEW_TOKENS, GenerationDraft
+
 # Below this, logits / temperature overflows float32 for ordinary logits (inf -> NaN
 # probabilities); sampling that cold is greedy decoding anyway (do_sample=false).
 MIN_TEMPERATURE = 0.01

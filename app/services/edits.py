@@ -16,7 +16,7 @@ from app import store
 from app.config import Settings
 from app.domain import AuditAction, EditStatus
 from app.errors import EditNotFound, EditStateConflict, IdempotencyKeyReused, InvalidInput
-from app.services.checks import check_filter, check_storable, check_text, store_errors, to_utc
+from app.services.checks import check_filter, check_text, store_errors, to_utc
 from app.services.params import EditDraft
 
 if TYPE_CHECKING:

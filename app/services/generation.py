@@ -16,7 +16,7 @@ from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
     from app.engine.engine import Engine, GenerationParams
-    from app.metrics_prom import Metrics
+    from app.metrics import Metrics
 
 
 @dataclass(frozen=True)

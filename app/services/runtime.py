@@ -15,7 +15,7 @@ from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
     from app.engine.engine import Engine
-    from app.metrics_prom import Metrics
+    from app.metrics import Metrics
 
 
 @dataclass

@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
-    UniqueConstraint,
     Float,
     ForeignKey,
     Index,
@@ -19,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     event,
     text,
 )

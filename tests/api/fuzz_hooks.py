@@ -21,7 +21,6 @@ from typing import Any
 import schemathesis
 from schemathesis import GenerationMode
 
-
 _keys = itertools.count(1)
 
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.engine.engine import Engine
-from tests.api.support import FRANCE, assert_error, running_app, tiny_settings
+from tests.api.support import assert_error, running_app, tiny_settings
 
 LIMITS = {"max_text_chars": 300, "max_edits_per_request": 3, "max_rephrases": 2, "max_new_tokens_limit": 20}
 JSON = {"content-type": "application/json"}

@@ -138,7 +138,7 @@ def test_each_route_has_its_own_body_limit(client, settings, framing):
 def test_a_prompt_at_the_text_limit_fits_the_generate_body_limit(client, settings):
     prompt = "\U0001F600" * settings.max_text_chars  # outside the BMP: 12 bytes each, JSON-escaped
     escaped = "".join(
-        "\\u%04x\\u%04x" % (0xD800 + ((ord(c) - 0x10000) >> 10), 0xDC00 + ((ord(c) - 0x10000) & 0x3FF))
+        f"\\u{0xD800 + ((ord(c) - 0x10000) >> 10):04x}\\u{0xDC00 + ((ord(c) - 0x10000) & 0x3FF):04x}"
         for c in prompt
     )
     body = ('{"prompt": "' + escaped + '", "max_new_tokens": 1, "do_sample": false}').encode()

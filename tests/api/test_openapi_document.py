@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import InvalidInput
-from app.schemas.common import NON_BLANK_PATTERN, NO_NUL_PATTERN, WHITESPACE_CLASS
+from app.schemas.common import NO_NUL_PATTERN, NON_BLANK_PATTERN, WHITESPACE_CLASS
 from app.services.checks import ACTOR_MAX_CHARS, ACTOR_RE, check_actor, check_text
 from app.store.errors import InvalidCursor
 from app.store.pagination import CURSOR_KINDS, MAX_ID, cursor_pattern, decode_cursor, encode_cursor

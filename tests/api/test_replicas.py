@@ -21,7 +21,7 @@ def test_two_replicas_triggering_at_once_accept_one_run(db_settings: Settings, s
             barrier = threading.Barrier(2)
             responses = {}
 
-            def trigger(name, client):
+            def trigger(name, client, barrier=barrier, responses=responses):  # this trial's
                 barrier.wait(timeout=60)
                 responses[name] = client.post("/v1/training-runs", headers={"X-Actor": name})
 

@@ -82,7 +82,8 @@ def test_dataset_readers_accept_both_formats_and_name_bad_records(tmp_path):
     [rec] = load_records(zsre, "zsre")
     assert (rec.prompt, rec.target, rec.rephrase, rec.loc_prompt, rec.loc_answer) == ("Q?", "A", "Q2?", "L?", "B")
     cf = tmp_path / "c.json"
-    cf.write_text(json.dumps([{"prompt": "P", "target_new": "T", "rephrase_prompt": ["R"], "locality_prompt": "L", "locality_ground_truth": ["G"]}]))
+    record = {"prompt": "P", "target_new": "T", "rephrase_prompt": ["R"], "locality_prompt": "L", "locality_ground_truth": ["G"]}
+    cf.write_text(json.dumps([record]))
     [rec] = load_records(cf, "counterfact")
     assert (rec.rephrase, rec.loc_answer) == ("R", "G")
     with pytest.raises(ValueError, match="record 0: missing"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor
 from app.lemoe.subjects import candidate_spans, infer_subjects

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.errors import InvalidInput, describe_validation_error
+from app.errors import InvalidInput
 from app.services.checks import check_actor, check_filter, check_text, to_utc
 from app.services.stack import resolve_path, stored_path
 
@@ -66,15 +66,6 @@ def test_blank_filters_are_still_checked():
         check_filter(" " * 6, field="q", max_chars=5)
     with pytest.raises(InvalidInput, match="NUL"):
         check_filter("\x00", field="q", max_chars=5)
-
-
-def test_validation_messages_name_the_field_and_value():
-    message = describe_validation_error(
-        {"loc": ("body", "many", 1, "prompt"), "msg": "Input should be a valid string", "type": "string_type", "input": 5}
-    )
-    assert message == "field '[1].prompt': Input should be a valid string (got 5)"
-    missing = describe_validation_error({"loc": ("query", "prompt"), "msg": "Field required", "type": "missing"})
-    assert missing == "query parameter 'prompt' is required"
 
 
 def test_expert_paths_are_stored_relative_to_the_data_dir(tmp_path: Path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Query, Request

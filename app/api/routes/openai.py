@@ -1,6 +1,6 @@
 """OpenAI-compatible routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions.
 
-Errors on these routes have OpenAI's shape (app.errors.OPENAI_PATHS). With `stream: true` the
+Errors on these routes have OpenAI's shape (app.api.errors.OPENAI_PATHS). With `stream: true` the
 answer is server-sent events: `data: {chunk}` lines, then `data: [DONE]`. The route is decided
 once, before the first token, and held for all of them, so the streamed pieces add up to the text
 the same request gets without streaming.
@@ -22,8 +22,9 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import V1, EngineDep, RuntimeDep, SettingsDep, StackDep
+from app.api.errors import openai_error_body
 from app.api.routes.generate import retrieve, run_cancellable
-from app.errors import ServiceError, openai_error_body
+from app.errors import ServiceError
 from app.schemas.generation import ExpertRef
 from app.schemas.openai import (
     AssistantMessage,

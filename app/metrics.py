@@ -1,5 +1,6 @@
-"""Prometheus metrics: HTTP requests, edits by status, generation latency, training runs, and
-the stack this process serves (served and quarantined experts).
+"""Prometheus metrics of the service: edits by status, generation latency, training runs, and the
+stack this process serves (served and quarantined experts). The services and the worker record
+them; the HTTP request metrics live beside the middleware that records them (app.api.request_metrics).
 
 Each app has its own registry (several apps live in one test process); /metrics renders it.
 """
@@ -80,16 +81,14 @@ class _StackCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, session_factory: sessionmaker[Session] | None = None) -> None:
-        self.registry = CollectorRegistry()
+    """The service's metrics on `registry` (a new one when not given; the app passes the one its
+    HTTP metrics are on, so /metrics renders both)."""
+
+    def __init__(
+        self, session_factory: sessionmaker[Session] | None = None, *, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.http_requests = Counter(
-            "lemoe_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
-        )
-        self.http_latency = Histogram(
-            "lemoe_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
-            buckets=LATENCY_BUCKETS, registry=r,
-        )
         self.generation_latency = Histogram(
             "lemoe_generation_duration_seconds", "Generation latency (model time)", ["routed"],
             buckets=LATENCY_BUCKETS, registry=r,
@@ -116,10 +115,6 @@ class Metrics:
     def track_stack(self, stack: Callable[[], Any]) -> None:
         """Report the stack that `stack()` returns (the app's LiveStack once it is loaded)."""
         self.registry.register(_StackCollector(stack))
-
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_latency.labels(method, route).observe(seconds)
 
     def observe_generation(self, seconds: float, *, routed: bool, tokens: int) -> None:
         self.generation_latency.labels("true" if routed else "false").observe(seconds)
