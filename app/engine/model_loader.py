@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from app.lemoe.layout import layout_for
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,10 @@ def convert_gguf_cached(gguf_path: Path, cache_dir: Path) -> Path:
 
 
 def load_model(model_path: Path | None, *, cache_dir: Path, device: str = "auto") -> LoadedModel:
-    """Load `model_path` (a local HF dir) or, when None, the bundled SmolLM2-135M-Instruct."""
+    """Load `model_path` (a local HF dir) or, when None, the bundled SmolLM2-135M-Instruct.
+
+    An architecture without a layout in `app.lemoe.layout` is refused (UnsupportedModel, naming
+    the supported types) before its weights are read."""
     if model_path is None:
         gguf = bundled_gguf_path()
         hf_dir = convert_gguf_cached(gguf, cache_dir)
@@ -90,6 +95,7 @@ def load_model(model_path: Path | None, *, cache_dir: Path, device: str = "auto"
         if not (hf_dir / "config.json").is_file():
             raise ModelNotFound(f"{hf_dir} is not a Hugging Face model directory (no config.json)")
         name = hf_dir.name
+    layout_for(AutoConfig.from_pretrained(hf_dir).model_type)
     dev = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)

@@ -6,16 +6,13 @@ import torch
 from torch import nn
 
 from app.lemoe.config import Pooling
+from app.lemoe.layout import layout_of
 from app.lemoe.routing import current_route, decide
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a Hugging Face causal LM (Llama-style `model.model.layers`)."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{type(model).__name__} has no model.layers; only decoder-only LMs are supported")
-    return layers
+    """The decoder layers of a Hugging Face causal LM, wherever its layout keeps them."""
+    return layout_of(model).layers_of(model)
 
 
 class LemoeMLP(nn.Module):
@@ -55,15 +52,14 @@ class QueryProbe:
 
 def inject_adaptor(model: nn.Module, layer: int, route_layer: int, pooling: Pooling) -> LemoeMLP:
     """Wrap `layer`'s MLP (idempotent) and hook the route layer's MLP input."""
-    layers = decoder_layers(model)
+    layout = layout_of(model)
+    layers = layout.layers_of(model)
     block = layers[layer]
-    mlp = getattr(block, "mlp", None)
-    if mlp is None:
-        raise ValueError(f"decoder layer {layer} has no `mlp` to wrap")
+    mlp = layout.mlp_of(block)
     if not isinstance(mlp, LemoeMLP):
         mlp = LemoeMLP(mlp)
-        block.mlp = mlp
-    route_mlp = layers[route_layer].mlp
+        layout.set_mlp(block, mlp)
+    route_mlp = layout.mlp_of(layers[route_layer])
     if not getattr(route_mlp, "_lemoe_probe", False):
         route_mlp.register_forward_pre_hook(QueryProbe(pooling))
         route_mlp._lemoe_probe = True

@@ -13,7 +13,7 @@ from torch import nn
 
 from app.lemoe.config import LemoeConfig
 from app.lemoe.expert import Expert
-from app.lemoe.layer import decoder_layers
+from app.lemoe.layout import layout_of
 from app.lemoe.reference import CONTEXT_PREFIXES
 from app.lemoe.routing import QueryCaptured, RouteState, routing
 from app.lemoe.text import encode_pair
@@ -66,25 +66,61 @@ class _Chunk:
         return cls(hidden_at_layer(model, layer, ids, mask), mask, where, labels[where])
 
 
+def _view(module: nn.Module) -> nn.Module:
+    """A shallow copy whose submodules can be replaced without touching `module`."""
+    view = copy.copy(module)
+    view._modules = dict(view._modules)
+    return view
+
+
+class _NoPositions(nn.Module):
+    """Stands in for an absolute position table: adds exactly nothing to hidden states that
+    already hold their positions (a view starting above layer 0 is fed such states)."""
+
+    def __init__(self, table: nn.Embedding) -> None:
+        super().__init__()
+        self.dim = table.embedding_dim
+        self.dtype = table.weight.dtype
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*position_ids.shape, self.dim, dtype=self.dtype, device=position_ids.device)
+
+
+def _layer_types_from(decoder: nn.Module, start: int) -> None:
+    """Give a view starting at layer `start` per-layer attention kinds (full / sliding) indexed
+    from its own first layer, on a config of its own, where they differ from the model's."""
+    config = getattr(decoder, "config", None)
+    kinds = list(getattr(config, "layer_types", None) or [])
+    shifted = kinds[start:] + kinds[:start]  # same length and the same kinds, as the config expects
+    if shifted == kinds:
+        return
+    config = copy.copy(config)
+    config.layer_types = shifted
+    decoder.config = config
+
+
 def upper_model(model: nn.Module, start: int) -> nn.Module:
-    """A view of `model` that runs decoder layers start.. only (shares weights, mutates nothing)."""
-    inner = copy.copy(model.model)
-    inner._modules = dict(inner._modules)
-    inner.layers = nn.ModuleList(list(decoder_layers(model))[start:])
-    top = copy.copy(model)
-    top._modules = dict(top._modules)
-    top.model = inner
+    """A view of `model` that runs decoder layers start.. and the final norm on `inputs_embeds`
+    given as the input hidden states of layer `start` (shares weights, mutates nothing)."""
+    layout = layout_of(model)
+    decoder = _view(layout.decoder_of(model))
+    setattr(decoder, layout.layers, nn.ModuleList(list(layout.layers_of(model))[start:]))
+    if layout.position_embedding is not None:
+        setattr(decoder, layout.position_embedding, _NoPositions(getattr(decoder, layout.position_embedding)))
+    _layer_types_from(decoder, start)
+    top = _view(model)
+    setattr(top, layout.decoder, decoder)
     return top
 
 
 def lower_model(model: nn.Module, stop: int) -> nn.Module:
     """A view of `model`'s decoder that runs layers ..stop-1 only and returns their output
     un-normalised: the input of layer `stop` (shares weights, mutates nothing, no hooks)."""
-    inner = copy.copy(model.model)
-    inner._modules = dict(inner._modules)
-    inner.layers = nn.ModuleList(list(decoder_layers(model))[:stop])
-    inner.norm = nn.Identity()
-    return inner
+    layout = layout_of(model)
+    decoder = _view(layout.decoder_of(model))
+    setattr(decoder, layout.layers, nn.ModuleList(list(layout.layers_of(model))[:stop]))
+    setattr(decoder, layout.final_norm, nn.Identity())
+    return decoder
 
 
 def hidden_at_layer(model: nn.Module, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -125,7 +161,7 @@ def train_expert(
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + len(pairs[i].target_ids))
     chunks = [_Chunk.build([pairs[i] for i in order[k : k + CHUNK]], pad, model, layer, device) for k in range(0, len(order), CHUNK)]
     n_targets = sum(int(c.targets.numel()) for c in chunks)
-    upper = upper_model(model, layer).model
+    upper = layout_of(model).decoder_of(upper_model(model, layer))
     lm_head = model.get_output_embeddings()
     # A generator of its own: seeding the global RNG would reach concurrent sampled requests.
     seeded = torch.Generator().manual_seed(config.seed)
