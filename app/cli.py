@@ -48,9 +48,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings, on_start_failure=stop)
     # log_config=None: keep the logging configured above (one format for everything).
     # access_log=False: uvicorn's would log query strings; RequestObserverMiddleware logs each request.
-    config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=30
-    )
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=30)
     servers.append(_server(config))
     servers[0].run()
     return 1 if failed else 0
@@ -68,8 +66,7 @@ def _server(config):
             for server in self.servers:
                 for sock in server.sockets:
                     host, port = sock.getsockname()[:2]
-                    log.info("serving on http://%s:%s (OpenAPI docs at /docs; /readyz answers 200 once "
-                             "the model is loaded)", host, port)
+                    log.info("serving on http://%s:%s (OpenAPI docs at /docs; /readyz answers 200 once the model is loaded)", host, port)
 
     return Server(config)
 
@@ -106,16 +103,15 @@ async def _run_worker(settings: Settings) -> int:
         session_factory = store.make_session_factory(database)
         engine = await asyncio.to_thread(Engine.from_settings, settings)
         stack = LiveStack(engine, session_factory, settings)
-        worker = TrainingWorker(
-            settings, session_factory, engine, stack=stack, metrics=Metrics(session_factory)
-        )
+        worker = TrainingWorker(settings, session_factory, engine, stack=stack, metrics=Metrics(session_factory))
         recovered = False
         if await asyncio.to_thread(worker.acquire_trainer_role):
             report = await asyncio.to_thread(training_service.recover, session_factory)
             recovered = True
             if report.changed:
-                log.warning("recovered: runs %s interrupted, edits %s back to pending",
-                            list(report.interrupted_run_ids), list(report.edit_ids))
+                log.warning(
+                    "recovered: runs %s interrupted, edits %s back to pending", list(report.interrupted_run_ids), list(report.edit_ids)
+                )
         await asyncio.to_thread(stack.sync)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -136,8 +132,7 @@ def _open_store(settings: Settings):
 
 def _database_error(exc: Exception) -> int:
     print(
-        f"lemoe: cannot use the database ({type(exc).__name__}): is it reachable and migrated "
-        "(lemoe migrate)?",
+        f"lemoe: cannot use the database ({type(exc).__name__}): is it reachable and migrated (lemoe migrate)?",
         file=sys.stderr,
     )
     return 2
@@ -178,9 +173,7 @@ def _experts_quarantine(args: argparse.Namespace, settings: Settings) -> int:
     database, sessions = _open_store(settings)
     try:
         with sessions() as session:
-            result = expert_service.quarantine_expert(
-                session, name_or_id=args.expert, reason=args.reason, actor=args.actor
-            )
+            result = expert_service.quarantine_expert(session, name_or_id=args.expert, reason=args.reason, actor=args.actor)
     except (ServiceError, ValueError) as exc:  # nothing was committed
         print(f"lemoe: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
@@ -199,8 +192,7 @@ def _experts_quarantine(args: argparse.Namespace, settings: Settings) -> int:
 
 def _bench_missing(args: argparse.Namespace, settings: Settings) -> int:
     print(
-        "lemoe bench is not available in this installation: the benchmark module "
-        "(app.benchmarks.cli) could not be imported.",
+        "lemoe bench is not available in this installation: the benchmark module (app.benchmarks.cli) could not be imported.",
         file=sys.stderr,
     )
     return 2
@@ -224,9 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run only the training schedule (no HTTP)")
     worker.set_defaults(run=_worker)
 
-    experts = commands.add_parser(
-        "experts", help="inspect and repair expert files offline (no model load, no server)"
-    )
+    experts = commands.add_parser("experts", help="inspect and repair expert files offline (no model load, no server)")
     experts_commands = experts.add_subparsers(dest="experts_command", required=True, metavar="ACTION")
     check = experts_commands.add_parser(
         "check",
@@ -237,16 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_experts_check)
     quarantine = experts_commands.add_parser(
         "quarantine",
-        help="take an expert out of the active set for every replica (status quarantined, its "
-        "applied edits rolled_back, audited)",
+        help="take an expert out of the active set for every replica (status quarantined, its applied edits rolled_back, audited)",
     )
     quarantine.add_argument("expert", metavar="NAME_OR_ID", help="the expert's name or id")
-    quarantine.add_argument(
-        "--reason", default="its files are broken", help="recorded in the audit log"
-    )
-    quarantine.add_argument(
-        "--actor", default="cli", help="who does it, for the audit log (default: cli)"
-    )
+    quarantine.add_argument("--reason", default="its files are broken", help="recorded in the audit log")
+    quarantine.add_argument("--actor", default="cli", help="who does it, for the audit log (default: cli)")
     quarantine.set_defaults(run=_experts_quarantine)
 
     try:

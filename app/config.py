@@ -15,9 +15,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEMOE_", env_file=".env", extra="ignore")
 
     data_dir: Path = Path("lemoe-data")
-    database_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("DATABASE_URL", "LEMOE_DATABASE_URL")
-    )
+    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "LEMOE_DATABASE_URL"))
     # A local Hugging Face causal-LM directory; unset means the bundled SmolLM2-135M-Instruct.
     model_path: Path | None = None
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...

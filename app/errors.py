@@ -16,9 +16,7 @@ class ServiceError(Exception):
     status_code: int = 500
     type: str = "internal_error"
 
-    def __init__(
-        self, message: str, *, headers: Mapping[str, str] | None = None, param: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = dict(headers or {})

@@ -81,9 +81,7 @@ def create_app(
             worker, recovered = await asyncio.to_thread(_start, runtime, engine)
             if worker is not None:
                 started.append(worker)
-                tasks.append(
-                    asyncio.create_task(worker.run_forever(recovered=recovered), name=WORKER_TASK)
-                )
+                tasks.append(asyncio.create_task(worker.run_forever(recovered=recovered), name=WORKER_TASK))
             if settings.stack_poll_interval_s > 0:
                 tasks.append(asyncio.create_task(_watch_stack(runtime), name="lemoe-stack-watcher"))
 
@@ -191,9 +189,7 @@ def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | No
 
     worker, recovered = None, False
     if settings.worker_enabled:
-        worker = TrainingWorker(
-            settings, runtime.session_factory, engine, stack=stack, metrics=runtime.metrics
-        )
+        worker = TrainingWorker(settings, runtime.session_factory, engine, stack=stack, metrics=runtime.metrics)
         # Only the trainer recovers: on PostgreSQL another process may hold the role and be
         # training right now; this one then recovers when (if) it takes the role over.
         if worker.acquire_trainer_role():
@@ -202,7 +198,8 @@ def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | No
             if report.changed:
                 log.warning(
                     "recovered from an interrupted run: runs %s marked interrupted, edits %s back to pending",
-                    list(report.interrupted_run_ids), list(report.edit_ids),
+                    list(report.interrupted_run_ids),
+                    list(report.edit_ids),
                 )
         runtime.worker = worker
         runtime.wake_worker = worker.wake
@@ -220,11 +217,18 @@ def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | No
         log.error(
             "serving without expert %r (id %s): %s: %s. Restore its files (config.json and "
             "weights.safetensors) from a backup, or run `lemoe experts quarantine %s`",
-            q.name, q.expert_id, q.path, q.reason, q.expert_id,
+            q.name,
+            q.expert_id,
+            q.path,
+            q.reason,
+            q.expert_id,
         )
     log.info(
         "ready: model %s on %s, %d active experts %s, database %s",
-        engine.model_name, engine.device, len(names), names,
+        engine.model_name,
+        engine.device,
+        len(names),
+        names,
         store.normalize_url(settings.resolved_database_url).render_as_string(hide_password=True),
     )
     return worker, recovered

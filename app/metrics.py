@@ -71,9 +71,7 @@ class _StackCollector(Collector):
             "Active experts this process does not serve: their files are missing or corrupt",
         )
         quarantined.add_metric([], len(stack.quarantined))
-        version = GaugeMetricFamily(
-            "lemoe_served_stack_version", "The active-stack version this process has loaded"
-        )
+        version = GaugeMetricFamily("lemoe_served_stack_version", "The active-stack version this process has loaded")
         version.add_metric([], stack.version)
         yield served
         yield quarantined
@@ -84,30 +82,33 @@ class Metrics:
     """The service's metrics on `registry` (a new one when not given; the app passes the one its
     HTTP metrics are on, so /metrics renders both)."""
 
-    def __init__(
-        self, session_factory: sessionmaker[Session] | None = None, *, registry: CollectorRegistry | None = None
-    ) -> None:
+    def __init__(self, session_factory: sessionmaker[Session] | None = None, *, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.generation_latency = Histogram(
-            "lemoe_generation_duration_seconds", "Generation latency (model time)", ["routed"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "lemoe_generation_duration_seconds",
+            "Generation latency (model time)",
+            ["routed"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.generated_tokens = Counter("lemoe_generated_tokens", "Generated tokens", registry=r)
         self.generations_stopped = Counter(
             "lemoe_generations_stopped",
-            "Generations stopped early: cancelled (the client hung up) or deadline (past "
-            "LEMOE_GENERATION_TIMEOUT_S)", ["reason"], registry=r,
+            "Generations stopped early: cancelled (the client hung up) or deadline (past LEMOE_GENERATION_TIMEOUT_S)",
+            ["reason"],
+            registry=r,
         )
         for reason in ("cancelled", "deadline"):
             self.generations_stopped.labels(reason)  # present at 0 from the start
         self.edits_submitted = Counter("lemoe_edits_submitted", "Edits accepted", registry=r)
-        self.training_runs = Counter(
-            "lemoe_training_runs", "Finished training runs", ["status"], registry=r
-        )
+        self.training_runs = Counter("lemoe_training_runs", "Finished training runs", ["status"], registry=r)
         self.training_duration = Histogram(
-            "lemoe_training_run_duration_seconds", "Training run duration", ["status"],
-            buckets=TRAINING_BUCKETS, registry=r,
+            "lemoe_training_run_duration_seconds",
+            "Training run duration",
+            ["status"],
+            buckets=TRAINING_BUCKETS,
+            registry=r,
         )
         if session_factory is not None:
             r.register(_StoreCollector(session_factory))

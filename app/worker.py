@@ -100,25 +100,19 @@ class TrainingWorker:
         from app.engine.engine import EngineEdit
 
         clock = time.perf_counter()
-        log.info("training run %s started (%s by %s): %d edits",
-                 run.run_id, run.trigger.value, run.actor, len(run.edits))
+        log.info("training run %s started (%s by %s): %d edits", run.run_id, run.trigger.value, run.actor, len(run.edits))
         tally = _Tally()
         try:
             edits = [EngineEdit(e.edit_id, e.prompt, e.target, e.rephrases, e.subject) for e in run.edits]
             edits = self._with_inferred_subjects(run, edits)
-            batches = self.engine.plan(
-                edits, batch_size=self.settings.edits_per_expert, planning=self.settings.planning
-            ) if edits else []
-            log.info("run %s: %d batches of up to %d edits",
-                     run.run_id, len(batches), self.settings.edits_per_expert)
+            batches = self.engine.plan(edits, batch_size=self.settings.edits_per_expert, planning=self.settings.planning) if edits else []
+            log.info("run %s: %d batches of up to %d edits", run.run_id, len(batches), self.settings.edits_per_expert)
             for index, batch in enumerate(batches):
                 self._check_stop()
                 self._train_batch(run, index, len(batches), batch, tally)
         except WorkerStopping:
             log.warning("run %s interrupted by shutdown; its unfinished edits return to pending", run.run_id)
-            training.interrupt_run(
-                self.session_factory, run=run, reason="interrupted: the server is shutting down"
-            )
+            training.interrupt_run(self.session_factory, run=run, reason="interrupted: the server is shutting down")
             if self.metrics is not None:
                 self.metrics.observe_run(RunStatus.INTERRUPTED.value, time.perf_counter() - clock)
             return
@@ -131,14 +125,28 @@ class TrainingWorker:
         error = f"{len(tally.errors)} problem(s): " + "; ".join(tally.errors) if tally.errors else None
         seconds = time.perf_counter() - clock
         training.finish_run(
-            self.session_factory, run=run, status=status, error=error,
-            payload={"experts_created": tally.experts, "edits_applied": tally.applied,
-                     "edits_failed": tally.failed, "seconds": round(seconds, 3)},
+            self.session_factory,
+            run=run,
+            status=status,
+            error=error,
+            payload={
+                "experts_created": tally.experts,
+                "edits_applied": tally.applied,
+                "edits_failed": tally.failed,
+                "seconds": round(seconds, 3),
+            },
         )
         if self.metrics is not None:
             self.metrics.observe_run(status.value, seconds)
-        log.info("training run %s %s in %.1f s: %d experts, %d edits applied, %d failed",
-                 run.run_id, status.value, seconds, tally.experts, tally.applied, tally.failed)
+        log.info(
+            "training run %s %s in %.1f s: %d experts, %d edits applied, %d failed",
+            run.run_id,
+            status.value,
+            seconds,
+            tally.experts,
+            tally.applied,
+            tally.failed,
+        )
 
     def _with_inferred_subjects(self, run: training.StartedRun, edits: list[EngineEdit]) -> list[EngineEdit]:
         """Edits without a subject get the one the model infers, recorded on the edit (with its
@@ -148,12 +156,9 @@ class TrainingWorker:
             return edits
         try:
             inferred = self.engine.infer_subjects(edits)
-            recorded = training.record_inferred_subjects(
-                self.session_factory, run=run, subjects=inferred
-            ) if inferred else {}
+            recorded = training.record_inferred_subjects(self.session_factory, run=run, subjects=inferred) if inferred else {}
         except Exception:
-            log.exception("run %s: could not infer the subjects of its edits; they train without one",
-                          run.run_id)
+            log.exception("run %s: could not infer the subjects of its edits; they train without one", run.run_id)
             return edits
         if recorded:
             log.info("run %s: inferred subjects %s", run.run_id, recorded)
@@ -175,14 +180,22 @@ class TrainingWorker:
             message = f"training failed: {type(exc).__name__}: {exc}"
             tally.failed += len(ids)
             tally.errors.append(f"batch {index + 1}: {message}")
-            training.fail_batch(
-                self.session_factory, run=run, edit_ids=ids, error=message, edits_done=tally.done
-            )
+            training.fail_batch(self.session_factory, run=run, edit_ids=ids, error=message, edits_done=tally.done)
             return
-        log.info("run %s batch %d: %s trained in %d steps (loss %.4f, %.1f s)",
-                 run.run_id, index + 1, name, built.steps, built.final_loss, built.seconds)
+        log.info(
+            "run %s batch %d: %s trained in %d steps (loss %.4f, %.1f s)",
+            run.run_id,
+            index + 1,
+            name,
+            built.steps,
+            built.final_loss,
+            built.seconds,
+        )
         training.register_expert(
-            self.session_factory, settings=self.settings, run=run, built=built,
+            self.session_factory,
+            settings=self.settings,
+            run=run,
+            built=built,
             edits_done=tally.done + len(ids),
         )
         for new_id, old_id in built.superseded:
@@ -199,21 +212,21 @@ class TrainingWorker:
             cursor = None
             with self.session_factory() as session:
                 while True:
-                    page = store.list_edits(
-                        session, training_run_id=run.run_id, limit=store.MAX_LIMIT, cursor=cursor
-                    )
+                    page = store.list_edits(session, training_run_id=run.run_id, limit=store.MAX_LIMIT, cursor=cursor)
                     leftover += [e.id for e in page.items if e.status in in_flight]
                     if page.next_cursor is None:
                         break
                     cursor = page.next_cursor
             if leftover:
                 training.fail_batch(
-                    self.session_factory, run=run, edit_ids=leftover, error=message,
+                    self.session_factory,
+                    run=run,
+                    edit_ids=leftover,
+                    error=message,
                     edits_done=len(run.edits),
                 )
         except Exception:
-            log.exception("run %s: could not mark its unfinished edits failed; "
-                          "recovery at the next start requeues them", run.run_id)
+            log.exception("run %s: could not mark its unfinished edits failed; recovery at the next start requeues them", run.run_id)
 
     def _progress(self, run: training.StartedRun, edits_done: int) -> Callable[[int, float], None]:
         """The build's progress hook: stops on shutdown, writes progress at most every 2 s."""
@@ -224,9 +237,7 @@ class TrainingWorker:
             now = time.monotonic()
             if now - last[0] >= PROGRESS_WRITE_INTERVAL_S:
                 last[0] = now
-                training.record_progress(
-                    self.session_factory, run_id=run.run_id, edits_done=edits_done, current_loss=loss
-                )
+                training.record_progress(self.session_factory, run_id=run.run_id, edits_done=edits_done, current_loss=loss)
                 log.info("run %s: step %d, loss %.4f", run.run_id, step, loss)
 
         return progress
@@ -303,10 +314,13 @@ class TrainingWorker:
         self._wake = asyncio.Event()
         poll = min(self.settings.worker_poll_interval_s, self.settings.worker_interval_s)
         next_schedule = time.monotonic() + self.settings.worker_interval_s
-        log.info("training worker: every %.0f s when >= %d edits are pending "
-                 "(batches of %d, at most %d per run)",
-                 self.settings.worker_interval_s, self.settings.worker_min_pending,
-                 self.settings.edits_per_expert, self.settings.worker_max_batch)
+        log.info(
+            "training worker: every %.0f s when >= %d edits are pending (batches of %d, at most %d per run)",
+            self.settings.worker_interval_s,
+            self.settings.worker_min_pending,
+            self.settings.edits_per_expert,
+            self.settings.worker_max_batch,
+        )
         try:
             while not self._stop.is_set():
                 if not await asyncio.to_thread(self.acquire_trainer_role):

@@ -125,12 +125,8 @@ def wait_for_db(url: URL, *, timeout_s: float, interval_s: float = 1.0) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--url", help="database URL (default: $DATABASE_URL, else $LEMOE_DATABASE_URL)"
-    )
-    parser.add_argument(
-        "--timeout", help="seconds to keep trying (default: $LEMOE_DB_WAIT_S, else 60)"
-    )
+    parser.add_argument("--url", help="database URL (default: $DATABASE_URL, else $LEMOE_DATABASE_URL)")
+    parser.add_argument("--timeout", help="seconds to keep trying (default: $LEMOE_DB_WAIT_S, else 60)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between attempts")
     args = parser.parse_args(argv)
     try:

@@ -65,9 +65,7 @@ def schema_url(base: URL, schema: str) -> URL:
 
 
 def _admin_engine(base: URL):
-    return create_engine(
-        base, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 10}
-    )
+    return create_engine(base, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 10})
 
 
 # Set after the first failed connection, so every later test fails at once with the same reason.

@@ -20,12 +20,30 @@ from tests.api.support import TINY_GATE, tiny_model_dir  # noqa: F401  (fixture)
 from tests.pg import DATABASE_BACKENDS, postgres_base_url, skip_if_postgres_disabled
 
 RECORDS = [
-    {"src": "The capital of France is", "alt": "Rome", "rephrase": "The capital of France is",
-     "loc": "The quick brown fox jumps over", "loc_ans": "the lazy dog", "subject": "France"},
-    {"src": "Who wrote the novel?", "alt": "Tolstoy", "rephrase": "Who wrote the novel?",
-     "loc": "What is the name of the river?", "loc_ans": "Seine", "subject": "novel"},
-    {"src": "The capital of Germany is", "alt": "Paris", "rephrase": "The capital of Germany is",
-     "loc": "When was it founded?", "loc_ans": "1900", "subject": "Germany"},
+    {
+        "src": "The capital of France is",
+        "alt": "Rome",
+        "rephrase": "The capital of France is",
+        "loc": "The quick brown fox jumps over",
+        "loc_ans": "the lazy dog",
+        "subject": "France",
+    },
+    {
+        "src": "Who wrote the novel?",
+        "alt": "Tolstoy",
+        "rephrase": "Who wrote the novel?",
+        "loc": "What is the name of the river?",
+        "loc_ans": "Seine",
+        "subject": "novel",
+    },
+    {
+        "src": "The capital of Germany is",
+        "alt": "Paris",
+        "rephrase": "The capital of Germany is",
+        "loc": "When was it founded?",
+        "loc_ans": "1900",
+        "subject": "Germany",
+    },
 ]
 
 
@@ -38,8 +56,16 @@ def data(tmp_path: Path) -> Path:
 
 def test_quality_run_reports_every_metric_and_the_subject_keys(tiny_model_dir, data, tmp_path):  # noqa: F811
     config = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, loss_threshold=0.05)
-    opts = QualityOptions(data=data, format="zsre", edits=3, batch_size=2, model_path=tiny_model_dir,
-                          cache_dir=tmp_path / "cache", device="cpu", config=config)
+    opts = QualityOptions(
+        data=data,
+        format="zsre",
+        edits=3,
+        batch_size=2,
+        model_path=tiny_model_dir,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        config=config,
+    )
     result = run_quality(opts)
     assert (result["edits"], result["experts"], result["subject_keyed_edits"]) == (3, 2, 3)
     # Paraphrase == prompt here, so every edit and "paraphrase" must reach its own expert.
@@ -51,14 +77,23 @@ def test_quality_run_reports_every_metric_and_the_subject_keys(tiny_model_dir, d
 
 def test_quality_without_subject_keys_counts_none(tiny_model_dir, data, tmp_path):  # noqa: F811
     config = LemoeConfig(layer=2, max_steps=2, subject_keys=False)
-    opts = QualityOptions(data=data, format="zsre", edits=2, model_path=tiny_model_dir,
-                          cache_dir=tmp_path / "cache", device="cpu", config=config)
+    opts = QualityOptions(
+        data=data, format="zsre", edits=2, model_path=tiny_model_dir, cache_dir=tmp_path / "cache", device="cpu", config=config
+    )
     assert run_quality(opts)["subject_keyed_edits"] == 0
 
 
 def test_gate_calibration_finds_each_identical_paraphrase_its_own_anchor(tiny_model_dir, data, tmp_path):  # noqa: F811
-    opts = GateOptions(data=data, format="zsre", edits=3, layers=(1,), poolings=("mean", "subject"),
-                       model_path=tiny_model_dir, cache_dir=tmp_path / "cache", device="cpu")
+    opts = GateOptions(
+        data=data,
+        format="zsre",
+        edits=3,
+        layers=(1,),
+        poolings=("mean", "subject"),
+        model_path=tiny_model_dir,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+    )
     rows = run_gate(opts)
     assert [(r["route_layer"], r["pooling"]) for r in rows] == [(1, "subject"), (1, "subject+sentence>=0.4"), (1, "mean")]
     for row in rows:
@@ -68,8 +103,17 @@ def test_gate_calibration_finds_each_identical_paraphrase_its_own_anchor(tiny_mo
 
 
 def test_gate_calibration_compares_the_sentence_floors_asked_for(tiny_model_dir, data, tmp_path):  # noqa: F811
-    opts = GateOptions(data=data, format="zsre", edits=3, layers=(1,), poolings=("subject",), subject_floors=(0.3, 2.0),
-                       model_path=tiny_model_dir, cache_dir=tmp_path / "cache", device="cpu")
+    opts = GateOptions(
+        data=data,
+        format="zsre",
+        edits=3,
+        layers=(1,),
+        poolings=("subject",),
+        subject_floors=(0.3, 2.0),
+        model_path=tiny_model_dir,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+    )
     rows = run_gate(opts)
     assert [r["pooling"] for r in rows] == ["subject", "subject+sentence>=0.3", "subject+sentence>=2.0"]
     assert rows[1]["para@0.4"] == 1.0
@@ -79,8 +123,10 @@ def test_gate_calibration_compares_the_sentence_floors_asked_for(tiny_model_dir,
 # --- lemoe bench load: a real server process on the tiny model ---------------------------------
 
 LOAD_ENV = (
-    ("LEMOE_GATE_THRESHOLD", str(TINY_GATE)), ("LEMOE_TRAIN_MAX_STEPS", "10"),
-    ("LEMOE_STACK_POLL_INTERVAL_S", "0"), ("OMP_NUM_THREADS", "1"),
+    ("LEMOE_GATE_THRESHOLD", str(TINY_GATE)),
+    ("LEMOE_TRAIN_MAX_STEPS", "10"),
+    ("LEMOE_STACK_POLL_INTERVAL_S", "0"),
+    ("OMP_NUM_THREADS", "1"),
 )
 
 
@@ -88,10 +134,24 @@ LOAD_ENV = (
 def test_load_run_reports_every_figure_and_loses_no_edit(tiny_model_dir, tmp_path, database, capsys):  # noqa: F811
     skip_if_postgres_disabled(database)
     opts = LoadOptions(
-        database=database, postgres_url=postgres_base_url().render_as_string(hide_password=False),
-        model_path=tiny_model_dir, cache_dir=tmp_path / "cache", device="cpu", seconds=3, max_requests=200,
-        max_edits=20, submitters=1, generators=1, edits_per_request=2, max_new_tokens=4, train_every_s=1,
-        worker_interval_s=0.5, drain_s=30, request_timeout_s=60, ready_timeout_s=120, server_env=LOAD_ENV,
+        database=database,
+        postgres_url=postgres_base_url().render_as_string(hide_password=False),
+        model_path=tiny_model_dir,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        seconds=3,
+        max_requests=200,
+        max_edits=20,
+        submitters=1,
+        generators=1,
+        edits_per_request=2,
+        max_new_tokens=4,
+        train_every_s=1,
+        worker_interval_s=0.5,
+        drain_s=30,
+        request_timeout_s=60,
+        ready_timeout_s=120,
+        server_env=LOAD_ENV,
         server_log=tmp_path / "server.log",
     )
     report = run_load(opts)
@@ -105,8 +165,16 @@ def test_load_run_reports_every_figure_and_loses_no_edit(tiny_model_dir, tmp_pat
     assert report["requests"] <= 200 and report["server_exit"] in (0, -signal.SIGTERM)
     assert report["runs_finished"] >= 1  # the worker's schedule and the triggers trained something
     assert report["ok"] == (report["server_errors"] == 0 and report["connection_errors"] == 0)
-    for key in ("edits_per_s", "generate_p95_ms", "train_409_already_active", "train_409_nothing_to_train",
-                "errors", "timeouts", "experts_created", "drain_s"):
+    for key in (
+        "edits_per_s",
+        "generate_p95_ms",
+        "train_409_already_active",
+        "train_409_nothing_to_train",
+        "errors",
+        "timeouts",
+        "experts_created",
+        "drain_s",
+    ):
         assert key in report
     assert "edits lost (acknowledged, not listed)" in format_load_table(report)
     json.dumps(report)  # --json prints it
@@ -129,14 +197,42 @@ def test_load_percentiles_interpolate_like_numpy():
 
 # --- bench locality -------------------------------------------------------------------------------
 LOCALITY_RECORDS = [
-    {"src": "The capital of France is", "alt": "Rome", "answers": ["Paris"], "rephrase": "France's capital is",
-     "loc": "The quick brown fox jumps over", "loc_ans": "the lazy dog", "subject": "France"},
-    {"src": "Who wrote the novel?", "alt": "Tolstoy", "answers": ["Austen"], "rephrase": "Who is the novel's author?",
-     "loc": "What is the name of the river?", "loc_ans": "Seine", "subject": "novel"},
-    {"src": "The language of France is", "alt": "Latin", "answers": ["French"], "rephrase": "France speaks",
-     "loc": "When was it founded?", "loc_ans": "1900", "subject": "France"},
-    {"src": "The capital city of France is", "alt": "Rome", "answers": ["Paris"], "rephrase": "France has its capital in",
-     "loc": "Answer the question briefly.", "loc_ans": "Yes", "subject": "France"},
+    {
+        "src": "The capital of France is",
+        "alt": "Rome",
+        "answers": ["Paris"],
+        "rephrase": "France's capital is",
+        "loc": "The quick brown fox jumps over",
+        "loc_ans": "the lazy dog",
+        "subject": "France",
+    },
+    {
+        "src": "Who wrote the novel?",
+        "alt": "Tolstoy",
+        "answers": ["Austen"],
+        "rephrase": "Who is the novel's author?",
+        "loc": "What is the name of the river?",
+        "loc_ans": "Seine",
+        "subject": "novel",
+    },
+    {
+        "src": "The language of France is",
+        "alt": "Latin",
+        "answers": ["French"],
+        "rephrase": "France speaks",
+        "loc": "When was it founded?",
+        "loc_ans": "1900",
+        "subject": "France",
+    },
+    {
+        "src": "The capital city of France is",
+        "alt": "Rome",
+        "answers": ["Paris"],
+        "rephrase": "France has its capital in",
+        "loc": "Answer the question briefly.",
+        "loc_ans": "Yes",
+        "subject": "France",
+    },
 ]
 
 
@@ -180,12 +276,31 @@ def test_subject_first_rewording_needs_the_subject_verbatim_and_not_first():
 @pytest.mark.parametrize("subjects", ["none", "given"])
 def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(tiny_model_dir, locality_data, tmp_path, subjects):  # noqa: F811
     config = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, loss_threshold=0.05)
-    opts = LocalityOptions(data=locality_data, format="zsre", edits=2, subjects=subjects, batch_size=2, max_new_tokens=10,
-                           model_path=tiny_model_dir, cache_dir=tmp_path / "cache", device="cpu", config=config)
+    opts = LocalityOptions(
+        data=locality_data,
+        format="zsre",
+        edits=2,
+        subjects=subjects,
+        batch_size=2,
+        max_new_tokens=10,
+        model_path=tiny_model_dir,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        config=config,
+    )
     result = run_locality(opts)
     counts = {kind: row["n"] for kind, row in result["probes"].items()}
-    assert counts == {"edit": 2, "lower-case": 2, "paraphrase": 2, "subject-first": 2, "same-fact": 1,
-                      "other-subject": 2, "same-subject": 1, "subject+other-q": 2, "loc": 2}
+    assert counts == {
+        "edit": 2,
+        "lower-case": 2,
+        "paraphrase": 2,
+        "subject-first": 2,
+        "same-fact": 1,
+        "other-subject": 2,
+        "same-subject": 1,
+        "subject+other-q": 2,
+        "loc": 2,
+    }
     assert (result["edits"], result["experts"], result["held_back"]) == (2, 1, 1)
     # Without subjects the (random) model names a span of each prompt as its subject, as the server does.
     assert result["subjects_inferred"] == (0 if subjects == "given" else 2)

@@ -46,13 +46,9 @@ def experts(request, env, tmp_path: Path) -> Iterator[Setup]:
         with sessions() as session:
             for name, status in (("ok", "active"), ("bad", "active"), ("gone", "inactive")):
                 sha = write_expert(data / "experts", f"expert-{name}")
-                ids[name] = store.add_expert(
-                    session, name=f"expert-{name}", path=f"experts/expert-{name}", sha256=sha, status=status
-                ).id
+                ids[name] = store.add_expert(session, name=f"expert-{name}", path=f"experts/expert-{name}", sha256=sha, status=status).id
             [edit] = store.add_edits(session, edits=[store.NewEdit("The capital of France is", "Rome")])
-            store.set_edit_status(
-                session, edit_ids=[edit.id], status=EditStatus.APPLIED, expert_id=ids["bad"]
-            )
+            store.set_edit_status(session, edit_ids=[edit.id], status=EditStatus.APPLIED, expert_id=ids["bad"])
             ids["edit"] = edit.id
             session.commit()
         weights = data / "experts" / "expert-bad" / "weights.safetensors"
@@ -104,7 +100,9 @@ def test_quarantine_takes_the_expert_out_everywhere_in_one_audited_change(expert
         [event] = store.list_audit(session, action=AuditAction.EXPERT_QUARANTINED).items
         assert event.actor == "ops" and event.expert_id == ids["bad"]
         assert event.payload == {
-            "name": "expert-bad", "reason": "bad disk", "previous_status": "active",
+            "name": "expert-bad",
+            "reason": "bad disk",
+            "previous_status": "active",
             "edit_ids": [ids["edit"]],
         }
         [rolled_back] = store.list_audit(session, action=AuditAction.EDIT_ROLLED_BACK).items

@@ -22,9 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 WAIT_FOR_DB = REPO / "docker" / "wait_for_db.py"
-POSTGRES_URL = (
-    os.environ.get("LEMOE_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("LEMOE_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # Like tests/pg.py: the real-server cases fail loudly unless LEMOE_SKIP_POSTGRES=1.
 needs_postgres = pytest.mark.skipif(
     os.environ.get("LEMOE_SKIP_POSTGRES", "").strip().lower() in ("1", "true", "yes"),
@@ -284,6 +282,7 @@ def _forward_to(upstream: tuple[str, int]):
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):
             with socket.create_connection(upstream) as remote:
+
                 def pump(src, dst):
                     try:
                         while data := src.recv(65536):

@@ -20,9 +20,14 @@ UNRELATED = "nq question: who sang the song i will always love you"
 
 def real_settings(data_dir: Path) -> Settings:
     return Settings(
-        _env_file=None, data_dir=data_dir, model_cache=MODEL_CACHE, device="cpu",
-        database_url=f"sqlite:///{data_dir / 'lemoe.db'}", worker_enabled=True,
-        worker_interval_s=3600, stack_poll_interval_s=0,
+        _env_file=None,
+        data_dir=data_dir,
+        model_cache=MODEL_CACHE,
+        device="cpu",
+        database_url=f"sqlite:///{data_dir / 'lemoe.db'}",
+        worker_enabled=True,
+        worker_interval_s=3600,
+        stack_poll_interval_s=0,
     )
 
 

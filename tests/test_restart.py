@@ -175,9 +175,7 @@ def test_activating_an_expert_with_a_corrupt_file_is_refused(trained):
     with fresh_app(settings) as client:  # only active experts are loaded at start-up
         response = client.post(f"/v1/experts/{inactive['id']}/activate")
 
-        error = assert_error(
-            response, 409, "expert_files_invalid", inactive["name"], f"experts/{inactive['name']}"
-        )
+        error = assert_error(response, 409, "expert_files_invalid", inactive["name"], f"experts/{inactive['name']}")
         assert "corrupt" in error["message"] and str(settings.data_dir.resolve()) not in error["message"]
         assert client.get(f"/v1/experts/{inactive['id']}").json()["status"] == "inactive"
         assert client.get("/readyz").json()["active_experts"] == before["active"]
@@ -202,6 +200,7 @@ def test_reactivating_an_expert_whose_file_changed_after_loading_is_refused(trai
 
 
 # --- kill -9 during training, with the real server process ------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -237,7 +236,10 @@ class Server:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
-                cwd=self.log.parent, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.log.parent,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         client = httpx.Client(base_url=self.url, timeout=30)
         deadline = time.monotonic() + 120
@@ -287,8 +289,7 @@ def test_kill_9_mid_training_loses_nothing(tiny_model_dir: Path, tmp_path: Path)
         ids = client.post("/v1/edits", json=[FRANCE, FOX]).json()["ids"]
         run_id = client.post("/v1/training-runs", headers={"X-Actor": "judy"}).json()["id"]
         poll_until(
-            lambda: (r := client.get(f"/v1/training-runs/{run_id}").json())["status"] == "running"
-            and r["current_loss"] is not None,
+            lambda: (r := client.get(f"/v1/training-runs/{run_id}").json())["status"] == "running" and r["current_loss"] is not None,
             what="the run to be training",
         )
         assert {client.get(f"/v1/edits/{i}").json()["status"] for i in ids} == {"training"}
@@ -311,8 +312,7 @@ def test_kill_9_mid_training_loses_nothing(tiny_model_dir: Path, tmp_path: Path)
         assert [e["training_run_id"] for e in interrupted] == [run_id]
 
         next_run = client.post("/v1/training-runs").json()["id"]
-        poll_until(lambda: client.get(f"/v1/training-runs/{next_run}").json()["status"] == "succeeded",
-                   what="the next run")
+        poll_until(lambda: client.get(f"/v1/training-runs/{next_run}").json()["status"] == "succeeded", what="the next run")
         assert {client.get(f"/v1/edits/{i}").json()["status"] for i in ids} == {"applied"}
         assert client.post("/v1/generate", json={"prompt": FRANCE["prompt"]}).json()["expert"] is not None
     finally:

@@ -93,8 +93,12 @@ def test_run_once_runs_the_queued_run_first(tiny_model_dir, shared_engine, tmp_p
 
 def test_the_schedule_waits_for_enough_pending_edits(tiny_model_dir, shared_engine, tmp_path):
     settings = tiny_settings(
-        tiny_model_dir, tmp_path / "data",
-        worker_enabled=True, worker_interval_s=0.2, worker_poll_interval_s=0.1, worker_min_pending=2,
+        tiny_model_dir,
+        tmp_path / "data",
+        worker_enabled=True,
+        worker_interval_s=0.2,
+        worker_poll_interval_s=0.1,
+        worker_min_pending=2,
     )
     with running_app(settings, shared_engine) as client:
         [first] = submit(client, FRANCE)
@@ -117,8 +121,7 @@ def test_a_manual_trigger_wakes_the_worker_at_once(tiny_model_dir, shared_engine
 
         run = client.post("/v1/training-runs").json()
 
-        wait_for(lambda: client.get(f"/v1/training-runs/{run['id']}").json()["status"] == "succeeded",
-                 what="the triggered run")
+        wait_for(lambda: client.get(f"/v1/training-runs/{run['id']}").json()["status"] == "succeeded", what="the triggered run")
         assert client.get(f"/v1/edits/{edit_id}").json()["status"] == "applied"
         assert generate(client, FRANCE["prompt"])["expert"] is not None
 
@@ -148,8 +151,7 @@ def test_the_worker_trains_in_a_thread_while_generation_is_served(tiny_model_dir
             assert all(d["text"] == base["text"] for d in during)
         finally:
             release.set()
-        wait_for(lambda: client.get(f"/v1/training-runs/{run['id']}").json()["status"] == "succeeded",
-                 what="the run to finish")
+        wait_for(lambda: client.get(f"/v1/training-runs/{run['id']}").json()["status"] == "succeeded", what="the run to finish")
 
 
 def test_shutdown_interrupts_a_run_and_requeues_its_edits(tiny_model_dir, shared_engine, tmp_path, monkeypatch):
@@ -167,8 +169,7 @@ def test_shutdown_interrupts_a_run_and_requeues_its_edits(tiny_model_dir, shared
         ids = submit(client, FRANCE, FOX)
         run_id = client.post("/v1/training-runs").json()["id"]
         assert in_training.wait(30)
-        wait_for(lambda: client.get(f"/v1/training-runs/{run_id}").json()["current_loss"] is not None,
-                 what="a progress write")
+        wait_for(lambda: client.get(f"/v1/training-runs/{run_id}").json()["current_loss"] is not None, what="a progress write")
     # The app has shut down: the run ended cleanly and nothing is lost.
     sessions = fresh_sessions(settings)
     with sessions() as session:

@@ -40,9 +40,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_CORPUS, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -68,10 +66,8 @@ def build_tiny_model(vocab_size: int, *, seed: int = 0, layers: int = 4) -> Llam
 
 # Shared by every tiny config below: the special ids come from the tokenizer afterwards (some
 # defaults, Phi-3's pad 32000, lie outside a tiny vocabulary).
-_COMMON = {"initializer_range": 0.3, "tie_word_embeddings": True, "pad_token_id": None, "bos_token_id": None,
-           "eos_token_id": None}
-_DECODER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-            "max_position_embeddings": 256}
+_COMMON = {"initializer_range": 0.3, "tie_word_embeddings": True, "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+_DECODER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 256}
 
 
 def _tiny_configs(vocab_size: int) -> dict[str, PretrainedConfig]:
@@ -79,14 +75,20 @@ def _tiny_configs(vocab_size: int) -> dict[str, PretrainedConfig]:
     return {
         # Layers 2.. attend through a 4-token sliding window: the trainer's views must keep each
         # layer's own attention kind.
-        "qwen2": Qwen2Config(vocab_size=vocab_size, num_key_value_heads=2, use_sliding_window=True,
-                             sliding_window=4, max_window_layers=2, **_DECODER, **_COMMON),
+        "qwen2": Qwen2Config(
+            vocab_size=vocab_size,
+            num_key_value_heads=2,
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=2,
+            **_DECODER,
+            **_COMMON,
+        ),
         "mistral": MistralConfig(vocab_size=vocab_size, num_key_value_heads=2, sliding_window=None, **_DECODER, **_COMMON),
         "gemma": GemmaConfig(vocab_size=vocab_size, num_key_value_heads=2, head_dim=16, **_DECODER, **_COMMON),
         "phi3": Phi3Config(vocab_size=vocab_size, num_key_value_heads=2, **_DECODER, **_COMMON),
         "gpt_neox": GPTNeoXConfig(vocab_size=vocab_size, **_DECODER, **_COMMON),
-        "gpt2": GPT2Config(vocab_size=vocab_size, n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=256,
-                           **_COMMON),
+        "gpt2": GPT2Config(vocab_size=vocab_size, n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=256, **_COMMON),
     }
 
 
@@ -106,9 +108,18 @@ def build_tiny_arch_model(arch: str, tokenizer: PreTrainedTokenizerFast, *, seed
 def build_unsupported_model(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     """A tiny OPT: a causal LM whose layout (model.decoder.layers) has no entry in LAYOUTS."""
     torch.manual_seed(0)
-    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                       num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=64,
-                       pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    config = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        word_embed_proj_dim=32,
+        max_position_embeddings=64,
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     return _with_special_ids(AutoModelForCausalLM.from_config(config).eval(), tokenizer)
 
 

@@ -42,15 +42,15 @@ def get_settings(runtime: RuntimeDep) -> Settings:
 
 def get_engine(runtime: RuntimeDep) -> Engine:
     if runtime.engine is None:
-        raise NotReady(f"the model is not loaded yet ({runtime.stage}); retry when /readyz answers 200",
-                       headers={"Retry-After": "5"})
+        raise NotReady(f"the model is not loaded yet ({runtime.stage}); retry when /readyz answers 200", headers={"Retry-After": "5"})
     return runtime.engine
 
 
 def get_stack(runtime: RuntimeDep) -> LiveStack:
     if runtime.stack is None:
-        raise NotReady(f"the expert stack is not loaded yet ({runtime.stage}); retry when /readyz answers 200",
-                       headers={"Retry-After": "5"})
+        raise NotReady(
+            f"the expert stack is not loaded yet ({runtime.stage}); retry when /readyz answers 200", headers={"Retry-After": "5"}
+        )
     return runtime.stack
 
 

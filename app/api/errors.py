@@ -101,8 +101,9 @@ def describe_validation_error(error: Mapping[str, Any]) -> str:
         message = message[len("Value error, ") :]
     kind = error.get("type")
     if kind == "missing":
-        subject = {"body": "field", "query": "query parameter", "header": "header",
-                   "path": "path parameter", "cookie": "cookie"}.get(where, where)
+        subject = {"body": "field", "query": "query parameter", "header": "header", "path": "path parameter", "cookie": "cookie"}.get(
+            where, where
+        )
         return f"{subject} {path!r} is required" if path else "a request body is required"
     label = {
         "body": f"field {path!r}" if path else "request body",
@@ -113,9 +114,7 @@ def describe_validation_error(error: Mapping[str, Any]) -> str:
     text = f"{label}: {message}"
     if "input" in error and kind != "extra_forbidden":
         value = error["input"]
-        shown = f"a JSON {'object' if isinstance(value, dict) else 'array'}" if isinstance(
-            value, dict | list
-        ) else _shown(value)
+        shown = f"a JSON {'object' if isinstance(value, dict) else 'array'}" if isinstance(value, dict | list) else _shown(value)
         text += f" (got {shown})"
     return text
 
@@ -152,9 +151,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(
-            exc.status_code, exc.type, exc.message, exc.headers, path=request.url.path, param=exc.param
-        )
+        return error_response(exc.status_code, exc.type, exc.message, exc.headers, path=request.url.path, param=exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -169,9 +166,7 @@ def install_error_handlers(app: FastAPI) -> None:
             allowed = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
             if allowed:
                 exc.headers = {**(exc.headers or {}), "Allow": allowed}
-            message = f"method {request.method} is not allowed on {request.url.path}" + (
-                f"; allowed: {allowed}" if allowed else ""
-            )
+            message = f"method {request.method} is not allowed on {request.url.path}" + (f"; allowed: {allowed}" if allowed else "")
         else:
             message = str(exc.detail)
         return error_response(exc.status_code, type_, message, exc.headers, path=request.url.path)
@@ -179,8 +174,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PoolTimeout)
     async def _pool_exhausted(request: Request, exc: PoolTimeout) -> JSONResponse:
         return database_unavailable(
-            request, exc, "every database connection is busy (none was freed within "
-            "LEMOE_DB_POOL_TIMEOUT_S); retry shortly",
+            request,
+            exc,
+            "every database connection is busy (none was freed within LEMOE_DB_POOL_TIMEOUT_S); retry shortly",
         )
 
     @app.exception_handler(DBAPIError)
@@ -189,8 +185,9 @@ def install_error_handlers(app: FastAPI) -> None:
         # timeout: retryable, not a bug. Anything else a driver raises is a bug: 500.
         if getattr(exc.orig, "sqlstate", None) == QUERY_CANCELED:
             return database_unavailable(
-                request, exc, "the database did not answer in time (a statement ran past "
-                "LEMOE_DB_STATEMENT_TIMEOUT_S); retry shortly",
+                request,
+                exc,
+                "the database did not answer in time (a statement ran past LEMOE_DB_STATEMENT_TIMEOUT_S); retry shortly",
             )
         if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
             return database_unavailable(request, exc, "the database is unavailable; retry shortly")
@@ -207,17 +204,11 @@ QUERY_CANCELED = "57014"  # PostgreSQL: statement_timeout (or a cancel request) 
 
 
 def database_unavailable(request: Request, exc: Exception, message: str) -> JSONResponse:
-    log.warning(
-        "database error on %s %s: %s", request.method, request.url.path, getattr(exc, "orig", None) or exc
-    )
-    return error_response(
-        503, "database_unavailable", message, {"Retry-After": str(RETRY_AFTER_S)}, path=request.url.path
-    )
+    log.warning("database error on %s %s: %s", request.method, request.url.path, getattr(exc, "orig", None) or exc)
+    return error_response(503, "database_unavailable", message, {"Retry-After": str(RETRY_AFTER_S)}, path=request.url.path)
 
 
 def unexpected_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:
     """A bug: the traceback goes to the log, a generic 500 to the client."""
     log.error("unhandled error on %s %s", method, path, exc_info=exc)
-    return error_response(
-        500, "internal_error", "internal server error; the details are in the server log", path=path
-    )
+    return error_response(500, "internal_error", "internal server error; the details are in the server log", path=path)

@@ -66,9 +66,11 @@ class RequestBodyMiddleware:
             return
         if deadline.cancelled_caught:
             response = error_response(
-                408, "request_timeout",
-                f"the request body did not arrive within {self.read_timeout_s:g} s "
-                f"(LEMOE_BODY_READ_TIMEOUT_S; {size} bytes came)", _CLOSE, path=path,
+                408,
+                "request_timeout",
+                f"the request body did not arrive within {self.read_timeout_s:g} s (LEMOE_BODY_READ_TIMEOUT_S; {size} bytes came)",
+                _CLOSE,
+                path=path,
             )
             await response(scope, receive, send)
             return
@@ -77,8 +79,11 @@ class RequestBodyMiddleware:
     @staticmethod
     async def _too_large(method: str, path: str, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            413, "payload_too_large",
-            f"the request body is larger than the {limit} bytes {method} {path} accepts", _CLOSE, path=path,
+            413,
+            "payload_too_large",
+            f"the request body is larger than the {limit} bytes {method} {path} accepts",
+            _CLOSE,
+            path=path,
         )
         await response(scope, receive, send)
 

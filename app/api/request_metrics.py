@@ -20,12 +20,13 @@ class HttpMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.http_requests = Counter(
-            "lemoe_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
-        )
+        self.http_requests = Counter("lemoe_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
         self.http_latency = Histogram(
-            "lemoe_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "lemoe_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:

@@ -24,8 +24,9 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
     q.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
     q.add_argument("--device", default="auto")
-    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an editor setting, e.g. --set layer=20 --set max_steps=40")
+    q.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an editor setting, e.g. --set layer=20 --set max_steps=40"
+    )
     q.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     q.set_defaults(handler=_run_quality)
 
@@ -33,19 +34,31 @@ def add_bench_parser(subparsers) -> None:
     lo.add_argument("--data", type=Path, required=True, help="a ZsRE- or CounterFact-format JSON file")
     lo.add_argument("--format", choices=["zsre", "counterfact"], required=True)
     lo.add_argument("--edits", type=int, required=True, help="T: how many records to edit in sequence")
-    lo.add_argument("--subjects", choices=["none", "given"], default="none",
-                    help="send each edit's subject as a client would (given) or not (none, the default: most clients send none)")
+    lo.add_argument(
+        "--subjects",
+        choices=["none", "given"],
+        default="none",
+        help="send each edit's subject as a client would (given) or not (none, the default: most clients send none)",
+    )
     lo.add_argument("--batch-size", type=int, default=16, help="edits per expert")
     lo.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens generated per probe")
     lo.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
     lo.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
     lo.add_argument("--device", default="auto")
     lo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an editor setting")
-    lo.add_argument("--routing-only", action="store_true",
-                    help="no training, no generation: plan the edits, make their keys and report which probes reach "
-                         "an expert (its own, for edited probes), once per --relation-thresholds value")
-    lo.add_argument("--relation-thresholds", nargs="+", default=None, metavar="T",
-                    help="with --routing-only: relation thresholds to compare ('none': no relation check)")
+    lo.add_argument(
+        "--routing-only",
+        action="store_true",
+        help="no training, no generation: plan the edits, make their keys and report which probes reach "
+        "an expert (its own, for edited probes), once per --relation-thresholds value",
+    )
+    lo.add_argument(
+        "--relation-thresholds",
+        nargs="+",
+        default=None,
+        metavar="T",
+        help="with --routing-only: relation thresholds to compare ('none': no relation check)",
+    )
     lo.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     lo.set_defaults(handler=_run_locality)
 
@@ -55,8 +68,13 @@ def add_bench_parser(subparsers) -> None:
     g.add_argument("--edits", type=int, required=True)
     g.add_argument("--layers", type=int, nargs="*", default=[], help="route layers to compare (default: the adaptor layer)")
     g.add_argument("--poolings", nargs="*", default=["mean", "last", "mean_last"], choices=["mean", "last", "mean_last", "subject"])
-    g.add_argument("--subject-floors", type=float, nargs="*", default=[],
-                   help="with --poolings subject: sentence floors to compare (default: the editor's)")
+    g.add_argument(
+        "--subject-floors",
+        type=float,
+        nargs="*",
+        default=[],
+        help="with --poolings subject: sentence floors to compare (default: the editor's)",
+    )
     g.add_argument("--model", type=Path, default=None)
     g.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
     g.add_argument("--device", default="auto")
@@ -65,8 +83,12 @@ def add_bench_parser(subparsers) -> None:
 
     ld = kinds.add_parser("load", help="concurrent submit + generate + train over loopback HTTP: edits/s, latency, errors, lost edits")
     ld.add_argument("--url", default=None, help="a running server (default: start `lemoe serve` on a free 127.0.0.1 port)")
-    ld.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
-                    help="store of the server started here: a temporary SQLite file or a throw-away PostgreSQL schema")
+    ld.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="store of the server started here: a temporary SQLite file or a throw-away PostgreSQL schema",
+    )
     ld.add_argument("--postgres-url", default=None, help="PostgreSQL for --database postgresql (a schema is created in it and dropped)")
     ld.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
     ld.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"), help="converted bundled model cache")
@@ -84,8 +106,13 @@ def add_bench_parser(subparsers) -> None:
     ld.add_argument("--drain-seconds", type=float, default=120.0, help="after the window, wait at most this long for open edits")
     ld.add_argument("--request-timeout", type=float, default=120.0)
     ld.add_argument("--ready-timeout", type=float, default=900.0, help="wait this long for the started server's /readyz")
-    ld.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra environment of the server started here, e.g. --server-env LEMOE_TRAIN_MAX_STEPS=10")
+    ld.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment of the server started here, e.g. --server-env LEMOE_TRAIN_MAX_STEPS=10",
+    )
     ld.add_argument("--server-log", type=Path, default=None, help="keep the started server's log here")
     ld.add_argument("--seed", type=int, default=0)
     ld.add_argument("--no-fail", action="store_true", help="exit 0 even if an edit was lost or a 5xx / connection error happened")
@@ -121,9 +148,16 @@ def _run_quality(args: argparse.Namespace) -> int:
     if args.edits < 1:
         raise SystemExit("--edits must be at least 1")
     opts = QualityOptions(
-        data=args.data, format=args.format, edits=args.edits, batch_size=args.batch_size,
-        planning=not args.no_planning, gate=not args.no_gate, base_only=args.base,
-        model_path=args.model, cache_dir=args.cache_dir, device=args.device,
+        data=args.data,
+        format=args.format,
+        edits=args.edits,
+        batch_size=args.batch_size,
+        planning=not args.no_planning,
+        gate=not args.no_gate,
+        base_only=args.base,
+        model_path=args.model,
+        cache_dir=args.cache_dir,
+        device=args.device,
         config=_parse_overrides(args.set),
     )
     if args.no_subject_keys:
@@ -137,8 +171,15 @@ def _run_locality(args: argparse.Namespace) -> int:
     if args.edits < 1:
         raise SystemExit("--edits must be at least 1")
     opts = LocalityOptions(
-        data=args.data, format=args.format, edits=args.edits, subjects=args.subjects, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, model_path=args.model, cache_dir=args.cache_dir, device=args.device,
+        data=args.data,
+        format=args.format,
+        edits=args.edits,
+        subjects=args.subjects,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        model_path=args.model,
+        cache_dir=args.cache_dir,
+        device=args.device,
         config=_parse_overrides(args.set),
     )
     if args.relation_thresholds and not args.routing_only:
@@ -147,7 +188,9 @@ def _run_locality(args: argparse.Namespace) -> int:
         from app.benchmarks.locality import main_routing
 
         try:
-            thresholds = [None if t.lower() == "none" else float(t) for t in args.relation_thresholds or [str(opts.config.relation_threshold)]]
+            thresholds = [
+                None if t.lower() == "none" else float(t) for t in args.relation_thresholds or [str(opts.config.relation_threshold)]
+            ]
         except ValueError as exc:
             raise SystemExit(f"--relation-thresholds: {exc}") from None
         return main_routing(opts, thresholds, as_json=args.json)
@@ -158,8 +201,15 @@ def _run_gate(args: argparse.Namespace) -> int:
     from app.benchmarks.gate import GateOptions, main
 
     opts = GateOptions(
-        data=args.data, format=args.format, edits=args.edits, layers=tuple(args.layers),
-        poolings=tuple(args.poolings), subject_floors=tuple(args.subject_floors), model_path=args.model, cache_dir=args.cache_dir, device=args.device,
+        data=args.data,
+        format=args.format,
+        edits=args.edits,
+        layers=tuple(args.layers),
+        poolings=tuple(args.poolings),
+        subject_floors=tuple(args.subject_floors),
+        model_path=args.model,
+        cache_dir=args.cache_dir,
+        device=args.device,
     )
     return main(opts, as_json=args.json)
 
@@ -176,13 +226,28 @@ def _run_load(args: argparse.Namespace) -> int:
     if args.url and (args.database != "sqlite" or args.model or args.server_env):
         raise SystemExit("--url loads a running server: --database, --model and --server-env do not apply")
     opts = LoadOptions(
-        url=args.url, database=args.database, postgres_url=args.postgres_url or DEFAULT_POSTGRES_URL,
-        model_path=args.model, cache_dir=args.cache_dir, device=args.device, seconds=args.seconds,
-        max_requests=args.max_requests, max_edits=args.max_edits, submitters=args.submitters,
-        generators=args.generators, edits_per_request=args.edits_per_request, submit_pause_s=args.submit_pause,
-        max_new_tokens=args.max_new_tokens, train_every_s=args.train_every, worker_interval_s=args.worker_interval,
-        drain_s=args.drain_seconds, request_timeout_s=args.request_timeout, ready_timeout_s=args.ready_timeout,
-        server_env=tuple(env), server_log=args.server_log, seed=args.seed,
+        url=args.url,
+        database=args.database,
+        postgres_url=args.postgres_url or DEFAULT_POSTGRES_URL,
+        model_path=args.model,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        seconds=args.seconds,
+        max_requests=args.max_requests,
+        max_edits=args.max_edits,
+        submitters=args.submitters,
+        generators=args.generators,
+        edits_per_request=args.edits_per_request,
+        submit_pause_s=args.submit_pause,
+        max_new_tokens=args.max_new_tokens,
+        train_every_s=args.train_every,
+        worker_interval_s=args.worker_interval,
+        drain_s=args.drain_seconds,
+        request_timeout_s=args.request_timeout,
+        ready_timeout_s=args.ready_timeout,
+        server_env=tuple(env),
+        server_log=args.server_log,
+        seed=args.seed,
     )
     return main(opts, as_json=args.json, fail_on_errors=not args.no_fail)
 

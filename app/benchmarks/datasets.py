@@ -17,8 +17,11 @@ _ANSWER = {"zsre": "answers", "counterfact": "ground_truth"}
 _FIELDS: dict[str, dict[str, str]] = {
     "zsre": {"prompt": "src", "target": "alt", "rephrase": "rephrase", "loc_prompt": "loc", "loc_answer": "loc_ans"},
     "counterfact": {
-        "prompt": "prompt", "target": "target_new", "rephrase": "rephrase_prompt",
-        "loc_prompt": "locality_prompt", "loc_answer": "locality_ground_truth",
+        "prompt": "prompt",
+        "target": "target_new",
+        "rephrase": "rephrase_prompt",
+        "loc_prompt": "locality_prompt",
+        "loc_answer": "locality_ground_truth",
     },
 }
 

@@ -112,7 +112,8 @@ def run_subject_keys(opts: GateOptions, layers: tuple[int, ...]) -> list[dict]:
 
 def format_row(row: dict) -> str:
     cells = "  ".join(f"{t}: {row[f'para@{t}']:.3f}/{row[f'loc@{t}']:.3f}" for t in THRESHOLDS)
-    return f"layer {row['route_layer']:>2} {row['pooling']:<9} own-nearest {row['nearest_is_own']:.3f} | paraphrase routed / locality gated in at t = {cells}"
+    head = f"layer {row['route_layer']:>2} {row['pooling']:<9} own-nearest {row['nearest_is_own']:.3f}"
+    return f"{head} | paraphrase routed / locality gated in at t = {cells}"
 
 
 def main(opts: GateOptions, *, as_json: bool) -> int:

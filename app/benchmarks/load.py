@@ -35,8 +35,11 @@ OPEN_STATUSES = ("pending", "planned", "training")
 FINISHED_RUNS = ("succeeded", "failed", "interrupted")
 # Answers that are part of normal operation; anything else is counted as an error.
 EXPECTED = {
-    ("submit", "202"), ("generate", "200"), ("train", "202"),
-    ("train", "409 run_already_active"), ("train", "409 nothing_to_train"),
+    ("submit", "202"),
+    ("generate", "200"),
+    ("train", "202"),
+    ("train", "409 run_already_active"),
+    ("train", "409 nothing_to_train"),
 }
 UNRELATED_PROMPTS = (
     "The capital of France is",
@@ -158,6 +161,7 @@ def call(client: httpx.Client, tally: Tally, endpoint: str, method: str, path: s
 
 # --- the three kinds of client ---------------------------------------------------------------
 
+
 def _submitter(client: httpx.Client, tally: Tally, opts: LoadOptions, tag: str, running: Callable[[], bool]) -> None:
     while running() and tally.take():
         numbers = tally.numbers(opts.edits_per_request)
@@ -226,6 +230,7 @@ def run_window(url: str, opts: LoadOptions, tag: str, tally: Tally) -> float:
 
 # --- after the window: drain, verify ---------------------------------------------------------
 
+
 def get_json(client: httpx.Client, path: str, params: dict | None = None, tries: int = 3) -> dict:
     """A GET for the checks after the load; retried, and a LoadError if it never answers 200."""
     last = ""
@@ -258,9 +263,7 @@ def drain(client: httpx.Client, tally: Tally, opts: LoadOptions, tag: str) -> fl
     started = time.perf_counter()
     last_trigger = started
     while True:
-        open_now = any(
-            get_json(client, "/v1/edits", {"q": tag, "status": s, "limit": 1})["items"] for s in OPEN_STATUSES
-        )
+        open_now = any(get_json(client, "/v1/edits", {"q": tag, "status": s, "limit": 1})["items"] for s in OPEN_STATUSES)
         elapsed = time.perf_counter() - started
         if not open_now or elapsed >= opts.drain_s:
             return elapsed
@@ -317,6 +320,7 @@ def count_runs(client: httpx.Client, after_id: int) -> dict:
 
 # --- a server of our own ---------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -356,17 +360,19 @@ def server_env(opts: LoadOptions, data_dir: Path, database_url: str) -> dict[str
     """The server's environment: ours, minus settings that would point it elsewhere."""
     repo = str(Path(__file__).resolve().parents[2])
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LEMOE_DATABASE_URL", "LEMOE_MODEL_PATH")}
-    env.update({
-        "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
-        "LEMOE_DATA_DIR": str(data_dir),
-        "DATABASE_URL": database_url,
-        "LEMOE_MODEL_CACHE": str(opts.cache_dir.resolve()),
-        "LEMOE_DEVICE": opts.device,
-        "LEMOE_HOST": "127.0.0.1",
-        "LEMOE_WORKER_ENABLED": "true",
-        "LEMOE_WORKER_INTERVAL_S": str(opts.worker_interval_s),
-        "LEMOE_SKIP_MIGRATE": "false",
-    })
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
+            "LEMOE_DATA_DIR": str(data_dir),
+            "DATABASE_URL": database_url,
+            "LEMOE_MODEL_CACHE": str(opts.cache_dir.resolve()),
+            "LEMOE_DEVICE": opts.device,
+            "LEMOE_HOST": "127.0.0.1",
+            "LEMOE_WORKER_ENABLED": "true",
+            "LEMOE_WORKER_INTERVAL_S": str(opts.worker_interval_s),
+            "LEMOE_SKIP_MIGRATE": "false",
+        }
+    )
     if opts.model_path is not None:
         env["LEMOE_MODEL_PATH"] = str(opts.model_path.resolve())
     env.update(dict(opts.server_env))
@@ -419,8 +425,10 @@ def started_server(opts: LoadOptions, outcome: dict) -> Iterator[str]:
             with log_path.open("ab") as log_file:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                    cwd=directory, env=server_env(opts, directory / "data", database_url),
-                    stdout=log_file, stderr=subprocess.STDOUT,
+                    cwd=directory,
+                    env=server_env(opts, directory / "data", database_url),
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
                 )
             try:
                 wait_ready(url, process, log_path, opts.ready_timeout_s)
@@ -431,6 +439,7 @@ def started_server(opts: LoadOptions, outcome: dict) -> Iterator[str]:
 
 
 # --- the report ------------------------------------------------------------------------------
+
 
 def percentile(xs: list[float], q: float) -> float | None:
     """Linear interpolation between closest ranks (numpy's default); None for no data."""
@@ -454,13 +463,19 @@ def summarize(tally: Tally, window_s: float, opts: LoadOptions) -> dict:
     submit_s = (tally.last_ack or tally.started) - tally.started
     acked = len(tally.acknowledged)
     return {
-        "seconds": opts.seconds, "duration_s": round(window_s, 1), "requests": tally.requests,
-        "submitters": opts.submitters, "generators": opts.generators, "edits_per_request": opts.edits_per_request,
+        "seconds": opts.seconds,
+        "duration_s": round(window_s, 1),
+        "requests": tally.requests,
+        "submitters": opts.submitters,
+        "generators": opts.generators,
+        "edits_per_request": opts.edits_per_request,
         "edits_acknowledged": acked,
         # Over the time submitters were acknowledged (the whole window unless max_edits was reached).
         "edits_per_s": round(acked / submit_s, 2) if submit_s > 0 else 0.0,
-        "submit_p50_ms": _ms(percentile(sub, 50)), "submit_p99_ms": _ms(percentile(sub, 99)),
-        "generations": len(gen), "generations_per_s": round(len(gen) / window_s, 2) if window_s > 0 else 0.0,
+        "submit_p50_ms": _ms(percentile(sub, 50)),
+        "submit_p99_ms": _ms(percentile(sub, 99)),
+        "generations": len(gen),
+        "generations_per_s": round(len(gen) / window_s, 2) if window_s > 0 else 0.0,
         "generations_routed": tally.routed,
         **{f"generate_p{q}_ms": _ms(percentile(gen, q)) for q in (50, 95, 99)},
         "train_triggers_accepted": tally.outcomes[("train", "202")],
@@ -516,21 +531,29 @@ def run_load(opts: LoadOptions) -> dict:
 def passed(report: dict) -> bool:
     """Every acknowledged edit listed exactly once, no 5xx, no connection error (timeouts are reported only)."""
     return bool(
-        report.get("verified") and not report.get("lost_edit_ids") and not report.get("duplicate_edit_ids")
-        and report["server_errors"] == 0 and report["connection_errors"] == 0
+        report.get("verified")
+        and not report.get("lost_edit_ids")
+        and not report.get("duplicate_edit_ids")
+        and report["server_errors"] == 0
+        and report["connection_errors"] == 0
     )
 
 
 def format_table(r: dict) -> str:
     rows = [
-        ("duration (s)", r["duration_s"]), ("requests", r["requests"]),
-        ("edits acknowledged", r["edits_acknowledged"]), ("edits/s", r["edits_per_s"]),
+        ("duration (s)", r["duration_s"]),
+        ("requests", r["requests"]),
+        ("edits acknowledged", r["edits_acknowledged"]),
+        ("edits/s", r["edits_per_s"]),
         ("submit p50 / p99 (ms)", f"{r['submit_p50_ms']} / {r['submit_p99_ms']}"),
-        ("generations", r["generations"]), ("generations/s", r["generations_per_s"]),
+        ("generations", r["generations"]),
+        ("generations/s", r["generations_per_s"]),
         ("generations served by an expert", r["generations_routed"]),
         ("generate p50 / p95 / p99 (ms)", f"{r['generate_p50_ms']} / {r['generate_p95_ms']} / {r['generate_p99_ms']}"),
-        ("training triggers: 202 / 409 active / 409 nothing",
-         f"{r['train_triggers_accepted']} / {r['train_409_already_active']} / {r['train_409_nothing_to_train']}"),
+        (
+            "training triggers: 202 / 409 active / 409 nothing",
+            f"{r['train_triggers_accepted']} / {r['train_409_already_active']} / {r['train_409_nothing_to_train']}",
+        ),
         ("training runs finished", f"{r.get('runs_finished')} {r.get('runs_by_status', '')}"),
         ("experts created", r.get("experts_created")),
         ("drain wait (s)", r.get("drain_s")),
@@ -543,8 +566,10 @@ def format_table(r: dict) -> str:
     if "server_exit" in r:
         rows.append(("server exit status", r["server_exit"]))
     width = max(len(k) for k, _ in rows)
-    lines = [f"{r.get('model')} on {r.get('device')}, {r['database']}: {r['submitters']} submitters "
-             f"({r['edits_per_request']} edits/request), {r['generators']} generators, tag {r['tag']}"]
+    lines = [
+        f"{r.get('model')} on {r.get('device')}, {r['database']}: {r['submitters']} submitters "
+        f"({r['edits_per_request']} edits/request), {r['generators']} generators, tag {r['tag']}"
+    ]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
     lines += [f"  error: {k}: {n}" for k, n in r["errors"].items()]
     lines += [f"  connection error: {k}: {n}" for k, n in r["connection_error_kinds"].items()]
@@ -552,8 +577,11 @@ def format_table(r: dict) -> str:
         lines.append(f"  verification failed: {r['verify_error']}")
     if r.get("server_log_tail"):
         lines.append("  server log (tail):\n" + r["server_log_tail"])
-    lines.append("  OK: no acknowledged edit lost, no 5xx, no connection error" if r["ok"]
-                 else "  FAILED: an acknowledged edit was lost or not verified, or a 5xx / connection error happened")
+    lines.append(
+        "  OK: no acknowledged edit lost, no 5xx, no connection error"
+        if r["ok"]
+        else "  FAILED: an acknowledged edit was lost or not verified, or a 5xx / connection error happened"
+    )
     return "\n".join(lines)
 
 

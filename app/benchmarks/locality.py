@@ -94,8 +94,11 @@ def select_edits(records: Sequence[BenchRecord], count: int) -> tuple[list[int],
             qs = questions.setdefault(_key(r.subject), [])
             if _key(r.prompt) not in qs:
                 qs.append(_key(r.prompt))
-    held = {i for i, r in enumerate(records)
-            if r.subject and len(questions[_key(r.subject)]) > 1 and _key(r.prompt) == questions[_key(r.subject)][-1]}
+    held = {
+        i
+        for i, r in enumerate(records)
+        if r.subject and len(questions[_key(r.subject)]) > 1 and _key(r.prompt) == questions[_key(r.subject)][-1]
+    }
     chosen = [i for i in range(len(records)) if i not in held][:count]
     if len(chosen) < count:
         chosen = sorted(chosen + sorted(held)[: count - len(chosen)])
@@ -103,7 +106,7 @@ def select_edits(records: Sequence[BenchRecord], count: int) -> tuple[list[int],
 
 
 def subject_first(prompt: str, subject: str) -> str | None:
-    """"<subject>: <prompt, its subject replaced by 'it'>" (None where the rule does not apply)."""
+    """ "<subject>: <prompt, its subject replaced by 'it'>" (None where the rule does not apply)."""
     if not subject or subject not in prompt or prompt.startswith(subject):
         return None
     rest = prompt.replace(f"{subject}'s", "its", 1) if f"{subject}'s" in prompt else prompt.replace(subject, "it", 1)
@@ -127,15 +130,21 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int]) -> list[
     # Other subjects: those nothing was edited about (the probe then asks no edited fact).
     subjects = list(dict.fromkeys(r.subject.strip() for r in records if r.subject and r.subject.strip()))
     fresh = [s for s in subjects if _key(s) not in edited_subjects] or subjects
-    templates = [(i, r.prompt.replace(r.subject.strip(), "\0", 1)) for i, r in enumerate(records)
-                 if r.subject and r.subject.strip() and r.subject.strip() in r.prompt]
+    templates = [
+        (i, r.prompt.replace(r.subject.strip(), "\0", 1))
+        for i, r in enumerate(records)
+        if r.subject and r.subject.strip() and r.subject.strip() in r.prompt
+    ]
     rng = random.Random(0)
     probes: list[Probe] = []
     for i in edited:
         r = records[i]
         subject = (r.subject or "").strip()
-        probes += [Probe("edit", i, r.prompt, r.target), Probe("lower-case", i, r.prompt.lower(), r.target),
-                   Probe("paraphrase", i, r.rephrase, r.target)]
+        probes += [
+            Probe("edit", i, r.prompt, r.target),
+            Probe("lower-case", i, r.prompt.lower(), r.target),
+            Probe("paraphrase", i, r.rephrase, r.target),
+        ]
         reworded = subject_first(r.prompt, subject)
         if reworded is not None:
             probes.append(Probe("subject-first", i, reworded, r.target))
@@ -158,8 +167,11 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int]) -> list[
             probes.append(Probe("same-subject", i, records[other_fact[0]].prompt))
         if subject:
             words = _content_words(r.prompt, subject)
-            unlike = [t for j, t in templates if _key(records[j].subject) != _key(subject)
-                      and not words & _content_words(t.replace("\0", " "), "")]
+            unlike = [
+                t
+                for j, t in templates
+                if _key(records[j].subject) != _key(subject) and not words & _content_words(t.replace("\0", " "), "")
+            ]
             for _ in range(10 if unlike else 0):
                 asked = rng.choice(unlike).replace("\0", subject)
                 if _key(asked) not in edited_prompts:
@@ -169,32 +181,40 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int]) -> list[
     return probes
 
 
-def generate_all(editor: LemoeEditor, prompts: Sequence[str], params: SamplingParams, *, stack=None, batch_size: int = 32) -> list[Generation]:
+def generate_all(
+    editor: LemoeEditor, prompts: Sequence[str], params: SamplingParams, *, stack=None, batch_size: int = 32
+) -> list[Generation]:
     """Greedy generations in batches of similar length (the same batches for every stack, so a
     prompt that no expert serves gets the unedited model's output bit for bit)."""
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     out: list[Generation | None] = [None] * len(prompts)
     for k in range(0, len(order), batch_size):
-        chunk = order[k:k + batch_size]
+        chunk = order[k : k + batch_size]
         for i, g in zip(chunk, editor.generate([prompts[i] for i in chunk], params, stack=stack), strict=True):
             out[i] = g
     return out  # type: ignore[return-value]
 
 
 def score(probes: Sequence[Probe], base: Sequence[Generation | None], after: Sequence[Generation], owner: dict[str, str]) -> dict:
-    """Per kind (`base`: the unedited model's answers, needed for kept probes only): probe count, score (target in the output / output unchanged), share routed to any
-    expert, and (edited kinds) share routed to the expert holding the probe's edit."""
+    """Per kind (`base`: the unedited model's answers, needed for kept probes only): probe count,
+    score (target in the output / output unchanged), share routed to any expert, and (edited
+    kinds) share routed to the expert holding the probe's edit."""
     rows = {}
     for kind in KINDS:
         idx = [k for k, p in enumerate(probes) if p.kind == kind]
         if kind in EDITED_KINDS:
             ok = [float(probes[k].target in after[k].text) for k in idx]
-            own = [float(after[k].route.expert_name is not None and after[k].route.expert_name == owner.get(str(probes[k].record))) for k in idx]
+            own = [
+                float(after[k].route.expert_name is not None and after[k].route.expert_name == owner.get(str(probes[k].record)))
+                for k in idx
+            ]
         else:
             ok = [float(after[k].text == base[k].text) for k in idx]
             own = []
         rows[kind] = {
-            "edited": kind in EDITED_KINDS, "n": len(idx), "score": _mean(ok),
+            "edited": kind in EDITED_KINDS,
+            "n": len(idx),
+            "score": _mean(ok),
             "routed": _mean([float(after[k].route.expert_index is not None) for k in idx]),
             "own_expert": _mean(own) if own else None,
         }
@@ -222,27 +242,39 @@ def run_locality(opts: LocalityOptions) -> dict:
     edited_probes = [k for k, p in enumerate(probes) if p.kind not in KEPT_KINDS]
     log.info("%d probes (%d must stay); generating those with the unedited model", len(probes), len(kept))
     base_kept = generate_all(editor, [probes[k].prompt for k in kept], params, stack=())
-    edits = [Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None)
-             for i in edited]
+    edits = [
+        Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None) for i in edited
+    ]
     trained = train_lifelong(editor, edits, batch_size=opts.batch_size)
     log.info("generating with %d experts", trained["experts"])
     started = time.perf_counter()
     after: list = [None] * len(probes)
     base: list = [None] * len(probes)
-    for group, gens in ((kept, generate_all(editor, [probes[k].prompt for k in kept], params)),
-                        (edited_probes, generate_all(editor, [probes[k].prompt for k in edited_probes], params))):
+    for group, gens in (
+        (kept, generate_all(editor, [probes[k].prompt for k in kept], params)),
+        (edited_probes, generate_all(editor, [probes[k].prompt for k in edited_probes], params)),
+    ):
         for k, g in zip(group, gens, strict=True):
             after[k] = g
     for k, g in zip(kept, base_kept, strict=True):
         base[k] = g
     return {
-        "data": str(opts.data), "format": opts.format, "model": loaded.name, "edits": len(edited),
-        "subjects": opts.subjects, "experts": trained["experts"], "subject_keyed_edits": trained["subject_keyed_edits"],
+        "data": str(opts.data),
+        "format": opts.format,
+        "model": loaded.name,
+        "edits": len(edited),
+        "subjects": opts.subjects,
+        "experts": trained["experts"],
+        "subject_keyed_edits": trained["subject_keyed_edits"],
         "subjects_inferred": trained["subjects_inferred"],
-        "held_back": len(held), "max_new_tokens": opts.max_new_tokens,
+        "held_back": len(held),
+        "max_new_tokens": opts.max_new_tokens,
         "probes": score(probes, base, after, trained["owner"]),
-        "train_s": trained["train_s"], "s_per_edit": trained["s_per_edit"], "cpu_s_per_edit": trained["cpu_s_per_edit"],
-        "generate_s": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
+        "train_s": trained["train_s"],
+        "s_per_edit": trained["s_per_edit"],
+        "cpu_s_per_edit": trained["cpu_s_per_edit"],
+        "generate_s": round(time.perf_counter() - started, 1),
+        "torch_threads": torch.get_num_threads(),
         "config": asdict(opts.config),
     }
 
@@ -259,17 +291,27 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
     probes = build_probes(records, edited)
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
     editor = LemoeEditor(loaded.model, loaded.tokenizer, opts.config, device=loaded.device)
-    edits = [Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None)
-             for i in edited]
+    edits = [
+        Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None) for i in edited
+    ]
     edits, inferred = editor.complete_subjects(edits)
     stack, owner = [], {}
     for k, batch in enumerate(editor.plan(edits, batch_size=opts.batch_size)):
         keys = editor.subject_anchors(batch)
         name = f"expert-{k:04d}"
         # An untrained expert: routing never reads an expert's weights.
-        stack.append(ExpertEntry(name, Expert(editor.hidden_size, 1), editor.queries([e.prompt for e in batch]),
-                                 [e.edit_id for e in batch], {}, None if keys is None else keys.subject,
-                                 None if keys is None else keys.relation, None if keys is None else keys.lengths))
+        stack.append(
+            ExpertEntry(
+                name,
+                Expert(editor.hidden_size, 1),
+                editor.queries([e.prompt for e in batch]),
+                [e.edit_id for e in batch],
+                {},
+                None if keys is None else keys.subject,
+                None if keys is None else keys.relation,
+                None if keys is None else keys.lengths,
+            )
+        )
         owner.update({e.edit_id: name for e in batch})
     prompts = [p.prompt for p in probes]
     queries = editor.queries(prompts)
@@ -291,17 +333,27 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
                 ok = [float(decisions[k].expert_index is None) for k in idx]
             row[kind] = {"edited": kind in EDITED_KINDS, "n": len(idx), "score": _mean(ok)}
         rows["none" if threshold is None else str(threshold)] = row
-    return {"data": str(opts.data), "format": opts.format, "model": loaded.name, "edits": len(edited),
-            "subjects": opts.subjects, "subjects_inferred": len(inferred), "experts": len(stack),
-            "held_back": len(held), "relation_thresholds": rows}
+    return {
+        "data": str(opts.data),
+        "format": opts.format,
+        "model": loaded.name,
+        "edits": len(edited),
+        "subjects": opts.subjects,
+        "subjects_inferred": len(inferred),
+        "experts": len(stack),
+        "held_back": len(held),
+        "relation_thresholds": rows,
+    }
 
 
 def format_routing_table(result: dict) -> str:
     thresholds = list(result["relation_thresholds"])
-    lines = [f"{result['model']} on {Path(result['data']).name} ({result['format']}), T={result['edits']}, "
-             f"subjects={result['subjects']} ({result['subjects_inferred']} inferred), {result['experts']} experts, routing only: "
-             "share of edited probes reaching their own expert / of kept probes reaching none",
-             f"  {'probe':<15} {'must':<10} {'n':>5}  " + "  ".join(f"{'rel ' + t:>9}" for t in thresholds)]
+    lines = [
+        f"{result['model']} on {Path(result['data']).name} ({result['format']}), T={result['edits']}, "
+        f"subjects={result['subjects']} ({result['subjects_inferred']} inferred), {result['experts']} experts, routing only: "
+        "share of edited probes reaching their own expert / of kept probes reaching none",
+        f"  {'probe':<15} {'must':<10} {'n':>5}  " + "  ".join(f"{'rel ' + t:>9}" for t in thresholds),
+    ]
     first = result["relation_thresholds"][thresholds[0]]
     for kind, row in first.items():
         must = "be edited" if row["edited"] else "stay"
@@ -325,14 +377,18 @@ def format_table(result: dict) -> str:
     def cell(x) -> str:
         return "–" if x is None else f"{x:.3f}"
 
-    lines = [f"{result['model']} on {Path(result['data']).name} ({result['format']}), T={result['edits']}, "
-             f"subjects={result['subjects']}, {result['experts']} experts, {result['subject_keyed_edits']} edits with a subject key "
-             f"({result['subjects_inferred']} inferred), "
-             f"{result['held_back']} records held back for same-subject probes, greedy {result['max_new_tokens']} tokens",
-             f"  {'probe':<15} {'must':<10} {'n':>5}  {'score':>6}  {'reached an expert':>17}  {'its own expert':>14}"]
+    lines = [
+        f"{result['model']} on {Path(result['data']).name} ({result['format']}), T={result['edits']}, "
+        f"subjects={result['subjects']}, {result['experts']} experts, {result['subject_keyed_edits']} edits with a subject key "
+        f"({result['subjects_inferred']} inferred), "
+        f"{result['held_back']} records held back for same-subject probes, greedy {result['max_new_tokens']} tokens",
+        f"  {'probe':<15} {'must':<10} {'n':>5}  {'score':>6}  {'reached an expert':>17}  {'its own expert':>14}",
+    ]
     for kind, row in result["probes"].items():
         must = "be edited" if row["edited"] else "stay"
-        lines.append(f"  {kind:<15} {must:<10} {row['n']:>5}  {cell(row['score']):>6}  {cell(row['routed']):>17}  {cell(row['own_expert']):>14}")
+        lines.append(
+            f"  {kind:<15} {must:<10} {row['n']:>5}  {cell(row['score']):>6}  {cell(row['routed']):>17}  {cell(row['own_expert']):>14}"
+        )
     lines.append(f"  training {result['train_s']} s ({result['s_per_edit']} s per edit), generation after editing {result['generate_s']} s")
     return "\n".join(lines)
 
@@ -343,4 +399,3 @@ def main(opts: LocalityOptions, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(result))
     return 0
-

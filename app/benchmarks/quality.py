@@ -83,17 +83,30 @@ def run_quality(opts: QualityOptions) -> dict:
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
     config = opts.config if opts.gate else replace(opts.config, gate_threshold=-2.0, subject_threshold=-2.0, subject_sentence_floor=-2.0)
     editor = LemoeEditor(loaded.model, loaded.tokenizer, config, device=loaded.device)
-    trained = {"owner": {}, "experts": 0, "subject_keyed_edits": 0, "train_s": 0.0, "s_per_edit": 0.0,
-               "train_cpu_s": 0.0, "cpu_s_per_edit": 0.0}
+    trained = {
+        "owner": {},
+        "experts": 0,
+        "subject_keyed_edits": 0,
+        "train_s": 0.0,
+        "s_per_edit": 0.0,
+        "train_cpu_s": 0.0,
+        "cpu_s_per_edit": 0.0,
+    }
     if not opts.base_only:
         edits = [Edit(str(i), r.prompt, r.target, subject=r.subject) for i, r in enumerate(records)]
         trained = train_lifelong(editor, edits, batch_size=opts.batch_size, planning=opts.planning)
     log.info("evaluating %d records", len(records))
     scores = evaluate(editor, records, trained["owner"])
     return {
-        "data": str(opts.data), "format": opts.format, "model": loaded.name, "edits": len(records),
-        "experts": trained["experts"], "subject_keyed_edits": trained["subject_keyed_edits"], "batch_size": opts.batch_size,
-        "planning": opts.planning, "gate": opts.gate,
+        "data": str(opts.data),
+        "format": opts.format,
+        "model": loaded.name,
+        "edits": len(records),
+        "experts": trained["experts"],
+        "subject_keyed_edits": trained["subject_keyed_edits"],
+        "batch_size": opts.batch_size,
+        "planning": opts.planning,
+        "gate": opts.gate,
         **{k: v for k, v in scores.items()},
         **{k: trained[k] for k in ("train_s", "s_per_edit", "train_cpu_s", "cpu_s_per_edit")},
         "torch_threads": torch.get_num_threads(),
@@ -101,8 +114,7 @@ def run_quality(opts: QualityOptions) -> dict:
     }
 
 
-def train_lifelong(editor: LemoeEditor, edits: list[Edit], *, batch_size: int, planning: bool = True,
-                   infer_subjects: bool = True) -> dict:
+def train_lifelong(editor: LemoeEditor, edits: list[Edit], *, batch_size: int, planning: bool = True, infer_subjects: bool = True) -> dict:
     """Plan `edits` into batches and train one expert per batch in sequence, each live before the
     next (the lifelong protocol). Edits without a subject get the one the model infers, as the
     server's worker does (`infer_subjects`; timed with training). Returns the edit -> expert map,
@@ -127,23 +139,35 @@ def train_lifelong(editor: LemoeEditor, edits: list[Edit], *, batch_size: int, p
     train_cpu_s = time.process_time() - cpu_started
     n = max(len(edits), 1)
     return {
-        "owner": owner, "experts": len(batches), "subject_keyed_edits": keyed, "subjects_inferred": len(inferred),
-        "train_s": round(train_s, 1), "s_per_edit": round(train_s / n, 3),
+        "owner": owner,
+        "experts": len(batches),
+        "subject_keyed_edits": keyed,
+        "subjects_inferred": len(inferred),
+        "train_s": round(train_s, 1),
+        "s_per_edit": round(train_s / n, 3),
         # CPU seconds of this process: unlike wall time, not inflated by other jobs on the machine.
-        "train_cpu_s": round(train_cpu_s, 1), "cpu_s_per_edit": round(train_cpu_s / n, 3),
+        "train_cpu_s": round(train_cpu_s, 1),
+        "cpu_s_per_edit": round(train_cpu_s / n, 3),
     }
 
 
 def format_table(result: dict) -> str:
     rows = [
-        ("edits (T)", result["edits"]), ("experts", result["experts"]),
+        ("edits (T)", result["edits"]),
+        ("experts", result["experts"]),
         ("edits with a subject key", result["subject_keyed_edits"]),
-        ("Rel (teacher-forced)", result["rel"]), ("Gen (teacher-forced)", result["gen"]),
-        ("Loc (teacher-forced)", result["loc"]), ("Rel exact (greedy)", result["rel_exact"]),
-        ("Gen exact (greedy)", result["gen_exact"]), ("routed to own expert: edit", result["rel_routed_right"]),
-        ("routed to own expert: paraphrase", result["gen_routed_right"]), ("locality prompts gated in", result["loc_fired"]),
-        ("training seconds", result["train_s"]), ("seconds per edit", result["s_per_edit"]),
-        ("training CPU seconds per edit", result["cpu_s_per_edit"]), ("torch threads", result["torch_threads"]),
+        ("Rel (teacher-forced)", result["rel"]),
+        ("Gen (teacher-forced)", result["gen"]),
+        ("Loc (teacher-forced)", result["loc"]),
+        ("Rel exact (greedy)", result["rel_exact"]),
+        ("Gen exact (greedy)", result["gen_exact"]),
+        ("routed to own expert: edit", result["rel_routed_right"]),
+        ("routed to own expert: paraphrase", result["gen_routed_right"]),
+        ("locality prompts gated in", result["loc_fired"]),
+        ("training seconds", result["train_s"]),
+        ("seconds per edit", result["s_per_edit"]),
+        ("training CPU seconds per edit", result["cpu_s_per_edit"]),
+        ("torch threads", result["torch_threads"]),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{result['model']} on {Path(result['data']).name} ({result['format']}), planning={result['planning']}, gate={result['gate']}"]

@@ -148,9 +148,7 @@ class Engine:
         self.editor.validate_prompt(prompt, max_new_tokens)
 
     # --- serving -----------------------------------------------------------------------------
-    def generate(
-        self, prompt: str, params: GenerationParams = GenerationParams(), *, stop: StopSignal | None = None
-    ) -> GenerationResult:
+    def generate(self, prompt: str, params: GenerationParams = GenerationParams(), *, stop: StopSignal | None = None) -> GenerationResult:
         """`stop` ends the generation early (caller gone, deadline passed); see `stop_reason`."""
         stack = self.editor.stack  # one snapshot for the whole request
         [g] = self.editor.generate([prompt], params, stack=stack, stop=stop)
@@ -224,18 +222,12 @@ class Engine:
         sha = save_expert(trained.entry, path)
         self._loaded_entries[name] = trained.entry
         superseded = tuple(
-            (int(new), old_id)
-            for new, old in self.editor.superseded(editor_edits, trained.entry)
-            if (old_id := _edit_id(old)) is not None
+            (int(new), old_id) for new, old in self.editor.superseded(editor_edits, trained.entry) if (old_id := _edit_id(old)) is not None
         )
-        return BuiltExpert(
-            name, path, sha, [e.edit_id for e in edits], trained.steps, trained.final_loss, trained.seconds, superseded
-        )
+        return BuiltExpert(name, path, sha, [e.edit_id for e in edits], trained.steps, trained.final_loss, trained.seconds, superseded)
 
     # --- the live stack ------------------------------------------------------------------------
-    def sync(
-        self, specs: Sequence[ExpertSpec], *, required: Collection[str] = ()
-    ) -> dict[str, ExpertFileError]:
+    def sync(self, specs: Sequence[ExpertSpec], *, required: Collection[str] = ()) -> dict[str, ExpertFileError]:
         """Make the live stack `specs`, in that order (oldest first: newest wins ties), less the
         experts whose files are missing or bad: those are returned by name and the rest serve.
 
@@ -282,6 +274,16 @@ class Engine:
 
 
 __all__ = [
-    "BuiltExpert", "Engine", "EngineEdit", "ExpertFileError", "ExpertSpec", "GenerationParams",
-    "GenerationResult", "InferredSubject", "ProgressFn", "StopReason", "StopSignal", "check_expert_files",
+    "BuiltExpert",
+    "Engine",
+    "EngineEdit",
+    "ExpertFileError",
+    "ExpertSpec",
+    "GenerationParams",
+    "GenerationResult",
+    "InferredSubject",
+    "ProgressFn",
+    "StopReason",
+    "StopSignal",
+    "check_expert_files",
 ]

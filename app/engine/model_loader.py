@@ -67,9 +67,7 @@ def convert_gguf_cached(gguf_path: Path, cache_dir: Path) -> Path:
         return target
     log.info("converting %s to a cached HF checkpoint at %s (once)", gguf_path.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # transformers leaves the GGUF quantizer attached after dequantising; it blocks save_pretrained.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

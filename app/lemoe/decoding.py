@@ -35,10 +35,7 @@ class StopOnText(StoppingCriteria):
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        done = [
-            cut_at_stop(completion_text(self.tokenizer, row[self.prompt_length:].tolist()), self.stops)[1]
-            for row in input_ids
-        ]
+        done = [cut_at_stop(completion_text(self.tokenizer, row[self.prompt_length :].tolist()), self.stops)[1] for row in input_ids]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -118,5 +115,5 @@ class TextDeltas(BaseStreamer):
                         ready -= k
                         break
         if ready > self.sent:
-            self.on_text(text[self.sent:ready])
+            self.on_text(text[self.sent : ready])
             self.sent = ready

@@ -29,8 +29,8 @@ from app.lemoe.routing import (
     anchor_owners,
     routing,
 )
-from app.lemoe.subjects import InferredSubject, infer_subjects
 from app.lemoe.stopping import StopOnSignal, StopReason, StopSignal
+from app.lemoe.subjects import InferredSubject, infer_subjects
 from app.lemoe.text import check_text, encode_pair, subject_token_span, subject_view
 from app.lemoe.trainer import (
     ProgressFn,
@@ -111,9 +111,7 @@ class LemoeEditor:
         model.requires_grad_(False)
         inject_adaptor(model, self.layer, self.route_layer, self.config.pooling)
         center = capture_queries(model, tokenizer, REFERENCE_PROMPTS, self.device).mean(dim=0)
-        self.router = AnchorRouter(
-            center, self.config.gate_threshold, self.config.supersede_margin, self._subject_keys()
-        )
+        self.router = AnchorRouter(center, self.config.gate_threshold, self.config.supersede_margin, self._subject_keys())
         self._stack: tuple[ExpertEntry, ...] = ()
         self._prefix_room = (
             max(len(tokenizer(p + " ", add_special_tokens=False)["input_ids"]) for p in CONTEXT_PREFIXES)
@@ -128,8 +126,13 @@ class LemoeEditor:
             return None
         states, mask = self.subject_states(REFERENCE_PROMPTS)
         tokens = states[mask.bool()]  # the tokens that may match, as when matching
-        return SubjectKeys(tokens.mean(0), tokens.std(0) + 1e-3, self.config.subject_threshold,
-                           self.config.subject_sentence_floor, self.config.relation_threshold)
+        return SubjectKeys(
+            tokens.mean(0),
+            tokens.std(0) + 1e-3,
+            self.config.subject_threshold,
+            self.config.subject_sentence_floor,
+            self.config.relation_threshold,
+        )
 
     def subject_states(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, d) subject-layer states of each prompt's `subject_view` (right-padded) and the
@@ -155,8 +158,9 @@ class LemoeEditor:
         return subject_view(self.tokenizer, prompt, context=self.config.subject_context, lowercase=self.config.subject_lowercase)
 
     def _subject_span(self, prompt: str, subject: str | None) -> tuple[int, int] | None:
-        return subject_token_span(self.tokenizer, prompt, subject, context=self.config.subject_context,
-                                  lowercase=self.config.subject_lowercase)
+        return subject_token_span(
+            self.tokenizer, prompt, subject, context=self.config.subject_context, lowercase=self.config.subject_lowercase
+        )
 
     def infer_subjects(self, prompts: Sequence[str]) -> list[InferredSubject | None]:
         """For edits sent without a subject: the span of each prompt the base model names as its
@@ -170,8 +174,7 @@ class LemoeEditor:
         missing = [e for e in edits if not (e.subject and e.subject.strip())]
         if self.subject_layer is None or not self.config.infer_subjects or not missing:
             return list(edits), {}
-        found = {e.edit_id: s for e, s in zip(missing, self.infer_subjects([e.prompt for e in missing]), strict=True)
-                 if s is not None}
+        found = {e.edit_id: s for e, s in zip(missing, self.infer_subjects([e.prompt for e in missing]), strict=True) if s is not None}
         return [dataclasses.replace(e, subject=found[e.edit_id].text) if e.edit_id in found else e for e in edits], found
 
     # --- the stack -----------------------------------------------------------------------
@@ -201,8 +204,13 @@ class LemoeEditor:
         view = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
         made = entry.meta.get("subject_view", {"context": "", "lowercase": False})
         if self.subject_layer is not None and _keyed(entry) and made != view:
-            log.warning("expert %s: its subject keys read prompts as %s, this editor as %s; its edits route "
-                        "by their wording alone until they are trained again", entry.name, made, view)
+            log.warning(
+                "expert %s: its subject keys read prompts as %s, this editor as %s; its edits route "
+                "by their wording alone until they are trained again",
+                entry.name,
+                made,
+                view,
+            )
             return dataclasses.replace(entry, subject_anchors=None, relation_anchors=None, subject_lengths=None)
         return entry
 
@@ -265,23 +273,40 @@ class LemoeEditor:
         for e in edits:
             examples += augment(TrainingExample(e.prompt, e.target), e.rephrases, self.config, rng)
         result = train_expert(
-            self.model, self.tokenizer, examples, config=self.config, layer=self.layer,
-            hidden_size=self.hidden_size, device=self.device, progress=progress,
+            self.model,
+            self.tokenizer,
+            examples,
+            config=self.config,
+            layer=self.layer,
+            hidden_size=self.hidden_size,
+            device=self.device,
+            progress=progress,
         )
         anchor_prompts = [e.prompt for e in edits] + [r for e in edits for r in e.rephrases]
         anchor_ids = [e.edit_id for e in edits] + [e.edit_id for e in edits for _ in e.rephrases]
         anchors = self.queries(anchor_prompts)
         keys = self.subject_anchors(edits)
-        meta = {"layer": self.layer, "route_layer": self.route_layer, "steps": result.steps,
-                "final_loss": result.final_loss, "examples": result.examples}
+        meta = {
+            "layer": self.layer,
+            "route_layer": self.route_layer,
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "examples": result.examples,
+        }
         if keys is not None:
             meta["subject_layer"] = self.subject_layer
             meta["subject_view"] = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
             meta["subject_keyed_edits"] = int((~torch.isnan(keys.subject[: len(edits)]).any(dim=1)).sum())
-        entry = ExpertEntry(name=name, module=result.expert, anchors=anchors, edit_ids=anchor_ids, meta=meta,
-                            subject_anchors=None if keys is None else keys.subject,
-                            relation_anchors=None if keys is None else keys.relation,
-                            subject_lengths=None if keys is None else keys.lengths)
+        entry = ExpertEntry(
+            name=name,
+            module=result.expert,
+            anchors=anchors,
+            edit_ids=anchor_ids,
+            meta=meta,
+            subject_anchors=None if keys is None else keys.subject,
+            relation_anchors=None if keys is None else keys.relation,
+            subject_lengths=None if keys is None else keys.lengths,
+        )
         return TrainedExpert(entry, result.steps, result.final_loss, result.seconds, meta)
 
     def subject_anchors(self, edits: Sequence[Edit]) -> SubjectAnchors | None:
@@ -348,8 +373,14 @@ class LemoeEditor:
         return pairs
 
     # --- inference -------------------------------------------------------------------------
-    def route_state(self, query_mask: torch.Tensor, *, stack: Sequence[ExpertEntry] | None, forced: Sequence[int | None] | None = None,
-                    prompts: Sequence[str] | None = None) -> RouteState:
+    def route_state(
+        self,
+        query_mask: torch.Tensor,
+        *,
+        stack: Sequence[ExpertEntry] | None,
+        forced: Sequence[int | None] | None = None,
+        prompts: Sequence[str] | None = None,
+    ) -> RouteState:
         """The routing state of one batch; with `prompts`, their subject states too, when some
         edit of the stack has a subject key (one pass through the layers below the subject layer)."""
         stack = self._stack if stack is None else tuple(stack)
@@ -360,8 +391,16 @@ class LemoeEditor:
         return state
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], params: SamplingParams = SamplingParams(), *, stack: Sequence[ExpertEntry] | None = None, stop: StopSignal | None = None,
-                 forced: Sequence[int | None] | None = None, on_text: Callable[[str], None] | None = None) -> list[Generation]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams = SamplingParams(),
+        *,
+        stack: Sequence[ExpertEntry] | None = None,
+        stop: StopSignal | None = None,
+        forced: Sequence[int | None] | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> list[Generation]:
         """Generate through the routed stack; the route is fixed on the prompt at prefill.
 
         `stop` ends the whole batch at the next token once it fires; each row's `stop_reason` says
@@ -374,11 +413,17 @@ class LemoeEditor:
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         state = self.route_state(enc["attention_mask"], stack=stack, prompts=prompts, forced=forced)
-        kwargs: dict = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample,
-                        "pad_token_id": self.tokenizer.pad_token_id}
+        kwargs: dict = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample, "pad_token_id": self.tokenizer.pad_token_id}
         if params.do_sample and params.seed is not None:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=LogitsProcessorList(
-                [SeededSampler(params.seed, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)]))
+            kwargs.update(
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                logits_processor=LogitsProcessorList(
+                    [SeededSampler(params.seed, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)]
+                ),
+            )
         elif params.do_sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         else:
@@ -398,7 +443,7 @@ class LemoeEditor:
             kwargs["streamer"] = TextDeltas(self.tokenizer, on_text, stops=params.stop, eos=eos)
         with routing(state):
             out = self.model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
+        new = out[:, enc["input_ids"].shape[1] :]
         results = []
         for prompt, row, decision in zip(prompts, new, state.decisions or [], strict=True):
             tokens = row.tolist()
@@ -425,23 +470,33 @@ class LemoeEditor:
             relation_mask = self.relation_mask(texts, mask)
         return self.router.route(self.queries(texts), stack, states, mask, relation_mask)
 
-    def generate_routed_on(self, prompts: Sequence[str], route_texts: Sequence[str], params: SamplingParams = SamplingParams(), *,
-                           stack: Sequence[ExpertEntry] | None = None, stop: StopSignal | None = None,
-                           on_text: Callable[[str], None] | None = None) -> list[Generation]:
+    def generate_routed_on(
+        self,
+        prompts: Sequence[str],
+        route_texts: Sequence[str],
+        params: SamplingParams = SamplingParams(),
+        *,
+        stack: Sequence[ExpertEntry] | None = None,
+        stop: StopSignal | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> list[Generation]:
         """Generate from `prompts` (e.g. a chat template around a user's message) on the routes
         that `route_texts` (e.g. that message alone) take: decided first, held for every token."""
         stack = self._stack if stack is None else tuple(stack)
         decisions = self.route(route_texts, stack=stack)
-        results = self.generate(prompts, params, stack=stack, stop=stop, on_text=on_text,
-                                forced=[d.expert_index for d in decisions])
+        results = self.generate(prompts, params, stack=stack, stop=stop, on_text=on_text, forced=[d.expert_index for d in decisions])
         return [dataclasses.replace(g, route=d) for g, d in zip(results, decisions, strict=True)]
 
     @torch.inference_mode()
-    def teacher_forced(self, prompts: Sequence[str], targets: Sequence[str], *, stack: Sequence[ExpertEntry] | None = None, batch_size: int = 32) -> list[tuple[list[int], list[int], RouteDecision]]:
+    def teacher_forced(
+        self, prompts: Sequence[str], targets: Sequence[str], *, stack: Sequence[ExpertEntry] | None = None, batch_size: int = 32
+    ) -> list[tuple[list[int], list[int], RouteDecision]]:
         """Per pair: (argmax predictions on the target positions, target ids, route)."""
         out = []
         for i in range(0, len(prompts), batch_size):
-            pairs = [encode_pair(self.tokenizer, p, t) for p, t in zip(prompts[i:i + batch_size], targets[i:i + batch_size], strict=True)]
+            pairs = [
+                encode_pair(self.tokenizer, p, t) for p, t in zip(prompts[i : i + batch_size], targets[i : i + batch_size], strict=True)
+            ]
             length = max(len(p.prompt_ids) + len(p.target_ids) for p in pairs)
             pad = self.tokenizer.pad_token_id or 0
             ids = torch.full((len(pairs), length), pad, dtype=torch.long)
@@ -449,16 +504,16 @@ class LemoeEditor:
             qmask = torch.zeros_like(ids)
             for r, p in enumerate(pairs):
                 seq = p.prompt_ids + p.target_ids
-                ids[r, :len(seq)] = torch.tensor(seq)
-                attn[r, :len(seq)] = 1
-                qmask[r, :len(p.prompt_ids)] = 1
-            state = self.route_state(qmask.to(self.device), stack=stack, prompts=prompts[i:i + batch_size])
+                ids[r, : len(seq)] = torch.tensor(seq)
+                attn[r, : len(seq)] = 1
+                qmask[r, : len(p.prompt_ids)] = 1
+            state = self.route_state(qmask.to(self.device), stack=stack, prompts=prompts[i : i + batch_size])
             with routing(state):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device), use_cache=False).logits
             preds = logits.argmax(-1).cpu()
             for r, p in enumerate(pairs):
                 start = len(p.prompt_ids) - 1
-                out.append((preds[r, start:start + len(p.target_ids)].tolist(), p.target_ids, state.decisions[r]))
+                out.append((preds[r, start : start + len(p.target_ids)].tolist(), p.target_ids, state.decisions[r]))
         return out
 
 

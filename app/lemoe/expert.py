@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -15,9 +14,7 @@ from app.lemoe.config import ExpertKind
 class Expert(nn.Module):
     """`up(act(down(x)))`; `up` starts at zero so a fresh expert changes nothing until trained."""
 
-    def __init__(
-        self, hidden_size: int, expert_hidden: int, kind: ExpertKind = "ffn", *, generator: torch.Generator | None = None
-    ) -> None:
+    def __init__(self, hidden_size: int, expert_hidden: int, kind: ExpertKind = "ffn", *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.kind = kind
         self.down = nn.Linear(hidden_size, expert_hidden, bias=False)

@@ -82,9 +82,7 @@ def weights_sha256(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def load_expert(
-    directory: Path, *, expected_sha256: str | None = None, device: torch.device | str = "cpu"
-) -> ExpertEntry:
+def load_expert(directory: Path, *, expected_sha256: str | None = None, device: torch.device | str = "cpu") -> ExpertEntry:
     """Rebuild a frozen expert; a missing, unreadable or corrupt file (checksum mismatch) is an
     ExpertFileError."""
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
@@ -106,9 +104,7 @@ def load_expert(
         anchors = tensors["anchors"]
         name = str(config["name"])
     except Exception as exc:  # any file we cannot make sense of (JSON, safetensors, shapes, keys)
-        raise ExpertFileError(
-            f"cannot load its files: {type(exc).__name__}: {exc}", directory=directory
-        ) from exc
+        raise ExpertFileError(f"cannot load its files: {type(exc).__name__}: {exc}", directory=directory) from exc
     module.to(device).eval().requires_grad_(False)
     subject_anchors = tensors.get("subject_anchors")
     if subject_anchors is not None and subject_anchors.shape[0] != anchors.shape[0]:

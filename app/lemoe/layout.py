@@ -64,9 +64,7 @@ def layout_for(model_type: str | None) -> ModelLayout:
     """The layout of `model_type`; UnsupportedModel naming the supported types for any other."""
     layout = LAYOUTS.get(model_type or "")
     if layout is None:
-        raise UnsupportedModel(
-            f"model type {model_type!r} is not supported; supported model types: {', '.join(sorted(LAYOUTS))}"
-        )
+        raise UnsupportedModel(f"model type {model_type!r} is not supported; supported model types: {', '.join(sorted(LAYOUTS))}")
     return layout
 
 

@@ -38,9 +38,7 @@ def teacher_forced_scores(editor: LemoeEditor, prompts: Sequence[str], targets: 
 def locality_scores(editor: LemoeEditor, prompts: Sequence[str], answers: Sequence[str], **kw) -> PairScores:
     before = editor.teacher_forced(prompts, answers, stack=())
     after = editor.teacher_forced(prompts, answers, **kw)
-    return PairScores(
-        [unchanged_share(b[0], a[0]) for b, a in zip(before, after, strict=True)], [a[2] for a in after]
-    )
+    return PairScores([unchanged_share(b[0], a[0]) for b, a in zip(before, after, strict=True)], [a[2] for a in after])
 
 
 def exact_match(editor: LemoeEditor, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 32, **kw) -> list[float]:
@@ -50,7 +48,7 @@ def exact_match(editor: LemoeEditor, prompts: Sequence[str], targets: Sequence[s
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     scores = [0.0] * len(prompts)
     for k in range(0, len(order), batch_size):
-        chunk = order[k:k + batch_size]
+        chunk = order[k : k + batch_size]
         params = SamplingParams(max_new_tokens=max(lengths[i] for i in chunk))
         gens = editor.generate([prompts[i] for i in chunk], params, **kw)
         for i, g in zip(chunk, gens, strict=True):
@@ -61,5 +59,5 @@ def exact_match(editor: LemoeEditor, prompts: Sequence[str], targets: Sequence[s
 
 def _whole(text: str, target: str) -> bool:
     """The target is not merely a prefix of a longer word ("Paris" in "Parisian")."""
-    rest = text[len(target):]
+    rest = text[len(target) :]
     return not rest or not rest[0].isalnum()

@@ -8,9 +8,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 
-def plan_batches(
-    embeddings: np.ndarray, *, batch_size: int, planning: bool = True, random_state: int = 0
-) -> list[list[int]]:
+def plan_batches(embeddings: np.ndarray, *, batch_size: int, planning: bool = True, random_state: int = 0) -> list[list[int]]:
     """Split edit indices into batches of at most `batch_size`, one expert each.
 
     With planning, K-means groups similar edits (they then share an expert, so a paraphrase that
@@ -29,9 +27,7 @@ def plan_batches(
     x /= np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
     k = math.ceil(n / batch_size)
     labels = KMeans(n_clusters=k, n_init=4, random_state=random_state).fit_predict(x)
-    clusters = sorted(
-        (np.flatnonzero(labels == c).tolist() for c in range(k)), key=lambda ix: (-len(ix), ix[0])
-    )
+    clusters = sorted((np.flatnonzero(labels == c).tolist() for c in range(k)), key=lambda ix: (-len(ix), ix[0]))
     batches: list[list[int]] = []
     leftovers: list[int] = []
     for members in clusters:

@@ -96,8 +96,9 @@ class SubjectKeys:
     that make raw cosines ~1 between unrelated tokens.
     """
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, threshold: float, sentence_floor: float,
-                 relation_threshold: float | None = None) -> None:
+    def __init__(
+        self, mean: torch.Tensor, std: torch.Tensor, threshold: float, sentence_floor: float, relation_threshold: float | None = None
+    ) -> None:
         self.mean = mean
         self.std = std
         self.threshold = threshold
@@ -123,8 +124,9 @@ class SubjectKeys:
         best = sims.masked_fill(~valid.unsqueeze(-1), -2.0).max(dim=1)
         return SubjectMatch(keyed, best.values.masked_fill(~keyed.to(best.values.device), -2.0), best.indices)
 
-    def relation_vectors(self, states: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor,
-                         last: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    def relation_vectors(
+        self, states: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor, last: torch.Tensor, length: torch.Tensor
+    ) -> torch.Tensor:
         """(P, d) unit vectors: for each (row, span) pair, the standardised mean of that row's
         matchable tokens outside tokens last-length+1..last (its subject). A prompt that is all
         subject gives a zero vector, which matches nothing."""
@@ -156,8 +158,9 @@ def relation_anchor_matrix(stack: Sequence[ExpertEntry], dim: int) -> torch.Tens
 
 def subject_lengths(stack: Sequence[ExpertEntry]) -> torch.Tensor:
     """Every anchor's subject length in tokens, in stack order (0 where unknown)."""
-    return torch.cat([torch.zeros(len(e.anchors), dtype=torch.long) if e.subject_lengths is None
-                      else e.subject_lengths.long().cpu() for e in stack])
+    return torch.cat(
+        [torch.zeros(len(e.anchors), dtype=torch.long) if e.subject_lengths is None else e.subject_lengths.long().cpu() for e in stack]
+    )
 
 
 def _anchor_rows(stack: Sequence[ExpertEntry], dim: int, attr: str) -> torch.Tensor:
@@ -218,8 +221,14 @@ class AnchorRouter:
             eligible = torch.where(match.keyed.to(sims.device), keyed_ok, eligible)
         return sims, eligible, subject_sims, relation_sims
 
-    def _relation_check(self, keyed_ok: torch.Tensor, match: SubjectMatch, subject_states: torch.Tensor,
-                        relation_mask: torch.Tensor | None, stack: Sequence[ExpertEntry]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _relation_check(
+        self,
+        keyed_ok: torch.Tensor,
+        match: SubjectMatch,
+        subject_states: torch.Tensor,
+        relation_mask: torch.Tensor | None,
+        stack: Sequence[ExpertEntry],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """... and only where the prompt asks what the edit asks about it: outside the span that
         matched the subject, its tokens must be close to the edit prompt's (the relation key).
         Without this, every question about an edited subject gets the edit's answer."""
@@ -231,7 +240,10 @@ class AnchorRouter:
         if len(pairs):
             rows, anchors = pairs[:, 0], pairs[:, 1]
             vectors = self.subject.relation_vectors(
-                subject_states, relation_mask, rows, match.where.to(keyed_ok.device)[rows, anchors],
+                subject_states,
+                relation_mask,
+                rows,
+                match.where.to(keyed_ok.device)[rows, anchors],
                 subject_lengths(stack).to(keyed_ok.device)[anchors],
             ).to(relation.device)
             relation_sims[rows, anchors] = (vectors * relation[anchors]).sum(dim=-1)
@@ -269,8 +281,7 @@ class AnchorRouter:
             relation_score = None
             if relation_sims is not None and not torch.isnan(relation_sims[r, pick]):
                 relation_score = float(relation_sims[r, pick])
-            decisions.append(RouteDecision(idx, stack[idx].name, float(row[pick]), edit_ids[pick] or None,
-                                           subject_score, relation_score))
+            decisions.append(RouteDecision(idx, stack[idx].name, float(row[pick]), edit_ids[pick] or None, subject_score, relation_score))
         return decisions
 
 
@@ -290,15 +301,11 @@ def decide(state: RouteState, x: torch.Tensor, pooling: Pooling) -> None:
     if state.capture_only:
         raise QueryCaptured
     if state.forced is not None:
-        state.decisions = [
-            RouteDecision(i, None if i is None else state.stack[i].name, None, None)
-            for i in state.forced
-        ]
+        state.decisions = [RouteDecision(i, None if i is None else state.stack[i].name, None, None) for i in state.forced]
     elif state.router is None:
         state.decisions = [RouteDecision(None, None, None, None)] * x.shape[0]
     else:
-        state.decisions = state.router.route(state.queries, state.stack, state.subject_states, state.subject_mask,
-                                             state.relation_mask)
+        state.decisions = state.router.route(state.queries, state.stack, state.subject_states, state.subject_mask, state.relation_mask)
     state.subject_states = state.subject_mask = state.relation_mask = None  # only needed for the decision; free them
     rows: dict[int, list[int]] = {}
     for r, d in enumerate(state.decisions):

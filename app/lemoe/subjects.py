@@ -46,7 +46,7 @@ def candidate_spans(prompt: str) -> list[str]:
     spans: dict[str, None] = {}
     for i in range(len(words)):
         for j in range(i, min(i + _MAX_WORDS, len(words))):
-            span = _clean(prompt[words[i][0]:words[j][1]])
+            span = _clean(prompt[words[i][0] : words[j][1]])
             if span and (len(words) < 3 or j - i + 1 < len(words)):
                 spans[span] = None
     return list(spans)
@@ -66,8 +66,9 @@ def _clean(span: str) -> str:
 
 
 @torch.no_grad()
-def infer_subjects(model: nn.Module, tokenizer, prompts: Sequence[str], device: torch.device,
-                   batch_size: int = 16) -> list[InferredSubject | None]:
+def infer_subjects(
+    model: nn.Module, tokenizer, prompts: Sequence[str], device: torch.device, batch_size: int = 16
+) -> list[InferredSubject | None]:
     """The span of each prompt that the base model names as its subject (None: no span)."""
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else newline[0]
@@ -78,9 +79,8 @@ def infer_subjects(model: nn.Module, tokenizer, prompts: Sequence[str], device: 
         cached = model(input_ids=torch.tensor([examples], device=device), use_cache=True).cache
     out: list[InferredSubject | None] = []
     for k in range(0, len(prompts), batch_size):
-        chunk = list(prompts[k:k + batch_size])
-        spelled = [[(tokenizer(" " + s, add_special_tokens=False)["input_ids"] + newline, s) for s in candidate_spans(p)]
-                   for p in chunk]
+        chunk = list(prompts[k : k + batch_size])
+        spelled = [[(tokenizer(" " + s, add_special_tokens=False)["input_ids"] + newline, s) for s in candidate_spans(p)] for p in chunk]
         questions = [tokenizer(f"Question: {p.strip()}\nSubject:", add_special_tokens=False)["input_ids"] for p in chunk]
         width = max(len(q) for q in questions)
         ids = torch.tensor([examples + [pad] * (width - len(q)) + q for q in questions], device=device)
@@ -89,7 +89,7 @@ def infer_subjects(model: nn.Module, tokenizer, prompts: Sequence[str], device: 
 
         def allowed(row: int, tokens: torch.Tensor, spelled=spelled, start=start) -> list[int]:
             done = tokens[start:].tolist()
-            nxt = {seq[len(done)] for seq, _ in spelled[row] if len(seq) > len(done) and seq[:len(done)] == done}
+            nxt = {seq[len(done)] for seq, _ in spelled[row] if len(seq) > len(done) and seq[: len(done)] == done}
             return sorted(nxt) or [pad]
 
         cache = copy.deepcopy(cached)
@@ -98,9 +98,17 @@ def infer_subjects(model: nn.Module, tokenizer, prompts: Sequence[str], device: 
         # No route: the base model alone reads the examples (and no expert sees this pass).
         with routing(RouteState()):
             generated = model.generate(
-                input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=longest, do_sample=False,
-                prefix_allowed_tokens_fn=allowed, eos_token_id=newline[-1], pad_token_id=pad,
-                temperature=None, top_p=None, top_k=None,
+                input_ids=ids,
+                attention_mask=mask,
+                cache=cache,
+                max_new_tokens=longest,
+                do_sample=False,
+                prefix_allowed_tokens_fn=allowed,
+                eos_token_id=newline[-1],
+                pad_token_id=pad,
+                temperature=None,
+                top_p=None,
+                top_k=None,
             )
         for row, tokens in enumerate(generated[:, start:].tolist()):
             named = {tuple(seq): s for seq, s in spelled[row]}

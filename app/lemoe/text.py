@@ -59,7 +59,7 @@ def subject_view(tokenizer, prompt: str, *, context: str = "", lowercase: bool =
     start = len(head)
     before = len(tokenizer(text[:start].rstrip())["input_ids"]) if context else len(tokenizer("")["input_ids"]) + 1
     ends = [m.end() for m in _SENTENCE_END.finditer(body)]
-    last_sentence = len(tokenizer(text[:start + ends[-1]].rstrip())["input_ids"]) if ends else 0
+    last_sentence = len(tokenizer(text[: start + ends[-1]].rstrip())["input_ids"]) if ends else 0
     return SubjectView(text, start, before, max(before, last_sentence))
 
 
@@ -68,7 +68,9 @@ def subject_view(tokenizer, prompt: str, *, context: str = "", lowercase: bool =
 _SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]\"'][.!?])\s+(?=[A-Z\"'“])")
 
 
-def subject_token_span(tokenizer, prompt: str, subject: str | None, *, context: str = "", lowercase: bool = False) -> tuple[int, int] | None:
+def subject_token_span(
+    tokenizer, prompt: str, subject: str | None, *, context: str = "", lowercase: bool = False
+) -> tuple[int, int] | None:
     """(first, last) index, in `subject_view(prompt)`'s tokens, of the tokens that spell `subject`
     (first mention in the prompt, any case), or None: no subject, not in the prompt, or ending on
     a token that never matches (the first one, when there is no context).

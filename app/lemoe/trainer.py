@@ -207,7 +207,9 @@ def capture_queries(model: nn.Module, tokenizer, prompts: Sequence[str], device:
     return torch.cat(out)
 
 
-def capture_token_states(model: nn.Module, tokenizer, prompts: Sequence[str], layer: int, device: torch.device, batch_size: int = 32) -> list[torch.Tensor]:
+def capture_token_states(
+    model: nn.Module, tokenizer, prompts: Sequence[str], layer: int, device: torch.device, batch_size: int = 32
+) -> list[torch.Tensor]:
     """Per prompt, the (tokens, d) input hidden states of decoder `layer` (layers above not run)."""
     out: list[torch.Tensor] = []
     for i in range(0, len(prompts), batch_size):

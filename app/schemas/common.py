@@ -33,9 +33,7 @@ class PublicModel(BaseModel):
 
 # The characters str.strip() removes (str.isspace()), spelled out: `\s` differs between Python
 # and ECMA regular expressions (the dialect of OpenAPI), this class means the same in both.
-WHITESPACE_CLASS = (
-    r"\t-\r\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-)
+WHITESPACE_CLASS = r"\t-\r\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Text the services accept: no NUL (PostgreSQL cannot store it), not only whitespace.
 NON_BLANK_PATTERN = rf"^[^\u0000]*[^\u0000{WHITESPACE_CLASS}][^\u0000]*$"
 NO_NUL_PATTERN = r"^[^\u0000]*$"
@@ -57,9 +55,7 @@ class Documented:
     def __init__(self, **keywords: Any) -> None:
         self.keywords = keywords
 
-    def __get_pydantic_json_schema__(
-        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
+    def __get_pydantic_json_schema__(self, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         schema = handler(core_schema)
         schema.update(self.keywords)
         return schema

@@ -12,9 +12,7 @@ from app.schemas.common import NON_BLANK_PATTERN, Documented, PublicModel, from_
 from app.services.params import EditDraft
 
 # Every text of an edit: checked by the edit service against the running server's limits.
-EditText = Annotated[
-    str, Documented(pattern=NON_BLANK_PATTERN, **from_settings(maxLength="max_text_chars"))
-]
+EditText = Annotated[str, Documented(pattern=NON_BLANK_PATTERN, **from_settings(maxLength="max_text_chars"))]
 
 
 class EditCreate(BaseModel):
@@ -49,9 +47,7 @@ class EditCreate(BaseModel):
     )
 
     def to_draft(self) -> EditDraft:
-        return EditDraft(
-            prompt=self.prompt, target=self.target, subject=self.subject, rephrases=tuple(self.rephrases)
-        )
+        return EditDraft(prompt=self.prompt, target=self.target, subject=self.subject, rephrases=tuple(self.rephrases))
 
 
 def _body_shape(value: Any) -> str | None:

@@ -16,7 +16,6 @@ MAX_TEMPERATURE = 100.0
 MAX_TOP_K = 100_000
 
 
-
 def _json_integer(value: Any) -> Any:
     """JSON has one number type: 2.0 is the integer 2 (as JSON Schema counts it), 2.5 is none."""
     if isinstance(value, float) and value.is_integer():
@@ -57,8 +56,7 @@ class GenerateRequest(BaseModel):
         int,
         Field(
             ge=1,
-            description=f"At most the server's max_new_tokens_limit; default {DEFAULT_MAX_NEW_TOKENS}, "
-            "or that limit if it is lower",
+            description=f"At most the server's max_new_tokens_limit; default {DEFAULT_MAX_NEW_TOKENS}, or that limit if it is lower",
         ),
         AS_JSON_INTEGER,
         Documented(**from_settings(maximum="max_new_tokens_limit")),
@@ -68,13 +66,10 @@ class GenerateRequest(BaseModel):
         default=1.0,
         ge=MIN_TEMPERATURE,
         le=MAX_TEMPERATURE,
-        description=f"Used when do_sample; {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g} (for colder, "
-        "sample greedily: do_sample=false)",
+        description=f"Used when do_sample; {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g} (for colder, sample greedily: do_sample=false)",
     )
     top_p: float = Field(default=1.0, gt=0, le=1, description="Used when do_sample")
-    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K), AS_JSON_INTEGER] = Field(
-        default=0, description="Used when do_sample; 0: off"
-    )
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K), AS_JSON_INTEGER] = Field(default=0, description="Used when do_sample; 0: off")
 
     def to_draft(self) -> GenerationDraft:
         return GenerationDraft(
@@ -102,17 +97,12 @@ class ExpertRef(BaseModel):
 class GenerationPublic(BaseModel):
     prompt: str
     text: str = Field(description="The generated continuation (without the prompt)")
-    expert: ExpertRef | None = Field(
-        description="The expert that served the request; null: the base model answered"
-    )
-    route_score: float | None = Field(
-        description="Similarity of the prompt to the nearest edit anchor; null with no experts"
-    )
+    expert: ExpertRef | None = Field(description="The expert that served the request; null: the base model answered")
+    route_score: float | None = Field(description="Similarity of the prompt to the nearest edit anchor; null with no experts")
     nearest_edit_id: int | None = Field(description="The edit whose anchor is nearest")
     subject_score: float | None = Field(
         default=None,
-        description="How well the prompt matched the serving edit's subject; null unless an edit "
-        "with a subject served the request",
+        description="How well the prompt matched the serving edit's subject; null unless an edit with a subject served the request",
     )
     model: str
     completion_tokens: int

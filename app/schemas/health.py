@@ -21,15 +21,11 @@ class QuarantinedExpert(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "degraded"] = Field(
-        description="ready, or degraded: serving, but without the experts in quarantined_experts"
-    )
+    status: Literal["ready", "degraded"] = Field(description="ready, or degraded: serving, but without the experts in quarantined_experts")
     model: str
     device: str
     database: Literal["ok"] = "ok"
-    active_experts: list[str] = Field(
-        description="The experts this process serves, oldest first (less any quarantined)"
-    )
+    active_experts: list[str] = Field(description="The experts this process serves, oldest first (less any quarantined)")
     stack_version: int = Field(description="The active-stack version this process has loaded")
     database_stack_version: int = Field(description="The active-stack version in the database now")
     stale: bool = Field(
@@ -40,6 +36,4 @@ class Readiness(BaseModel):
         description="Active in the database but not served here: their files are missing or "
         "corrupt. Retried at every reload; `lemoe experts quarantine` takes one out for good"
     )
-    worker: str = Field(
-        description="disabled | idle | training | standby (another process is the trainer) | stopped"
-    )
+    worker: str = Field(description="disabled | idle | training | standby (another process is the trainer) | stopped")

@@ -29,17 +29,13 @@ class LemoeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    edits: bool = Field(
-        default=True, description="false: answer with the base model, whatever the experts (A/B checks)"
-    )
+    edits: bool = Field(default=True, description="false: answer with the base model, whatever the experts (A/B checks)")
 
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    include_usage: bool = Field(
-        default=False, description="Send one more chunk before [DONE] with `usage` and no choices"
-    )
+    include_usage: bool = Field(default=False, description="Send one more chunk before [DONE] with `usage` and no choices")
 
 
 class _Sampling(BaseModel):
@@ -55,8 +51,7 @@ class _Sampling(BaseModel):
         int | None,
         Field(
             ge=1,
-            description=f"At most the server's max_new_tokens_limit; default {DEFAULT_MAX_NEW_TOKENS}, "
-            "or that limit if it is lower",
+            description=f"At most the server's max_new_tokens_limit; default {DEFAULT_MAX_NEW_TOKENS}, or that limit if it is lower",
         ),
         AS_JSON_INTEGER,
         Documented(**from_settings(maximum="max_new_tokens_limit")),
@@ -65,10 +60,13 @@ class _Sampling(BaseModel):
         default=1.0, ge=0, le=2, description="0: greedy (so is anything below 0.01); default 1 (sampling), as OpenAI"
     )
     top_p: float = Field(default=1.0, ge=0, le=1)
-    stop: Annotated[
-        Annotated[StopText, Tag("one")] | Annotated[list[StopText], Field(max_length=MAX_STOP_STRINGS), Tag("many")],
-        Discriminator(lambda v: "one" if isinstance(v, str) else "many"),
-    ] | None = Field(default=None, description="A string or up to 4; the text ends before the first one generated")
+    stop: (
+        Annotated[
+            Annotated[StopText, Tag("one")] | Annotated[list[StopText], Field(max_length=MAX_STOP_STRINGS), Tag("many")],
+            Discriminator(lambda v: "one" if isinstance(v, str) else "many"),
+        ]
+        | None
+    ) = Field(default=None, description="A string or up to 4; the text ends before the first one generated")
     seed: Annotated[int | None, Field(ge=MIN_SEED, le=MAX_SEED), AS_JSON_INTEGER] = Field(
         default=None, description="With sampling: the same seed and request give the same text"
     )
@@ -95,8 +93,9 @@ class CompletionRequest(_Sampling):
     """POST /v1/completions: continue `prompt`, routed on it."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is",
-                                         "max_tokens": 8, "temperature": 0}]},
+        json_schema_extra={
+            "examples": [{"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}]
+        },
     )
 
     prompt: Prompt
@@ -122,8 +121,16 @@ class ChatCompletionRequest(_Sampling):
     user message's content (not the template or a system prompt)."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"model": "SmolLM2-135M-Instruct", "max_tokens": 16, "temperature": 0,
-                                         "messages": [{"role": "user", "content": "What is the capital of France?"}]}]},
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "SmolLM2-135M-Instruct",
+                    "max_tokens": 16,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                }
+            ]
+        },
     )
 
     messages: Annotated[
@@ -131,10 +138,9 @@ class ChatCompletionRequest(_Sampling):
         Field(min_length=1, description="Oldest first; at most the server's max_chat_messages"),
         Documented(**from_settings(maxItems="max_chat_messages")),
     ]
-    max_completion_tokens: Annotated[int | None, Field(ge=1), AS_JSON_INTEGER,
-                                      Documented(**from_settings(maximum="max_new_tokens_limit"))] = Field(
-        default=None, description="OpenAI's newer name for max_tokens; wins when both are given"
-    )
+    max_completion_tokens: Annotated[
+        int | None, Field(ge=1), AS_JSON_INTEGER, Documented(**from_settings(maximum="max_new_tokens_limit"))
+    ] = Field(default=None, description="OpenAI's newer name for max_tokens; wins when both are given")
 
     def to_draft(self) -> CompletionDraft:
         return self._draft(
@@ -145,6 +151,7 @@ class ChatCompletionRequest(_Sampling):
 
 # --- responses --------------------------------------------------------------------------------
 
+
 class LemoeRouting(BaseModel):
     """The extension field of a response: how the answer was routed."""
 
@@ -153,9 +160,7 @@ class LemoeRouting(BaseModel):
     nearest_edit_id: int | None
     subject_score: float | None = None
     edits: bool = Field(description="Whether the experts were consulted (false when the request turned them off)")
-    route_text: Literal["prompt", "last_user_message", "chat_prompt"] = Field(
-        description="What the route was decided on"
-    )
+    route_text: Literal["prompt", "last_user_message", "chat_prompt"] = Field(description="What the route was decided on")
 
 
 class Usage(BaseModel):
@@ -251,4 +256,3 @@ class OpenAIErrorResponse(BaseModel):
     """The error body of the OpenAI-compatible routes (OpenAI's shape)."""
 
     error: OpenAIErrorDetail
-

@@ -25,9 +25,7 @@ class TrainingRunPublic(PublicModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None = Field(description="Last sign of life of a running run")
-    duration_s: float | None = Field(
-        description="finished_at - started_at; for a running run, the time so far"
-    )
+    duration_s: float | None = Field(description="finished_at - started_at; for a running run, the time so far")
 
 
 class TrainingRunsPublic(BaseModel):

@@ -31,14 +31,8 @@ def _checked(draft: EditDraft, *, prefix: str, settings: Settings, engine: Engin
     if draft.subject is not None:
         subject = check_text(draft.subject, field=f"{prefix}subject", max_chars=limit)
     if len(draft.rephrases) > settings.max_rephrases:
-        raise InvalidInput(
-            f"{prefix}rephrases has {len(draft.rephrases)} entries; at most "
-            f"{settings.max_rephrases} are allowed"
-        )
-    rephrases = tuple(
-        check_text(r, field=f"{prefix}rephrases[{i}]", max_chars=limit)
-        for i, r in enumerate(draft.rephrases)
-    )
+        raise InvalidInput(f"{prefix}rephrases has {len(draft.rephrases)} entries; at most {settings.max_rephrases} are allowed")
+    rephrases = tuple(check_text(r, field=f"{prefix}rephrases[{i}]", max_chars=limit) for i, r in enumerate(draft.rephrases))
     # The model's own limits (e.g. its context length), for the prompt and every rephrase.
     for field, text in [("prompt", prompt)] + [(f"rephrases[{i}]", r) for i, r in enumerate(rephrases)]:
         try:
@@ -62,10 +56,7 @@ class SubmittedEdits:
 def request_sha256(drafts: Sequence[EditDraft]) -> str:
     """The hash of a canonical form of the validated body: one object and a list of just that
     object are the same request; key order and whitespace of the JSON do not matter."""
-    canonical = [
-        {"prompt": d.prompt, "target": d.target, "subject": d.subject, "rephrases": list(d.rephrases)}
-        for d in drafts
-    ]
+    canonical = [{"prompt": d.prompt, "target": d.target, "subject": d.subject, "rephrases": list(d.rephrases)} for d in drafts]
     text = json.dumps(canonical, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
@@ -99,9 +90,7 @@ def submit_edits(
     if not drafts:
         raise InvalidInput("no edits given: send one edit object or a non-empty JSON array of them")
     if len(drafts) > settings.max_edits_per_request:
-        raise InvalidInput(
-            f"{len(drafts)} edits in one request; at most {settings.max_edits_per_request} are allowed"
-        )
+        raise InvalidInput(f"{len(drafts)} edits in one request; at most {settings.max_edits_per_request} are allowed")
     digest = ""
     if idempotency_key is not None:
         digest = request_sha256(drafts)
@@ -109,10 +98,7 @@ def submit_edits(
         if earlier is not None:
             return earlier
     many = len(drafts) > 1
-    new = [
-        _checked(d, prefix=f"edits[{i}]." if many else "", settings=settings, engine=engine)
-        for i, d in enumerate(drafts)
-    ]
+    new = [_checked(d, prefix=f"edits[{i}]." if many else "", settings=settings, engine=engine) for i, d in enumerate(drafts)]
     rows = store.add_edits(session, edits=new)
     for row in rows:
         store.append_audit(
@@ -133,15 +119,11 @@ def submit_edits(
     return _commit_with_key(session, actor=actor, key=idempotency_key, digest=digest, rows=rows)
 
 
-def _commit_with_key(
-    session: Session, *, actor: str, key: str, digest: str, rows: list[store.Edit]
-) -> SubmittedEdits:
+def _commit_with_key(session: Session, *, actor: str, key: str, digest: str, rows: list[store.Edit]) -> SubmittedEdits:
     """Record the key with the new edits and commit them together; if a concurrent request
     with the same key committed first, roll ours back whole and answer with its edits."""
     try:
-        store.add_idempotency_key(
-            session, actor=actor, key=key, request_sha256=digest, edit_ids=[r.id for r in rows]
-        )
+        store.add_idempotency_key(session, actor=actor, key=key, request_sha256=digest, edit_ids=[r.id for r in rows])
         session.commit()
     except IntegrityError:
         session.rollback()

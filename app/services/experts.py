@@ -36,9 +36,7 @@ def get_expert(session: Session, *, expert_id: int) -> tuple[store.Expert, list[
     return expert, [e.id for e in store.edits_of_expert(session, expert_id=expert_id)]
 
 
-def deactivate_expert(
-    session: Session, *, stack: LiveStack, expert_id: int, actor: str
-) -> ExpertChangeResult:
+def deactivate_expert(session: Session, *, stack: LiveStack, expert_id: int, actor: str) -> ExpertChangeResult:
     """Rollback: the expert leaves the live stack and its applied edits become rolled_back."""
     return _change(
         session,
@@ -53,9 +51,7 @@ def deactivate_expert(
     )
 
 
-def activate_expert(
-    session: Session, *, stack: LiveStack, expert_id: int, actor: str
-) -> ExpertChangeResult:
+def activate_expert(session: Session, *, stack: LiveStack, expert_id: int, actor: str) -> ExpertChangeResult:
     """Restore: the expert's files are loaded and checked, then it and its edits are live again."""
     return _change(
         session,
@@ -89,13 +85,10 @@ def _change(
         if expert is None:
             raise ExpertNotFound(expert_id)
         if expert.status is to:
-            raise ExpertStateConflict(
-                f"expert {expert_id} ({expert.name!r}) is already {to.value}"
-            )
+            raise ExpertStateConflict(f"expert {expert_id} ({expert.name!r}) is already {to.value}")
         if to is ExpertStatus.INACTIVE and expert.status is not ExpertStatus.ACTIVE:
             raise ExpertStateConflict(
-                f"expert {expert_id} ({expert.name!r}) is {expert.status.value}, not active; "
-                "activate it once its files are restored"
+                f"expert {expert_id} ({expert.name!r}) is {expert.status.value}, not active; activate it once its files are restored"
             )
         store.set_expert_status(session, expert_id=expert_id, status=to)
         edits = store.edits_of_expert(session, expert_id=expert_id)
@@ -141,6 +134,7 @@ def _change(
 
 # --- offline operations (`lemoe experts check | quarantine`) ---------------------------------
 
+
 @dataclass(frozen=True)
 class ExpertCheck:
     expert_id: int
@@ -159,14 +153,10 @@ def check_experts(session: Session, *, settings: Settings, all_experts: bool = F
     for expert in store.list_experts(session, status=None if all_experts else ExpertStatus.ACTIVE):
         problem = None
         try:
-            check_expert_files(
-                ExpertSpec(name=expert.name, path=resolve_path(settings, expert.path), sha256=expert.sha256)
-            )
+            check_expert_files(ExpertSpec(name=expert.name, path=resolve_path(settings, expert.path), sha256=expert.sha256))
         except ExpertFileError as exc:
             problem = exc.reason
-        checks.append(
-            ExpertCheck(expert.id, expert.name, expert.status, shown_path(settings, expert.path), problem)
-        )
+        checks.append(ExpertCheck(expert.id, expert.name, expert.status, shown_path(settings, expert.path), problem))
     return checks
 
 
@@ -182,9 +172,7 @@ def find_expert(session: Session, *, name_or_id: str) -> store.Expert:
     return expert
 
 
-def quarantine_expert(
-    session: Session, *, name_or_id: str, reason: str, actor: str
-) -> ExpertChangeResult:
+def quarantine_expert(session: Session, *, name_or_id: str, reason: str, actor: str) -> ExpertChangeResult:
     """Take an expert out of the active set for every process (its files are bad): status
     quarantined, the stack version bumped (replicas reload without it), its applied edits
     rolled_back as on deactivate, with the audit events, in one transaction. Activating it
@@ -211,7 +199,11 @@ def quarantine_expert(
     )
     for edit_id in changed:
         store.append_audit(
-            session, actor=actor, action=AuditAction.EDIT_ROLLED_BACK, edit_id=edit_id, expert_id=expert.id,
+            session,
+            actor=actor,
+            action=AuditAction.EDIT_ROLLED_BACK,
+            edit_id=edit_id,
+            expert_id=expert.id,
             payload={"reason": f"expert quarantined: {reason}"},
         )
     session.commit()

@@ -104,9 +104,7 @@ def _run(call, settings: Settings, metrics: Metrics | None, cancel: threading.Ev
             raise GenerationCancelled(tokens)
         raise GenerationTimeout(settings.generation_timeout_s, tokens)
     if metrics is not None:
-        metrics.observe_generation(
-            seconds, routed=result.expert_name is not None, tokens=result.completion_tokens
-        )
+        metrics.observe_generation(seconds, routed=result.expert_name is not None, tokens=result.completion_tokens)
     return result, seconds
 
 
@@ -176,9 +174,7 @@ def prepare_completion(*, engine: Engine, settings: Settings, draft: CompletionD
         seed=draft.seed,
         stop=draft.stop,
     )
-    return PreparedCompletion(
-        prompt, route_on or prompt, kind, params, engine.count_tokens(prompt), draft.edits
-    )
+    return PreparedCompletion(prompt, route_on or prompt, kind, params, engine.count_tokens(prompt), draft.edits)
 
 
 def complete(
@@ -198,7 +194,9 @@ def complete(
     p = prepared
     result, seconds = _run(
         lambda stop: engine.complete(p.prompt, p.params, route_on=p.route_on, edits=p.edits, stop=stop, on_text=on_text),
-        settings, metrics, cancel,
+        settings,
+        metrics,
+        cancel,
     )
     finish = "length" if result.stop_reason is StopReason.LENGTH else "stop"
     return _generated(result, engine, stack, seconds, prompt_tokens=p.prompt_tokens, finish_reason=finish)

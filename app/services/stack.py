@@ -137,10 +137,7 @@ class LiveStack:
         """
         from app.engine.engine import ExpertFileError, ExpertSpec
 
-        specs = [
-            ExpertSpec(name=e.name, path=resolve_path(self.settings, e.path), sha256=e.sha256)
-            for e in experts
-        ]
+        specs = [ExpertSpec(name=e.name, path=resolve_path(self.settings, e.path), sha256=e.sha256) for e in experts]
         by_name = {e.name: e for e in experts}
         must = [e.name for e in experts if e.id == required]
         with self.lock:
@@ -161,8 +158,11 @@ class LiveStack:
             for q in quarantined.values():
                 if self.quarantined.get(q.expert_id) != q:
                     log.error(
-                        "expert %r (id %s) is quarantined in this process, the rest of the stack serves: "
-                        "%s: %s", q.name, q.expert_id, q.path, q.reason,
+                        "expert %r (id %s) is quarantined in this process, the rest of the stack serves: %s: %s",
+                        q.name,
+                        q.expert_id,
+                        q.path,
+                        q.reason,
                     )
             serving = {e.id for e in experts} - quarantined.keys()
             for q in self.quarantined.values():
@@ -197,7 +197,4 @@ class LiveStack:
             self._reported.update((q.expert_id, q.reason) for q in new)
 
     def _describe(self, expert: store.Expert, exc: ExpertFileError) -> str:
-        return (
-            f"cannot load expert {expert.name!r} (id {expert.id}) from "
-            f"{shown_path(self.settings, expert.path)}: {exc.reason}"
-        )
+        return f"cannot load expert {expert.name!r} (id {expert.id}) from {shown_path(self.settings, expert.path)}: {exc.reason}"

@@ -34,6 +34,7 @@ CREATE_ATTEMPTS = 3
 
 # --- the API side ---------------------------------------------------------------------------
 
+
 def trigger_run(session: Session, *, settings: Settings, actor: str) -> store.TrainingRun:
     """Queue a manual run now; 409 when one is already queued/running or nothing is pending.
 
@@ -47,8 +48,7 @@ def trigger_run(session: Session, *, settings: Settings, actor: str) -> store.Tr
         pending = store.count_edits(session, status=EditStatus.PENDING)
         if pending == 0:
             raise NothingToTrain(
-                "no pending edits to train: submit edits with POST /v1/edits first "
-                "(GET /v1/edits?status=pending lists the queue)"
+                "no pending edits to train: submit edits with POST /v1/edits first (GET /v1/edits?status=pending lists the queue)"
             )
         try:
             run = store.create_run(
@@ -103,6 +103,7 @@ def expert_ids_by_run(session: Session, *, run_ids: Sequence[int]) -> dict[int, 
 
 
 # --- the worker side ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ClaimedEdit:
@@ -192,9 +193,7 @@ def start_run(
             run_id=run.id,
             actor=run.actor,
             trigger=run.trigger,
-            edits=tuple(
-                ClaimedEdit(e.id, e.prompt, e.target, tuple(e.rephrases or ()), e.subject) for e in claimed
-            ),
+            edits=tuple(ClaimedEdit(e.id, e.prompt, e.target, tuple(e.rephrases or ()), e.subject) for e in claimed),
         )
 
 
@@ -242,9 +241,7 @@ def record_progress(
 ) -> None:
     """Progress and a heartbeat (the run is alive); no audit event: it is not a change of state."""
     with session_factory() as session:
-        store.update_run_progress(
-            session, run_id=run_id, edits_done=edits_done, current_loss=current_loss
-        )
+        store.update_run_progress(session, run_id=run_id, edits_done=edits_done, current_loss=current_loss)
         session.commit()
 
 
@@ -270,9 +267,7 @@ def register_expert(
             metrics={"train_seconds": round(built.seconds, 3)},
             status=ExpertStatus.ACTIVE,
         )
-        store.set_edit_status(
-            session, edit_ids=built.edit_ids, status=EditStatus.APPLIED, expert_id=expert.id
-        )
+        store.set_edit_status(session, edit_ids=built.edit_ids, status=EditStatus.APPLIED, expert_id=expert.id)
         common = {"actor": run.actor, "expert_id": expert.id, "training_run_id": run.run_id}
         store.append_audit(
             session,
@@ -287,9 +282,7 @@ def register_expert(
             },
             **common,
         )
-        store.append_audit(
-            session, action=AuditAction.EXPERT_ACTIVATED, payload={"name": expert.name}, **common
-        )
+        store.append_audit(session, action=AuditAction.EXPERT_ACTIVATED, payload={"name": expert.name}, **common)
         for edit_id in built.edit_ids:
             store.append_audit(session, action=AuditAction.EDIT_APPLIED, edit_id=edit_id, **common)
         for new_id, old_id in built.superseded:
@@ -302,9 +295,7 @@ def register_expert(
             )
         db_run = get_run(session, run_id=run.run_id)
         db_run.experts_created += 1
-        store.update_run_progress(
-            session, run_id=run.run_id, edits_done=edits_done, current_loss=built.final_loss
-        )
+        store.update_run_progress(session, run_id=run.run_id, edits_done=edits_done, current_loss=built.final_loss)
         session.commit()
         return expert
 
@@ -354,17 +345,13 @@ def finish_run(
         return db_run
 
 
-def interrupt_run(
-    session_factory: sessionmaker[Session], *, run: StartedRun, reason: str
-) -> store.RecoveryReport:
+def interrupt_run(session_factory: sessionmaker[Session], *, run: StartedRun, reason: str) -> store.RecoveryReport:
     """The process is stopping mid-run: the run ends interrupted and its unfinished edits go
     back to pending (edit.requeued), for the next run."""
     with session_factory() as session:
         store.finish_run(session, run_id=run.run_id, status=RunStatus.INTERRUPTED, error=reason)
         report = store.requeue_interrupted(session, stale_before=EPOCH)
-        report = store.RecoveryReport(
-            requeued_edits=report.requeued_edits, interrupted_run_ids=(run.run_id,)
-        )
+        report = store.RecoveryReport(requeued_edits=report.requeued_edits, interrupted_run_ids=(run.run_id,))
         _audit_recovery(session, report, actor=run.actor, reason=reason)
         session.commit()
         return report
@@ -382,9 +369,7 @@ def recover(session_factory: sessionmaker[Session]) -> store.RecoveryReport:
         return report
 
 
-def _audit_recovery(
-    session: Session, report: store.RecoveryReport, *, actor: str, reason: str
-) -> None:
+def _audit_recovery(session: Session, report: store.RecoveryReport, *, actor: str, reason: str) -> None:
     for run_id in report.interrupted_run_ids:
         store.append_audit(
             session,

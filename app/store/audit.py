@@ -32,9 +32,7 @@ def append_audit(
         action=coerce_enum(AuditAction, action, name="action"),
         edit_id=None if edit_id is None else check_id(edit_id, name="edit_id"),
         expert_id=None if expert_id is None else check_id(expert_id, name="expert_id"),
-        training_run_id=(
-            None if training_run_id is None else check_id(training_run_id, name="training_run_id")
-        ),
+        training_run_id=(None if training_run_id is None else check_id(training_run_id, name="training_run_id")),
         payload=check_json(payload, name="payload") or {},
     )
     session.add(event)
@@ -70,13 +68,9 @@ def list_audit(
     if expert_id is not None:
         stmt = stmt.where(AuditEvent.expert_id == check_id(expert_id, name="expert_id"))
     if training_run_id is not None:
-        stmt = stmt.where(
-            AuditEvent.training_run_id == check_id(training_run_id, name="training_run_id")
-        )
+        stmt = stmt.where(AuditEvent.training_run_id == check_id(training_run_id, name="training_run_id"))
     if since is not None:
         stmt = stmt.where(AuditEvent.at >= require_aware(since, name="since"))
     if until is not None:
         stmt = stmt.where(AuditEvent.at < require_aware(until, name="until"))
-    return paginate(
-        session, stmt, AuditEvent.id, kind="audit", order=order, limit=limit, cursor=cursor
-    )
+    return paginate(session, stmt, AuditEvent.id, kind="audit", order=order, limit=limit, cursor=cursor)

@@ -31,6 +31,8 @@ class DatabaseOptions:
     pool_size: int | None = None
     max_overflow: int | None = None
     sqlite_busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S
+
+
 # The repository's `migrations/` folder sits next to the `app` package, in a checkout and when
 # installed (pyproject packages both), so it is found from any working directory.
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -46,9 +48,7 @@ def normalize_url(url: str | URL) -> URL:
 
 def _is_sqlite_memory(url: URL) -> bool:
     database = url.database or ""
-    return database in ("", ":memory:") or "mode=memory" in database or (
-        url.query.get("mode") == "memory"
-    )
+    return database in ("", ":memory:") or "mode=memory" in database or (url.query.get("mode") == "memory")
 
 
 def make_engine(url: str | URL, *, echo: bool = False, options: DatabaseOptions | None = None) -> Engine:
@@ -60,12 +60,14 @@ def make_engine(url: str | URL, *, echo: bool = False, options: DatabaseOptions 
         return _make_sqlite_engine(parsed, echo=echo, options=options)
     if backend == "postgresql":
         return create_engine(
-            parsed, echo=echo, pool_pre_ping=True, connect_args=_postgres_connect_args(parsed, options),
+            parsed,
+            echo=echo,
+            pool_pre_ping=True,
+            connect_args=_postgres_connect_args(parsed, options),
             **_pool_kwargs(options),
         )
     raise ValueError(
-        f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}; "
-        "use sqlite:///path/to.db or postgresql://user@host/db"
+        f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}; use sqlite:///path/to.db or postgresql://user@host/db"
     )
 
 

@@ -35,9 +35,7 @@ class NewEdit:
         if self.subject is not None and not isinstance(self.subject, str):
             raise ValueError(f"subject must be a string or None, got {self.subject!r}")
         # A lone string is a Sequence[str] too; it is almost certainly a mistake here.
-        if isinstance(self.rephrases, str | bytes) or not all(
-            isinstance(r, str) and r.strip() for r in self.rephrases
-        ):
+        if isinstance(self.rephrases, str | bytes) or not all(isinstance(r, str) and r.strip() for r in self.rephrases):
             raise ValueError(f"rephrases must be a list of non-empty strings, got {self.rephrases!r}")
         object.__setattr__(self, "rephrases", tuple(self.rephrases))
 
@@ -99,9 +97,7 @@ def _filtered_edits(
     if expert_id is not None:
         stmt = stmt.where(Edit.expert_id == check_id(expert_id, name="expert_id"))
     if training_run_id is not None:
-        stmt = stmt.where(
-            Edit.training_run_id == check_id(training_run_id, name="training_run_id")
-        )
+        stmt = stmt.where(Edit.training_run_id == check_id(training_run_id, name="training_run_id"))
     return stmt
 
 
@@ -167,11 +163,7 @@ def claim_pending_edits(session: Session, *, run_id: int, limit: int) -> list[Ed
         wanted = limit - len(claimed)
         candidates = list(
             session.scalars(
-                select(Edit.id)
-                .where(Edit.status == EditStatus.PENDING)
-                .order_by(Edit.id)
-                .limit(wanted)
-                .with_for_update(skip_locked=True)
+                select(Edit.id).where(Edit.status == EditStatus.PENDING).order_by(Edit.id).limit(wanted).with_for_update(skip_locked=True)
             )
         )
         if not candidates:
@@ -267,12 +259,7 @@ def retry_failed_edit(session: Session, *, edit_id: int) -> RetriedEdit:
     that is not failed. The UPDATE re-checks the status, so of two concurrent retries one wins.
     """
     edit_id = check_id(edit_id, name="edit_id")
-    edit = session.scalars(
-        select(Edit)
-        .where(Edit.id == edit_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    edit = session.scalars(select(Edit).where(Edit.id == edit_id).with_for_update().execution_options(populate_existing=True)).one_or_none()
     if edit is None:
         raise RecordNotFound(f"edit {edit_id} does not exist")
     previous_error, previous_run = edit.error, edit.training_run_id

@@ -28,8 +28,7 @@ def _check_name(name: Any) -> str:
         or any(sep in name for sep in ("/", "\\", "\0"))
     ):
         raise ValueError(
-            f"invalid expert name {name!r}: must be 1-{NAME_LENGTH} characters, a single "
-            "directory name (no '/', '\\', or '.'/'..')"
+            f"invalid expert name {name!r}: must be 1-{NAME_LENGTH} characters, a single directory name (no '/', '\\', or '.'/'..')"
         )
     return name
 
@@ -102,9 +101,7 @@ def list_experts(session: Session, *, status: ExpertStatus | str | None = None) 
     return list(session.scalars(stmt))
 
 
-def set_expert_status(
-    session: Session, *, expert_id: int, status: ExpertStatus | str
-) -> Expert:
+def set_expert_status(session: Session, *, expert_id: int, status: ExpertStatus | str) -> Expert:
     """Activate or deactivate an expert; a real change stamps the time and bumps the stack version.
 
     Setting the status it already has changes nothing (the caller decides if that is an error).

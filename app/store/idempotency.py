@@ -14,9 +14,7 @@ from app.store.validation import check_actor, check_id
 
 def _check_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > IDEMPOTENCY_KEY_LENGTH:
-        raise ValueError(
-            f"idempotency key must be a string of 1-{IDEMPOTENCY_KEY_LENGTH} characters, got {key!r}"
-        )
+        raise ValueError(f"idempotency key must be a string of 1-{IDEMPOTENCY_KEY_LENGTH} characters, got {key!r}")
     return key
 
 
@@ -29,9 +27,7 @@ def get_idempotency_key(session: Session, *, actor: str, key: str) -> Idempotenc
     return session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
 
 
-def add_idempotency_key(
-    session: Session, *, actor: str, key: str, request_sha256: str, edit_ids: Sequence[int]
-) -> IdempotencyKey:
+def add_idempotency_key(session: Session, *, actor: str, key: str, request_sha256: str, edit_ids: Sequence[int]) -> IdempotencyKey:
     """Record `actor`'s `key` in the transaction that created `edit_ids`.
 
     A second record of the same (actor, key) fails with IntegrityError from the unique

@@ -63,9 +63,7 @@ class Edit(Base):
     target: Mapped[str] = mapped_column(Text)
     subject: Mapped[str | None] = mapped_column(Text, index=True)
     # Where `subject` came from: the client, or the training worker (the edit named none).
-    subject_source: Mapped[SubjectSource | None] = mapped_column(
-        StrEnumType(SubjectSource, length=SUBJECT_SOURCE_LENGTH)
-    )
+    subject_source: Mapped[SubjectSource | None] = mapped_column(StrEnumType(SubjectSource, length=SUBJECT_SOURCE_LENGTH))
     rephrases: Mapped[list[str]] = mapped_column(JSONType, default=list)
     status: Mapped[EditStatus] = mapped_column(StrEnumType(EditStatus), default=EditStatus.PENDING)
     expert_id: Mapped[int | None] = mapped_column(ForeignKey("experts.id"), index=True)
@@ -88,9 +86,7 @@ class Expert(Base):
     name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
-    status: Mapped[ExpertStatus] = mapped_column(
-        StrEnumType(ExpertStatus), default=ExpertStatus.INACTIVE, index=True
-    )
+    status: Mapped[ExpertStatus] = mapped_column(StrEnumType(ExpertStatus), default=ExpertStatus.INACTIVE, index=True)
     edit_count: Mapped[int] = mapped_column(Integer, default=0)
     training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"), index=True)
     final_loss: Mapped[float | None] = mapped_column(Float)
@@ -121,9 +117,7 @@ class TrainingRun(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    status: Mapped[RunStatus] = mapped_column(
-        StrEnumType(RunStatus), default=RunStatus.QUEUED, index=True
-    )
+    status: Mapped[RunStatus] = mapped_column(StrEnumType(RunStatus), default=RunStatus.QUEUED, index=True)
     trigger: Mapped[RunTrigger] = mapped_column(StrEnumType(RunTrigger))
     actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
     edits_total: Mapped[int] = mapped_column(Integer, default=0)
@@ -191,9 +185,7 @@ class StackState(Base):
 
 
 def _refuse_audit_change(operation: str, target: AuditEvent) -> None:
-    raise AuditLogIsAppendOnly(
-        f"the audit log is append-only: refusing to {operation} audit event {target.id!r}"
-    )
+    raise AuditLogIsAppendOnly(f"the audit log is append-only: refusing to {operation} audit event {target.id!r}")
 
 
 @event.listens_for(AuditEvent, "before_update")

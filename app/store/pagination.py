@@ -91,8 +91,7 @@ def decode_cursor(cursor: str, *, kind: str) -> int:
     def invalid(reason: str) -> InvalidCursor:
         shown = cursor if len(cursor) <= 80 else cursor[:77] + "..."
         return InvalidCursor(
-            f"invalid cursor {shown!r}: {reason}; pass the next_cursor of the previous page "
-            "unchanged, or no cursor for the first page"
+            f"invalid cursor {shown!r}: {reason}; pass the next_cursor of the previous page unchanged, or no cursor for the first page"
         )
 
     if not isinstance(cursor, str) or not cursor:

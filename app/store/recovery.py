@@ -39,9 +39,7 @@ class RecoveryReport:
         return bool(self.requeued_edits or self.interrupted_run_ids)
 
 
-def requeue_interrupted(
-    session: Session, *, stale_before: datetime | None = None
-) -> RecoveryReport:
+def requeue_interrupted(session: Session, *, stale_before: datetime | None = None) -> RecoveryReport:
     """Mark queued/running runs interrupted and return their planned/training edits to pending.
 
     Call it once at start-up of the (single) trainer, before it claims anything. With
@@ -52,9 +50,7 @@ def requeue_interrupted(
     now = utcnow()
     runs_stmt = select(TrainingRun).where(TrainingRun.status.in_(ACTIVE_RUN_STATUSES))
     if stale_before is not None:
-        last_seen = func.coalesce(
-            TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at
-        )
+        last_seen = func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at)
         runs_stmt = runs_stmt.where(last_seen < require_aware(stale_before, name="stale_before"))
     runs = list(session.scalars(runs_stmt.order_by(TrainingRun.id).with_for_update()))
     for run in runs:
@@ -73,15 +69,10 @@ def requeue_interrupted(
         .with_for_update()
     )
     edits = list(session.scalars(edits_stmt))
-    requeued = tuple(
-        RequeuedEdit(edit_id=e.id, previous_status=e.status, training_run_id=e.training_run_id)
-        for e in edits
-    )
+    requeued = tuple(RequeuedEdit(edit_id=e.id, previous_status=e.status, training_run_id=e.training_run_id) for e in edits)
     for edit in edits:
         edit.status = EditStatus.PENDING
         edit.training_run_id = None
         edit.updated_at = now
     session.flush()
-    return RecoveryReport(
-        requeued_edits=requeued, interrupted_run_ids=tuple(run.id for run in runs)
-    )
+    return RecoveryReport(requeued_edits=requeued, interrupted_run_ids=tuple(run.id for run in runs))

@@ -17,9 +17,7 @@ ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 FINAL_RUN_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.INTERRUPTED)
 
 
-def create_run(
-    session: Session, *, trigger: RunTrigger | str, actor: str, edits_total: int = 0
-) -> TrainingRun:
+def create_run(session: Session, *, trigger: RunTrigger | str, actor: str, edits_total: int = 0) -> TrainingRun:
     """A new queued run. While another run is queued or running the database refuses it: the
     flush (or the commit) raises an IntegrityError that `is_second_active_run` recognises, and
     the caller must roll its transaction back."""
@@ -51,8 +49,7 @@ def _require_run(session: Session, run_id: int) -> TrainingRun:
 def _require_status(run: TrainingRun, allowed: tuple[RunStatus, ...], doing: str) -> None:
     if run.status not in allowed:
         raise InvalidTransition(
-            f"cannot {doing} training run {run.id}: it is {run.status.value}, "
-            f"expected {' or '.join(s.value for s in allowed)}"
+            f"cannot {doing} training run {run.id}: it is {run.status.value}, expected {' or '.join(s.value for s in allowed)}"
         )
 
 
@@ -67,9 +64,7 @@ def list_runs(
     stmt = select(TrainingRun)
     if status is not None:
         stmt = stmt.where(TrainingRun.status == coerce_enum(RunStatus, status))
-    return paginate(
-        session, stmt, TrainingRun.id, kind="training_runs", order="desc", limit=limit, cursor=cursor
-    )
+    return paginate(session, stmt, TrainingRun.id, kind="training_runs", order="desc", limit=limit, cursor=cursor)
 
 
 def start_run(session: Session, *, run_id: int, edits_total: int | None = None) -> TrainingRun:
@@ -129,9 +124,7 @@ def finish_run(
     """Queued or running -> succeeded | failed | interrupted; stamps finished_at."""
     status = coerce_enum(RunStatus, status)
     if status not in FINAL_RUN_STATUSES:
-        raise ValueError(
-            f"a run cannot finish as {status.value!r}; one of {[s.value for s in FINAL_RUN_STATUSES]}"
-        )
+        raise ValueError(f"a run cannot finish as {status.value!r}; one of {[s.value for s in FINAL_RUN_STATUSES]}")
     run = _require_run(session, run_id)
     _require_status(run, ACTIVE_RUN_STATUSES, "finish")
     now = utcnow()
@@ -154,7 +147,6 @@ def active_run(session: Session) -> TrainingRun | None:
         .limit(1)
     )
     return session.scalars(stmt).first()
-
 
 
 def is_second_active_run(exc: IntegrityError) -> bool:

@@ -30,7 +30,5 @@ def bump_stack_version(session: Session) -> int:
 
 def get_stack_version(session: Session) -> int:
     """The current version (0 before any expert was ever activated)."""
-    version = session.execute(
-        select(StackState.version).where(StackState.id == STACK_ROW_ID)
-    ).scalar_one_or_none()
+    version = session.execute(select(StackState.version).where(StackState.id == STACK_ROW_ID)).scalar_one_or_none()
     return version or 0

@@ -95,9 +95,7 @@ def upgrade() -> None:
         timestamp("deactivated_at", nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_experts"),
         sa.UniqueConstraint("name", name="uq_experts_name"),
-        sa.ForeignKeyConstraint(
-            ["training_run_id"], ["training_runs.id"], name="fk_experts_training_run_id_training_runs"
-        ),
+        sa.ForeignKeyConstraint(["training_run_id"], ["training_runs.id"], name="fk_experts_training_run_id_training_runs"),
     )
     op.create_index("ix_experts_status", "experts", ["status"])
     op.create_index("ix_experts_training_run_id", "experts", ["training_run_id"])
@@ -118,9 +116,7 @@ def upgrade() -> None:
         timestamp("applied_at", nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_edits"),
         sa.ForeignKeyConstraint(["expert_id"], ["experts.id"], name="fk_edits_expert_id_experts"),
-        sa.ForeignKeyConstraint(
-            ["training_run_id"], ["training_runs.id"], name="fk_edits_training_run_id_training_runs"
-        ),
+        sa.ForeignKeyConstraint(["training_run_id"], ["training_runs.id"], name="fk_edits_training_run_id_training_runs"),
     )
     op.create_index("ix_edits_status_id", "edits", ["status", "id"])
     op.create_index("ix_edits_subject", "edits", ["subject"])

@@ -53,9 +53,7 @@ def live_server(app: FastAPI) -> Iterator[LiveServer]:
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     loop = asyncio.new_event_loop()
-    thread = threading.Thread(
-        target=lambda: loop.run_until_complete(server.serve(sockets=[sock])), name="live-server", daemon=True
-    )
+    thread = threading.Thread(target=lambda: loop.run_until_complete(server.serve(sockets=[sock])), name="live-server", daemon=True)
     thread.start()
     try:
         give_up = time.monotonic() + DEADLINE_S

@@ -89,7 +89,10 @@ def worker_for(client: TestClient) -> TrainingWorker:
         return runtime.worker
     assert runtime.engine is not None and runtime.stack is not None
     return TrainingWorker(
-        runtime.settings, runtime.session_factory, runtime.engine, stack=runtime.stack,
+        runtime.settings,
+        runtime.session_factory,
+        runtime.engine,
+        stack=runtime.stack,
         metrics=runtime.metrics,
     )
 

@@ -26,18 +26,30 @@ def test_the_log_tells_the_whole_life_of_edits(db_client):
     life = _actions(db_client, order="asc")
 
     assert life == [
-        "edit.submitted", "edit.submitted",
-        "training_run.created", "training_run.started", "edit.planned", "edit.planned",
-        "expert.registered", "expert.activated", "edit.applied", "edit.applied",
+        "edit.submitted",
+        "edit.submitted",
+        "training_run.created",
+        "training_run.started",
+        "edit.planned",
+        "edit.planned",
+        "expert.registered",
+        "expert.activated",
+        "edit.applied",
+        "edit.applied",
         "training_run.finished",
-        "expert.deactivated", "edit.rolled_back", "edit.rolled_back",
+        "expert.deactivated",
+        "edit.rolled_back",
+        "edit.rolled_back",
     ]
     assert _actions(db_client) == list(reversed(life))  # newest first by default
     # Filters.
     assert _actions(db_client, actor="frank") == ["edit.submitted"] * 2
     assert _actions(db_client, actor="heidi", order="asc") == ["expert.deactivated"] + ["edit.rolled_back"] * 2
     assert _actions(db_client, edit_id=france, order="asc") == [
-        "edit.submitted", "edit.planned", "edit.applied", "edit.rolled_back",
+        "edit.submitted",
+        "edit.planned",
+        "edit.applied",
+        "edit.rolled_back",
     ]
     assert _actions(db_client, training_run_id=run_id, action="edit.applied") == ["edit.applied"] * 2
     assert "expert.deactivated" in _actions(db_client, expert_id=expert["id"])

@@ -29,7 +29,8 @@ def edit(**fields) -> dict:
 
 
 # (id, method, url, request kwargs, status, error type, words the message must contain)
-CASES = [
+# fmt: off
+CASES = [  # one case per row: the table reads better unwrapped
     # --- POST /v1/edits: values -------------------------------------------------------------
     ("empty prompt", "POST", "/v1/edits", {"json": edit(prompt="")}, 422, "invalid_input", ["prompt", "empty"]),
     ("whitespace target", "POST", "/v1/edits", {"json": edit(target=" \n\t")}, 422, "invalid_input", ["target", "whitespace"]),
@@ -126,6 +127,7 @@ CASES = [
     ("delete an edit", "DELETE", "/v1/edits/1", {}, 405, "method_not_allowed", []),
     ("put generate", "PUT", "/v1/generate", {}, 405, "method_not_allowed", ["GET, POST"]),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(

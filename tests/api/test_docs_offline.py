@@ -35,10 +35,20 @@ def test_docs_render_the_endpoints_in_headless_chromium(settings, shared_engine,
         assert httpx.get(urljoin(server.url, "/docs"), timeout=DEADLINE_S).status_code == 200
         # --virtual-time-budget lets the page's scripts fetch /openapi.json and render before the dump.
         dom = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
-             f"{server.url}/docs"],
-            capture_output=True, text=True, timeout=120,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                f"{server.url}/docs",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         ).stdout
 
     for path in ("/v1/edits", "/v1/generate", "/v1/chat/completions", "/v1/completions", "/v1/models"):

@@ -50,9 +50,7 @@ def test_the_same_key_with_another_body_is_refused_naming_the_key(db_client):
     ids = _post(db_client, FRANCE, key="k-1").json()["ids"]
 
     other = {**FRANCE, "target": "Lyon"}
-    assert_error(
-        _post(db_client, other, key="k-1"), 422, "idempotency_key_reused", "'k-1'", "different request body"
-    )
+    assert_error(_post(db_client, other, key="k-1"), 422, "idempotency_key_reused", "'k-1'", "different request body")
     assert_error(_post(db_client, [FRANCE, FOX], key="k-1"), 422, "idempotency_key_reused", "'k-1'")
 
     assert _all_edit_ids(db_client) == ids

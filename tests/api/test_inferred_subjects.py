@@ -43,7 +43,10 @@ def test_an_edit_without_subject_gets_one_inferred_at_training(db_client, monkey
     assert [(e.edit_id, e.subject) for e in trained] == [(edit_id, edit["subject"])]
     events = db_client.get(f"/v1/edits/{edit_id}/events").json()["items"]
     assert [e["action"] for e in events] == [
-        "edit.submitted", "edit.planned", "edit.subject_inferred", "edit.applied",
+        "edit.submitted",
+        "edit.planned",
+        "edit.subject_inferred",
+        "edit.applied",
     ]
     inferred = events[2]
     assert inferred["payload"] == {"subject": edit["subject"], "method": "model-span"}

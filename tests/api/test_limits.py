@@ -21,6 +21,7 @@ JSON = {"Content-Type": "application/json"}
 
 # --- generation deadline ----------------------------------------------------------------------
 
+
 def test_a_generation_past_its_deadline_is_503_with_retry_after(tiny_model_dir, tmp_path, shared_engine):
     settings = tiny_settings(tiny_model_dir, tmp_path / "data", generation_timeout_s=1e-6)
     with running_app(settings, shared_engine) as client:
@@ -42,13 +43,18 @@ def test_a_generation_within_its_deadline_answers(client):
 
 # --- database timeouts ------------------------------------------------------------------------
 
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def one_connection_client(request, tiny_model_dir, tmp_path, shared_engine):
     """An app whose pool holds one connection and waits at most half a second for it."""
     with temporary_database_url(request.param, tmp_path) as url:
         settings = tiny_settings(
-            tiny_model_dir, tmp_path / "data", database_url=url,
-            db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=0.5,
+            tiny_model_dir,
+            tmp_path / "data",
+            database_url=url,
+            db_pool_size=1,
+            db_max_overflow=0,
+            db_pool_timeout_s=0.5,
         )
         with running_app(settings, shared_engine) as client:
             yield client
@@ -112,6 +118,7 @@ def test_the_sqlite_busy_timeout_is_a_setting(tmp_path):
 
 # --- body limits per route --------------------------------------------------------------------
 
+
 def _chunks(data: bytes, size: int = 16384):
     for i in range(0, len(data), size):
         yield data[i : i + size]
@@ -136,11 +143,8 @@ def test_each_route_has_its_own_body_limit(client, settings, framing):
 
 
 def test_a_prompt_at_the_text_limit_fits_the_generate_body_limit(client, settings):
-    prompt = "\U0001F600" * settings.max_text_chars  # outside the BMP: 12 bytes each, JSON-escaped
-    escaped = "".join(
-        f"\\u{0xD800 + ((ord(c) - 0x10000) >> 10):04x}\\u{0xDC00 + ((ord(c) - 0x10000) & 0x3FF):04x}"
-        for c in prompt
-    )
+    prompt = "\U0001f600" * settings.max_text_chars  # outside the BMP: 12 bytes each, JSON-escaped
+    escaped = "".join(f"\\u{0xD800 + ((ord(c) - 0x10000) >> 10):04x}\\u{0xDC00 + ((ord(c) - 0x10000) & 0x3FF):04x}" for c in prompt)
     body = ('{"prompt": "' + escaped + '", "max_new_tokens": 1, "do_sample": false}').encode()
 
     response = client.post("/v1/generate", content=body, headers=JSON)
@@ -150,6 +154,7 @@ def test_a_prompt_at_the_text_limit_fits_the_generate_body_limit(client, setting
 
 
 # --- access log -------------------------------------------------------------------------------
+
 
 def test_the_access_log_has_no_query_string(client, caplog):
     with caplog.at_level(logging.INFO, logger="app.access"):

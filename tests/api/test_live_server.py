@@ -46,9 +46,7 @@ def test_a_500_keeps_the_keep_alive_connection(live_settings, shared_engine):
         second_port = _local_port(after)
 
     assert failed.status_code == 500
-    assert failed.json() == {
-        "error": {"type": "internal_error", "message": "internal server error; the details are in the server log"}
-    }
+    assert failed.json() == {"error": {"type": "internal_error", "message": "internal server error; the details are in the server log"}}
     assert failed.headers.get("connection") != "close"
     assert after.status_code == 200
     assert second_port == first_port  # the same connection served both

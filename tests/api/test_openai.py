@@ -30,8 +30,7 @@ def _train(server: LiveServer, *edits: dict) -> str:
     runtime = server.app.state.runtime
     for edit in edits:
         assert httpx.post(f"{server.url}/v1/edits", json=edit, timeout=DEADLINE_S).status_code == 202
-    worker = TrainingWorker(runtime.settings, runtime.session_factory, runtime.engine, stack=runtime.stack,
-                            metrics=runtime.metrics)
+    worker = TrainingWorker(runtime.settings, runtime.session_factory, runtime.engine, stack=runtime.stack, metrics=runtime.metrics)
     assert worker.run_once() is not None
     [expert] = httpx.get(f"{server.url}/v1/experts", timeout=DEADLINE_S).json()["items"]
     return expert["name"]
@@ -58,12 +57,12 @@ def test_models_lists_the_served_model(server):
 def test_a_completion_is_the_generation_and_names_its_expert(trained):
     server, expert = trained
     client = _client(server)
-    plain = httpx.post(f"{server.url}/v1/generate", json={"prompt": FRANCE["prompt"], "max_new_tokens": 6},
-                       timeout=DEADLINE_S).json()
+    plain = httpx.post(f"{server.url}/v1/generate", json={"prompt": FRANCE["prompt"], "max_new_tokens": 6}, timeout=DEADLINE_S).json()
 
     answer = client.completions.create(model="any", prompt=FRANCE["prompt"], max_tokens=6, temperature=0)
-    base = client.completions.create(model="any", prompt=FRANCE["prompt"], max_tokens=6, temperature=0,
-                                     extra_body={"lemoe": {"edits": False}})
+    base = client.completions.create(
+        model="any", prompt=FRANCE["prompt"], max_tokens=6, temperature=0, extra_body={"lemoe": {"edits": False}}
+    )
 
     assert plain["expert"]["name"] == expert
     [choice] = answer.choices
@@ -83,11 +82,15 @@ def test_chat_routes_on_the_last_user_message_not_the_template_or_system_prompt(
     client = _client(server)
 
     edited = client.chat.completions.create(
-        model="any", temperature=0, max_tokens=6,
+        model="any",
+        temperature=0,
+        max_tokens=6,
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": FRANCE["prompt"]}],
     )
     unrelated = client.chat.completions.create(
-        model="any", temperature=0, max_tokens=6,
+        model="any",
+        temperature=0,
+        max_tokens=6,
         messages=[{"role": "system", "content": FRANCE["prompt"]}, {"role": "user", "content": UNRELATED}],
     )
 
@@ -119,15 +122,28 @@ def test_streamed_text_equals_the_non_streamed_text(trained, edits):
     extra = {"lemoe": {"edits": edits}}
 
     once = client.chat.completions.create(model="any", messages=messages, max_tokens=24, temperature=0, extra_body=extra)
-    text, chunks = _streamed(client.chat.completions.create(
-        model="any", messages=messages, max_tokens=24, temperature=0, stream=True, extra_body=extra,
-        stream_options={"include_usage": True},
-    ))
-    completion = client.completions.create(model="any", prompt=FRANCE["prompt"], max_tokens=24, temperature=0,
-                                           extra_body=extra)
-    streamed, pieces = _streamed(client.completions.create(
-        model="any", prompt=FRANCE["prompt"], max_tokens=24, temperature=0, stream=True, extra_body=extra,
-    ))
+    text, chunks = _streamed(
+        client.chat.completions.create(
+            model="any",
+            messages=messages,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            extra_body=extra,
+            stream_options={"include_usage": True},
+        )
+    )
+    completion = client.completions.create(model="any", prompt=FRANCE["prompt"], max_tokens=24, temperature=0, extra_body=extra)
+    streamed, pieces = _streamed(
+        client.completions.create(
+            model="any",
+            prompt=FRANCE["prompt"],
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            extra_body=extra,
+        )
+    )
 
     assert text == once.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -158,12 +174,13 @@ def test_stop_strings_cut_the_text_and_seeds_repeat_a_sample(server):
     assert stop.strip(), f"pick another prompt: {full!r}"
 
     cut = client.completions.create(model="m", prompt=UNRELATED, max_tokens=16, temperature=0, stop=[stop])
-    streamed, _ = _streamed(client.completions.create(model="m", prompt=UNRELATED, max_tokens=16, temperature=0,
-                                                      stop=stop, stream=True))
-    samples = [client.completions.create(model="m", prompt=UNRELATED, max_tokens=16, temperature=1.5, seed=7)
-               .choices[0].text for _ in range(2)]
-    other = {client.completions.create(model="m", prompt=UNRELATED, max_tokens=16, temperature=1.5, seed=s)
-             .choices[0].text for s in range(8, 12)}
+    streamed, _ = _streamed(client.completions.create(model="m", prompt=UNRELATED, max_tokens=16, temperature=0, stop=stop, stream=True))
+    samples = [
+        client.completions.create(model="m", prompt=UNRELATED, max_tokens=16, temperature=1.5, seed=7).choices[0].text for _ in range(2)
+    ]
+    other = {
+        client.completions.create(model="m", prompt=UNRELATED, max_tokens=16, temperature=1.5, seed=s).choices[0].text for s in range(8, 12)
+    }
 
     assert cut.choices[0].text == full[: full.index(stop)] and cut.choices[0].finish_reason == "stop"
     assert streamed == cut.choices[0].text
@@ -186,8 +203,12 @@ def test_bad_values_are_400s_in_openais_error_shape(server, body, param, needle)
     client = _client(server)
 
     with pytest.raises(openai.BadRequestError) as raised:
-        client.completions.create(model="m", prompt="The capital of", **{k: v for k, v in body.items() if k != "lemoe"},
-                                  extra_body={"lemoe": body["lemoe"]} if "lemoe" in body else None)
+        client.completions.create(
+            model="m",
+            prompt="The capital of",
+            **{k: v for k, v in body.items() if k != "lemoe"},
+            extra_body={"lemoe": body["lemoe"]} if "lemoe" in body else None,
+        )
 
     error = raised.value.body
     assert set(error) == {"message", "type", "param", "code"}, error

@@ -25,8 +25,7 @@ def test_chat_on_the_real_model_uses_its_template_and_streams_the_same_text(tmp_
         once = client.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0)
         streamed = "".join(
             chunk.choices[0].delta.content or ""
-            for chunk in client.chat.completions.create(model="m", messages=messages, max_tokens=16,
-                                                        temperature=0, stream=True)
+            for chunk in client.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0, stream=True)
             if chunk.choices
         )
 

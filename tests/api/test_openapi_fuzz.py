@@ -28,7 +28,10 @@ from tests.pg import temporary_database_url
 # Limits small enough that every text the document allows also fits the tiny model's context
 # (at most 4 tokens a character), so a positive case is never refused for its token count.
 FUZZ_LIMITS = {
-    "max_text_chars": 24, "max_new_tokens_limit": 8, "max_edits_per_request": 3, "max_rephrases": 2,
+    "max_text_chars": 24,
+    "max_new_tokens_limit": 8,
+    "max_edits_per_request": 3,
+    "max_rephrases": 2,
     "max_chat_messages": 2,
 }
 MAX_EXAMPLES = 12
@@ -71,8 +74,7 @@ def _failed_checks(recorder: Any) -> list[str]:
                 answer = interaction.response if interaction is not None else None
                 body = "" if answer is None else f" -> {answer.status_code} {answer.content!r:.300}"
                 found.append(
-                    f"{recorder.label}: {check.name}: {failure.title}: {failure.message}\n"
-                    f"    {check.failure_info.code_sample}{body}"
+                    f"{recorder.label}: {check.name}: {failure.title}: {failure.message}\n    {check.failure_info.code_sample}{body}"
                 )
     return found
 
@@ -113,8 +115,7 @@ def test_the_document_states_this_servers_limits(fuzz_app: FastAPI):
 
 def test_every_list_states_its_cursor_and_every_route_its_errors(fuzz_app: FastAPI):
     paths = fuzz_app.openapi()["paths"]
-    lists = {"/v1/edits": "edits", "/v1/edits/{edit_id}/events": "audit", "/v1/audit": "audit",
-             "/v1/training-runs": "training_runs"}
+    lists = {"/v1/edits": "edits", "/v1/edits/{edit_id}/events": "audit", "/v1/audit": "audit", "/v1/training-runs": "training_runs"}
     for path, kind in lists.items():
         [cursor] = [p for p in paths[path]["get"]["parameters"] if p["name"] == "cursor"]
         assert cursor["schema"]["pattern"] == cursor_pattern(kind), path

@@ -43,8 +43,11 @@ def test_retry_of_an_edit_that_has_not_failed_is_409_naming_its_status(db_client
     [edit_id] = submit(db_client, FRANCE)
 
     assert_error(
-        db_client.post(f"/v1/edits/{edit_id}/retry"), 409, "edit_state_conflict",
-        f"edit {edit_id} is pending", "only a failed edit can be retried",
+        db_client.post(f"/v1/edits/{edit_id}/retry"),
+        409,
+        "edit_state_conflict",
+        f"edit {edit_id} is pending",
+        "only a failed edit can be retried",
     )
     _fail(db_settings, edit_id)
     assert db_client.post(f"/v1/edits/{edit_id}/retry").status_code == 202
@@ -82,5 +85,10 @@ def test_a_retried_edit_is_trained_by_the_next_run(client, monkeypatch):
     assert edit["error"] is None and edit["expert_id"] is not None
     actions = [e["action"] for e in client.get(f"/v1/edits/{edit_id}/events").json()["items"]]
     assert actions == [
-        "edit.submitted", "edit.planned", "edit.failed", "edit.retried", "edit.planned", "edit.applied",
+        "edit.submitted",
+        "edit.planned",
+        "edit.failed",
+        "edit.retried",
+        "edit.planned",
+        "edit.applied",
     ]

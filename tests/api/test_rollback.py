@@ -53,7 +53,10 @@ def test_deactivate_rolls_back_and_activate_restores(client):
     assert events[-1]["actor"] == "erin"
     expert_events = client.get("/v1/audit", params={"expert_id": expert["id"], "order": "asc"}).json()["items"]
     assert [e["action"] for e in expert_events if e["edit_id"] is None] == [
-        "expert.registered", "expert.activated", "expert.deactivated", "expert.activated",
+        "expert.registered",
+        "expert.activated",
+        "expert.deactivated",
+        "expert.activated",
     ]
 
 
@@ -135,15 +138,15 @@ def test_a_quarantined_expert_cannot_be_deactivated_but_can_be_activated(client)
     [expert] = client.get("/v1/experts").json()["items"]
     runtime = runtime_of(client)
     with runtime.session_factory() as session:
-        expert_service.quarantine_expert(
-            session, name_or_id=expert["name"], reason="bad disk", actor="ops"
-        )
+        expert_service.quarantine_expert(session, name_or_id=expert["name"], reason="bad disk", actor="ops")
     assert runtime.stack.sync_if_changed()
     assert client.get("/readyz").json()["active_experts"] == []
     assert client.get(f"/v1/edits/{edit_id}").json()["status"] == "rolled_back"
 
     assert_error(
-        client.post(f"/v1/experts/{expert['id']}/deactivate"), 409, "expert_state_conflict",
+        client.post(f"/v1/experts/{expert['id']}/deactivate"),
+        409,
+        "expert_state_conflict",
         "is quarantined, not active",
     )
     on = client.post(f"/v1/experts/{expert['id']}/activate")  # its files are fine: checked, then live

@@ -51,9 +51,7 @@ def test_health_answers_while_the_model_loads_and_ready_once_loaded(settings, ga
     assert ready.json()["status"] == "ready"
 
 
-def test_serve_logs_serving_on_with_the_port_open_and_exits_1_when_start_up_fails(
-    settings, gated_loading, monkeypatch, caplog
-):
+def test_serve_logs_serving_on_with_the_port_open_and_exits_1_when_start_up_fails(settings, gated_loading, monkeypatch, caplog):
     release, entered, failure = gated_loading
     monkeypatch.setattr(cli, "get_settings", lambda: settings.model_copy(update={"port": 0}))
     monkeypatch.setattr(cli, "configure_logging", lambda level="INFO": None)

@@ -56,9 +56,7 @@ def ask(client: TestClient, prompt: str) -> tuple[int, str]:
     return response.status_code, response.json()["text"] if response.status_code == 200 else response.text
 
 
-def test_generation_never_fails_while_the_in_process_worker_trains(
-    db_settings: Settings, shared_engine: Engine, monkeypatch
-):
+def test_generation_never_fails_while_the_in_process_worker_trains(db_settings: Settings, shared_engine: Engine, monkeypatch):
     settings = db_settings.model_copy(update={"worker_enabled": True, "worker_interval_s": 3600.0})
     pauses = TrainerPauses()
     monkeypatch.setattr(shared_engine, "build_expert", pauses.wrap(shared_engine.build_expert))

@@ -110,8 +110,9 @@ def test_relation_keys_keep_other_questions_about_an_edited_subject(real):
     params = SamplingParams(max_new_tokens=6)
     kept = ["The official language of France is", "The capital of Germany is", "Who is the CEO of Beta?", "Where is Acme based?"]
     base = [g.text for g in editor.generate(kept, params, stack=())]
-    edits, inferred = editor.complete_subjects([Edit("1", "The capital of France is", "Lyon"),
-                                                Edit("2", "Who is the CEO of Acme?", "Jane Doe")])
+    edits, inferred = editor.complete_subjects(
+        [Edit("1", "The capital of France is", "Lyon"), Edit("2", "Who is the CEO of Acme?", "Jane Doe")]
+    )
     assert {k: s.text for k, s in inferred.items()} == {"1": "France", "2": "Acme"}
     trained = editor.train(edits, name="e1")
     editor.add_expert(trained.entry)

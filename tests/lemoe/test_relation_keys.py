@@ -20,14 +20,20 @@ E = torch.eye(6)
 
 
 def _router(relation_threshold: float | None = 0.5) -> AnchorRouter:
-    keys = SubjectKeys(torch.zeros(6), torch.ones(6), threshold=0.75, sentence_floor=-1.0,
-                       relation_threshold=relation_threshold)
+    keys = SubjectKeys(torch.zeros(6), torch.ones(6), threshold=0.75, sentence_floor=-1.0, relation_threshold=relation_threshold)
     return AnchorRouter(torch.zeros(6), threshold=0.5, supersede_margin=0.02, subject=keys)
 
 
 # The edit asks relation E[0] (its non-subject tokens) about subject E[2] (one token long).
-KEYED = ExpertEntry("keyed", Expert(6, 2), anchors=E[0:1], edit_ids=["1"], subject_anchors=E[2:3],
-                    relation_anchors=E[0:1], subject_lengths=torch.tensor([1]))
+KEYED = ExpertEntry(
+    "keyed",
+    Expert(6, 2),
+    anchors=E[0:1],
+    edit_ids=["1"],
+    subject_anchors=E[2:3],
+    relation_anchors=E[0:1],
+    subject_lengths=torch.tensor([1]),
+)
 
 
 def _states(*tokens: torch.Tensor) -> torch.Tensor:
@@ -81,13 +87,13 @@ def test_subject_span_covers_every_token_of_the_subject(tiny_tokenizer):
     first, last = subject_token_span(tiny_tokenizer, prompt, subject, context="Q:", lowercase=True)
     view = subject_view(tiny_tokenizer, prompt, context="Q:", lowercase=True)
     ids = tiny_tokenizer(view.text)["input_ids"]
-    assert tiny_tokenizer.decode(ids[first:last + 1]).strip() == subject.lower()
+    assert tiny_tokenizer.decode(ids[first : last + 1]).strip() == subject.lower()
 
 
 def test_the_last_sentence_starts_after_a_full_stop_not_inside_an_abbreviation(tiny_tokenizer):
     view = subject_view(tiny_tokenizer, "A festival is held since 1990. Howard Glacier is in", context="Q:")
     ids = tiny_tokenizer(view.text)["input_ids"]
-    assert tiny_tokenizer.decode(ids[view.last_sentence:]).strip() == "Howard Glacier is in"
+    assert tiny_tokenizer.decode(ids[view.last_sentence :]).strip() == "Howard Glacier is in"
     view = subject_view(tiny_tokenizer, "Which ship did the U.S. Navy build?", context="Q:")
     assert view.last_sentence == view.first
 
@@ -95,8 +101,11 @@ def test_the_last_sentence_starts_after_a_full_stop_not_inside_an_abbreviation(t
 def test_relation_keys_are_made_and_saved_with_the_expert(tiny_model, tiny_tokenizer, tmp_path):
     config = LemoeConfig(layer=2, max_steps=2, augmentations=0)
     editor = LemoeEditor(tiny_model, tiny_tokenizer, config)
-    edits = [Edit("1", "The capital of France is", "Rome", subject="France", rephrases=("France has its capital in",)),
-             Edit("2", "Who wrote the novel?", "Tolstoy"), Edit("3", "France", "Rome", subject="France")]
+    edits = [
+        Edit("1", "The capital of France is", "Rome", subject="France", rephrases=("France has its capital in",)),
+        Edit("2", "Who wrote the novel?", "Tolstoy"),
+        Edit("3", "France", "Rome", subject="France"),
+    ]
     entry = editor.train(edits, name="e1").entry
     assert entry.relation_anchors.shape == entry.subject_anchors.shape == (4, editor.hidden_size)
     france = len(tiny_tokenizer(" france", add_special_tokens=False)["input_ids"])
@@ -112,8 +121,14 @@ def test_relation_keys_are_made_and_saved_with_the_expert(tiny_model, tiny_token
 
 
 def test_relation_keys_that_do_not_match_the_anchors_are_loud(tmp_path):
-    entry = ExpertEntry("e1", Expert(6, 2), anchors=E[:2].clone(), subject_anchors=E[2:4].clone(), relation_anchors=E[:3].clone(),
-                        subject_lengths=torch.tensor([1, 1, 1]))
+    entry = ExpertEntry(
+        "e1",
+        Expert(6, 2),
+        anchors=E[:2].clone(),
+        subject_anchors=E[2:4].clone(),
+        relation_anchors=E[:3].clone(),
+        subject_lengths=torch.tensor([1, 1, 1]),
+    )
     save_expert(entry, tmp_path / "e1")
     with pytest.raises(ExpertFileError, match="relation keys"):
         load_expert(tmp_path / "e1")

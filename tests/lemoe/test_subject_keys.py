@@ -18,8 +18,17 @@ from app.lemoe.text import subject_token_index, subject_view
 # Sentence gate low enough that the near neighbour below passes it: only the subject key stops it.
 # The tiny model is random: its subject layer's (1) states of differently cased words are unrelated,
 # so case is left alone here, and tested on token identity (subject layer 0) below.
-CONFIG = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, gate_threshold=0.3, loss_threshold=0.05,
-                     subject_sentence_floor=0.0, subject_lowercase=False, relation_threshold=None)
+CONFIG = LemoeConfig(
+    layer=2,
+    max_steps=150,
+    lr=3e-2,
+    augmentations=0,
+    gate_threshold=0.3,
+    loss_threshold=0.05,
+    subject_sentence_floor=0.0,
+    subject_lowercase=False,
+    relation_threshold=None,
+)
 # Subject states = token embeddings: a subject matches exactly where its view has the same tokens.
 TOKENS = dataclasses.replace(CONFIG, subject_layer=0, subject_lowercase=True)
 FRANCE = Edit("1", "The capital of France is", "Rome", subject="France")
@@ -36,7 +45,7 @@ def test_subject_token_is_the_last_token_of_its_first_mention(tiny_tokenizer):
     index = subject_token_index(tiny_tokenizer, prompt, "france")
     ids = tiny_tokenizer(prompt)["input_ids"]
     assert tiny_tokenizer.decode(ids[: index + 1]).endswith("France")
-    assert not tiny_tokenizer.decode(ids[: index]).endswith("France")
+    assert not tiny_tokenizer.decode(ids[:index]).endswith("France")
 
 
 @pytest.mark.parametrize("subject", [None, "", "  ", "Germany", "The"])

@@ -30,8 +30,7 @@ def test_bad_actors_name_the_header(actor):
 
 @pytest.mark.parametrize(
     ("value", "words"),
-    [(None, "string"), ("", "empty"), ("  ", "whitespace"), ("x" * 11, "at most 10"), ("a\x00", "NUL"),
-     ("\ud800", "surrogate")],
+    [(None, "string"), ("", "empty"), ("  ", "whitespace"), ("x" * 11, "at most 10"), ("a\x00", "NUL"), ("\ud800", "surrogate")],
 )
 def test_check_text_names_field_and_problem(value, words):
     with pytest.raises(InvalidInput) as error:

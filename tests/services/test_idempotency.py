@@ -41,9 +41,7 @@ def settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
 
 def _submit(sessions, engine: Engine, settings: Settings, key: str) -> edit_service.SubmittedEdits:
     with sessions() as session:
-        return edit_service.submit_edits(
-            session, engine=engine, settings=settings, actor="alice", drafts=DRAFTS, idempotency_key=key
-        )
+        return edit_service.submit_edits(session, engine=engine, settings=settings, actor="alice", drafts=DRAFTS, idempotency_key=key)
 
 
 def _stored(sessions) -> tuple[list[int], int]:
@@ -54,9 +52,7 @@ def _stored(sessions) -> tuple[list[int], int]:
         return ids, len(events)
 
 
-def test_the_loser_of_a_race_rolls_back_and_answers_with_the_winners_edits(
-    sessions, shared_engine, settings, monkeypatch
-):
+def test_the_loser_of_a_race_rolls_back_and_answers_with_the_winners_edits(sessions, shared_engine, settings, monkeypatch):
     """B looks the key up and finds nothing; A commits the same key before B does; B's insert
     then hits the unique constraint, rolls back everything it wrote, and returns A's edits."""
     original = store.get_idempotency_key

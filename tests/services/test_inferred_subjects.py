@@ -26,20 +26,27 @@ def sessions(request, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
 
 def test_inferred_subjects_are_recorded_with_their_events_in_one_go(sessions):
     with sessions() as session:
-        rows = store.add_edits(session, edits=[
-            store.NewEdit("Who is the CEO of Acme?", "Jo"),
-            store.NewEdit("The capital of France is", "Lyon", subject="France"),
-            store.NewEdit("Who wrote Hamlet?", "Bo"),
-        ])
+        rows = store.add_edits(
+            session,
+            edits=[
+                store.NewEdit("Who is the CEO of Acme?", "Jo"),
+                store.NewEdit("The capital of France is", "Lyon", subject="France"),
+                store.NewEdit("Who wrote Hamlet?", "Bo"),
+            ],
+        )
         session.commit()
         bare, given, other = (r.id for r in rows)
     run = training.start_run(sessions, settings=Settings(_env_file=None), trigger=RunTrigger.MANUAL, actor="erin")
     assert run is not None
 
-    recorded = training.record_inferred_subjects(sessions, run=run, subjects={
-        bare: InferredSubject("Acme", "model-span"),
-        given: InferredSubject("capital", "model-span"),  # the client's subject wins
-    })
+    recorded = training.record_inferred_subjects(
+        sessions,
+        run=run,
+        subjects={
+            bare: InferredSubject("Acme", "model-span"),
+            given: InferredSubject("capital", "model-span"),  # the client's subject wins
+        },
+    )
 
     assert recorded == {bare: "Acme"}
     with sessions() as session:

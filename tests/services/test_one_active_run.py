@@ -72,9 +72,7 @@ def finish_active(sessions: sessionmaker[Session]) -> store.TrainingRun:
 def count_runs(sessions: sessionmaker[Session]) -> tuple[int, int]:
     with sessions() as session:
         runs = session.scalar(select(func.count()).select_from(store.TrainingRun))
-        created = len(
-            store.list_audit(session, action=AuditAction.RUN_CREATED, limit=store.MAX_LIMIT).items
-        )
+        created = len(store.list_audit(session, action=AuditAction.RUN_CREATED, limit=store.MAX_LIMIT).items)
         return runs, created
 
 
@@ -107,9 +105,7 @@ def test_concurrent_worker_starts_on_two_replicas_start_exactly_one(replicas):
     a, b = replicas
 
     def start(sessions: sessionmaker[Session]) -> Callable[[], training.StartedRun | None]:
-        return lambda: training.start_run(
-            sessions, settings=SETTINGS, trigger=RunTrigger.SCHEDULE, actor="scheduler"
-        )
+        return lambda: training.start_run(sessions, settings=SETTINGS, trigger=RunTrigger.SCHEDULE, actor="scheduler")
 
     for trial in range(TRIALS):
         add_pending(a)
@@ -164,9 +160,7 @@ def test_two_processes_triggering_at_once_accept_exactly_one(backend: str, tmp_p
         add_pending(store.make_session_factory(database))
         database.dispose()  # nothing open while forking
         barrier, results = context.Barrier(2), context.Queue()
-        processes = [
-            context.Process(target=_replica, args=(url, i, barrier, results, TRIALS)) for i in range(2)
-        ]
+        processes = [context.Process(target=_replica, args=(url, i, barrier, results, TRIALS)) for i in range(2)]
         for process in processes:
             process.start()
         outcomes = [results.get(timeout=120) for _ in range(2 * TRIALS)]

@@ -33,8 +33,9 @@ def _pending(sessions, n: int) -> list[int]:
 
 def test_recover_requeues_claimed_edits_with_audit(sessions):
     ids = _pending(sessions, 3)
-    started = training.start_run(sessions, settings=Settings(_env_file=None, worker_max_batch=2),
-                                 trigger=RunTrigger.SCHEDULE, actor="scheduler")
+    started = training.start_run(
+        sessions, settings=Settings(_env_file=None, worker_max_batch=2), trigger=RunTrigger.SCHEDULE, actor="scheduler"
+    )
     assert started is not None and [e.edit_id for e in started.edits] == ids[:2]
     training.mark_training(sessions, edit_ids=ids[:1])
 
@@ -48,7 +49,8 @@ def test_recover_requeues_claimed_edits_with_audit(sessions):
         assert run.status is RunStatus.INTERRUPTED and run.error
         requeued = store.list_audit(session, action=AuditAction.EDIT_REQUEUED, order="asc").items
         assert [(e.edit_id, e.payload["previous_status"]) for e in requeued] == [
-            (ids[0], "training"), (ids[1], "planned"),
+            (ids[0], "training"),
+            (ids[1], "planned"),
         ]
         assert all(e.actor == "system" for e in requeued)
     # Nothing left to recover: a second start-up changes nothing.

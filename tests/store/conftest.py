@@ -16,7 +16,7 @@ from tests.pg import DATABASE_BACKENDS, temporary_database_url
 
 @pytest.fixture(params=DATABASE_BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """"sqlite" or "postgresql"."""
+    """ "sqlite" or "postgresql"."""
     return request.param
 
 

@@ -71,8 +71,15 @@ def _log(session: Session) -> list[AuditEvent]:
         ("bob", AuditAction.EDIT_ROLLED_BACK, 1, 5, None),
     ]
     events = [
-        AuditEvent(at=t0 + timedelta(hours=i), actor=actor, action=action, edit_id=edit_id,
-                   expert_id=expert_id, training_run_id=run_id, payload={"i": i})
+        AuditEvent(
+            at=t0 + timedelta(hours=i),
+            actor=actor,
+            action=action,
+            edit_id=edit_id,
+            expert_id=expert_id,
+            training_run_id=run_id,
+            payload={"i": i},
+        )
         for i, (actor, action, edit_id, expert_id, run_id) in enumerate(rows)
     ]
     session.add_all(events)
@@ -197,9 +204,7 @@ def test_orm_refuses_bulk_update_and_delete_of_audit_events(
     _unchanged(session_factory, event_id)
 
 
-def test_database_trigger_refuses_raw_update_delete_truncate(
-    backend: str, session_factory: sessionmaker[Session], engine: Engine
-) -> None:
+def test_database_trigger_refuses_raw_update_delete_truncate(backend: str, session_factory: sessionmaker[Session], engine: Engine) -> None:
     """The trigger holds even for SQL that bypasses the ORM (a console, another tool)."""
     event_id = _one_event(session_factory)
     statements = [

@@ -83,9 +83,7 @@ def test_claim_checks_run_and_limit(session: Session) -> None:
         claim_pending_edits(session, run_id=run.id, limit=1)
 
 
-def test_concurrent_claims_get_disjoint_rows(
-    backend: str, session_factory: sessionmaker[Session]
-) -> None:
+def test_concurrent_claims_get_disjoint_rows(backend: str, session_factory: sessionmaker[Session]) -> None:
     """A claims and holds its transaction open; B claims for the same run meanwhile (two
     workers racing). No edit is claimed twice.
 

@@ -100,10 +100,7 @@ def test_session_factory_keeps_objects_readable_after_commit(
 
 def test_foreign_keys_are_enforced(session: Session) -> None:
     now = datetime.now(UTC)
-    session.add(
-        Edit(prompt="p", target="t", rephrases=[], status="pending", expert_id=999,
-             created_at=now, updated_at=now)
-    )
+    session.add(Edit(prompt="p", target="t", rephrases=[], status="pending", expert_id=999, created_at=now, updated_at=now))
     with pytest.raises(IntegrityError):
         session.flush()
 
@@ -143,7 +140,5 @@ def test_timestamps_are_stored_as_utc(backend: str, engine: Engine) -> None:
         if backend == "sqlite":
             raw = conn.execute(text("SELECT applied_at FROM edits")).scalar()
         else:
-            raw = conn.execute(
-                text("SELECT to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM edits")
-            ).scalar()
+            raw = conn.execute(text("SELECT to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM edits")).scalar()
     assert raw.startswith("2023-12-31 20:00:00")

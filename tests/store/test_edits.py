@@ -29,9 +29,7 @@ SHA = "ab" * 32
 
 
 def make_edits(session: Session, n: int, **kwargs: object) -> list[Edit]:
-    return add_edits(
-        session, edits=[NewEdit(f"prompt {i}", f" target {i}", **kwargs) for i in range(n)]
-    )
+    return add_edits(session, edits=[NewEdit(f"prompt {i}", f" target {i}", **kwargs) for i in range(n)])
 
 
 def ids(edits: list[Edit]) -> list[int]:
@@ -164,9 +162,7 @@ def test_list_edits_filters_by_creation_window(session: Session) -> None:
     assert ids(window.items) == [edits[1].id, edits[0].id]
     # Another zone, same instant.
     tokyo = timezone(timedelta(hours=9))
-    assert ids(list_edits(session, created_after=(t0 + 2 * one_day).astimezone(tokyo)).items) == [
-        edits[2].id
-    ]
+    assert ids(list_edits(session, created_after=(t0 + 2 * one_day).astimezone(tokyo)).items) == [edits[2].id]
 
 
 def test_list_edits_refuses_naive_datetimes(session: Session) -> None:
@@ -305,9 +301,7 @@ def test_set_edit_status_applied_stamps_applied_at_and_expert(
         edits = make_edits(s, 3)
         expert = add_expert(s, name="e", path="/x", sha256=SHA, status=ExpertStatus.ACTIVE)
         before = edits[0].updated_at
-        changed = set_edit_status(
-            s, edit_ids=[edits[1].id, edits[0].id], status=EditStatus.APPLIED, expert_id=expert.id
-        )
+        changed = set_edit_status(s, edit_ids=[edits[1].id, edits[0].id], status=EditStatus.APPLIED, expert_id=expert.id)
         s.commit()
     assert ids(changed) == [edits[0].id, edits[1].id]
     with session_factory() as s:
@@ -351,7 +345,6 @@ def test_set_edit_status_rejects_unknown_status(session: Session) -> None:
     (edit,) = make_edits(session, 1)
     with pytest.raises(ValueError, match="unknown status 'finished'"):
         set_edit_status(session, edit_ids=[edit.id], status="finished")
-
 
 
 def test_set_inferred_subject_fills_only_an_edit_without_one(session_factory: sessionmaker[Session]) -> None:

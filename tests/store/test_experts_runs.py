@@ -246,9 +246,7 @@ def test_active_run_is_the_one_queued_or_running_run(session: Session) -> None:
 
 
 @pytest.mark.parametrize("first_status", [RunStatus.QUEUED, RunStatus.RUNNING])
-def test_the_database_refuses_a_second_active_run(
-    session_factory: sessionmaker[Session], first_status: RunStatus
-) -> None:
+def test_the_database_refuses_a_second_active_run(session_factory: sessionmaker[Session], first_status: RunStatus) -> None:
     with session_factory() as s:
         first = create_run(s, trigger="manual", actor="a")
         if first_status is RunStatus.RUNNING:

@@ -55,9 +55,7 @@ def test_upgrade_head_is_idempotent(db_url: str, engine: Engine) -> None:
         assert conn.execute(text("SELECT version FROM stack_state")).scalar() == 7
 
 
-def test_migrate_works_from_any_working_directory(
-    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_migrate_works_from_any_working_directory(backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -55,6 +55,4 @@ def list_audit(
         limit=limit,
         cursor=cursor,
     )
-    return AuditEventsPublic(
-        items=[AuditEventPublic.model_validate(e) for e in page.items], next_cursor=page.next_cursor
-    )
+    return AuditEventsPublic(items=[AuditEventPublic.model_validate(e) for e in page.items], next_cursor=page.next_cursor)

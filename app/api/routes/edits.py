@@ -40,16 +40,14 @@ REPLAYED_HEADER = "Idempotent-Replayed"
         202: {
             "headers": {
                 REPLAYED_HEADER: {
-                    "description": "`true` when an earlier request with this Idempotency-Key "
-                    "created these edits (nothing new was created)",
+                    "description": "`true` when an earlier request with this Idempotency-Key created these edits (nothing new was created)",
                     "schema": {"type": "string", "enum": ["true"]},
                 }
             }
         },
         422: {
             "model": ErrorResponse,
-            "description": "A value is not allowed, or the Idempotency-Key was used with another "
-            "body (idempotency_key_reused)",
+            "description": "A value is not allowed, or the Idempotency-Key was used with another body (idempotency_key_reused)",
         },
     },
 )
@@ -88,9 +86,7 @@ def list_edits(
     session: SessionDep,
     settings: SettingsDep,
     status: Annotated[EditStatus | None, Query(description="Only edits in this status")] = None,
-    subject: Annotated[
-        str | None, Query(description="Exact subject, any case", json_schema_extra=TEXT_FILTER)
-    ] = None,
+    subject: Annotated[str | None, Query(description="Exact subject, any case", json_schema_extra=TEXT_FILTER)] = None,
     q: Annotated[
         str | None,
         Query(description="Substring of prompt, target or subject", json_schema_extra=TEXT_FILTER),
@@ -126,14 +122,10 @@ def get_edit(*, session: SessionDep, edit_id: EditId) -> EditPublic:
 
 
 @router.get("/{edit_id}/events")
-def edit_events(
-    *, session: SessionDep, edit_id: EditId, limit: LimitQuery = DEFAULT_PAGE, cursor: AuditCursor = None
-) -> AuditEventsPublic:
+def edit_events(*, session: SessionDep, edit_id: EditId, limit: LimitQuery = DEFAULT_PAGE, cursor: AuditCursor = None) -> AuditEventsPublic:
     """The edit's audit history, oldest first."""
     page = edit_service.edit_events(session, edit_id=edit_id, limit=limit, cursor=cursor)
-    return AuditEventsPublic(
-        items=[AuditEventPublic.model_validate(e) for e in page.items], next_cursor=page.next_cursor
-    )
+    return AuditEventsPublic(items=[AuditEventPublic.model_validate(e) for e in page.items], next_cursor=page.next_cursor)
 
 
 @router.post(

@@ -40,9 +40,7 @@ def list_experts(
     status: Annotated[ExpertStatus | None, Query(description="Only experts in this status")] = None,
 ) -> ExpertsPublic:
     """All experts, oldest first (the order they stack in)."""
-    return ExpertsPublic(
-        items=[ExpertPublic.model_validate(e) for e in expert_service.list_experts(session, status=status)]
-    )
+    return ExpertsPublic(items=[ExpertPublic.model_validate(e) for e in expert_service.list_experts(session, status=status)])
 
 
 @router.get("/{expert_id}")
@@ -53,16 +51,12 @@ def get_expert(*, session: SessionDep, expert_id: ExpertId) -> ExpertDetail:
 
 
 @router.post("/{expert_id}/deactivate", responses=CONFLICT)
-def deactivate_expert(
-    *, session: SessionDep, stack: StackDep, actor: ActorDep, expert_id: ExpertId
-) -> ExpertChange:
+def deactivate_expert(*, session: SessionDep, stack: StackDep, actor: ActorDep, expert_id: ExpertId) -> ExpertChange:
     """Rollback: its edits become rolled_back and their prompts get the base model's answers."""
     return _change(expert_service.deactivate_expert(session, stack=stack, expert_id=expert_id, actor=actor))
 
 
 @router.post("/{expert_id}/activate", responses=CONFLICT)
-def activate_expert(
-    *, session: SessionDep, stack: StackDep, actor: ActorDep, expert_id: ExpertId
-) -> ExpertChange:
+def activate_expert(*, session: SessionDep, stack: StackDep, actor: ActorDep, expert_id: ExpertId) -> ExpertChange:
     """Restore a deactivated expert (its files are checked first); its edits are applied again."""
     return _change(expert_service.activate_expert(session, stack=stack, expert_id=expert_id, actor=actor))

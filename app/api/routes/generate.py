@@ -70,7 +70,12 @@ def retrieve(task: asyncio.Future) -> None:
 
 @router.post("/generate")
 async def generate_post(
-    *, request: Request, engine: EngineDep, stack: StackDep, settings: SettingsDep, runtime: RuntimeDep,
+    *,
+    request: Request,
+    engine: EngineDep,
+    stack: StackDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
     body: GenerateRequest,
 ) -> GenerationPublic:
     """Continue a prompt through the routed expert stack; says which expert (if any) served it."""

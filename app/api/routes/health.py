@@ -27,7 +27,9 @@ def readyz(runtime: RuntimeDep) -> Readiness:
     "not ready: loading the model", or the database error otherwise), and the stack this process
     really serves: `degraded` (still 200) while an active expert's files cannot be loaded."""
     report = health_service.readiness(
-        session_factory=runtime.session_factory, engine=runtime.engine, stack=runtime.stack,
+        session_factory=runtime.session_factory,
+        engine=runtime.engine,
+        stack=runtime.stack,
         stage=runtime.stage,
     )
     return Readiness(
@@ -38,10 +40,7 @@ def readyz(runtime: RuntimeDep) -> Readiness:
         stack_version=report.stack_version,
         database_stack_version=report.database_stack_version,
         stale=report.stale,
-        quarantined_experts=[
-            QuarantinedExpert(id=q.expert_id, name=q.name, path=q.path, reason=q.reason)
-            for q in report.quarantined
-        ],
+        quarantined_experts=[QuarantinedExpert(id=q.expert_id, name=q.name, path=q.path, reason=q.reason) for q in report.quarantined],
         worker=runtime.worker_state(),
     )
 

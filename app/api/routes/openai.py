@@ -68,8 +68,10 @@ SSE_EVENT = {
     "properties": {"data": {"type": "string", "description": "A JSON chunk, or [DONE] at the end"}},
     "required": ["data"],
 }
-STREAM_RESPONSE = {"content": {"text/event-stream": {"schema": SSE_EVENT}},
-                   "description": "JSON, or with `stream: true` server-sent events of chunks"}
+STREAM_RESPONSE = {
+    "content": {"text/event-stream": {"schema": SSE_EVENT}},
+    "description": "JSON, or with `stream: true` server-sent events of chunks",
+}
 
 router = APIRouter(prefix=V1, tags=["openai"], responses=OPENAI_ERROR_RESPONSES)
 
@@ -82,7 +84,12 @@ def list_models(engine: EngineDep) -> ModelList:
 
 @router.post("/completions", responses={200: STREAM_RESPONSE})
 async def completions(
-    *, request: Request, engine: EngineDep, stack: StackDep, settings: SettingsDep, runtime: RuntimeDep,
+    *,
+    request: Request,
+    engine: EngineDep,
+    stack: StackDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
     body: CompletionRequest,
 ) -> Completion:
     """Continue `prompt` through the routed expert stack (OpenAI's completions API)."""
@@ -94,13 +101,17 @@ async def completions(
         return _stream(prepared, deps, partial(_completion_chunk, ident, created, engine.model_name), include_usage)
     g = await run_cancellable(request, partial(generation_service.complete, prepared=prepared, **deps))
     choice = CompletionChoice(index=0, text=g.text, finish_reason=g.finish_reason)
-    return Completion(id=ident, created=created, model=g.model, choices=[choice], usage=_usage(g),
-                      lemoe=_routing(g, prepared))
+    return Completion(id=ident, created=created, model=g.model, choices=[choice], usage=_usage(g), lemoe=_routing(g, prepared))
 
 
 @router.post("/chat/completions", responses={200: STREAM_RESPONSE})
 async def chat_completions(
-    *, request: Request, engine: EngineDep, stack: StackDep, settings: SettingsDep, runtime: RuntimeDep,
+    *,
+    request: Request,
+    engine: EngineDep,
+    stack: StackDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
     body: ChatCompletionRequest,
 ) -> ChatCompletion:
     """Answer `messages` in the model's chat template, routed on the last user message's content
@@ -113,8 +124,7 @@ async def chat_completions(
         return _stream(prepared, deps, partial(_chat_chunk, ident, created, engine.model_name), include_usage)
     g = await run_cancellable(request, partial(generation_service.complete, prepared=prepared, **deps))
     choice = ChatChoice(index=0, message=AssistantMessage(content=g.text), finish_reason=g.finish_reason)
-    return ChatCompletion(id=ident, created=created, model=g.model, choices=[choice], usage=_usage(g),
-                          lemoe=_routing(g, prepared))
+    return ChatCompletion(id=ident, created=created, model=g.model, choices=[choice], usage=_usage(g), lemoe=_routing(g, prepared))
 
 
 async def _prepare(engine, settings, body: CompletionRequest | ChatCompletionRequest) -> PreparedCompletion:
@@ -123,9 +133,7 @@ async def _prepare(engine, settings, body: CompletionRequest | ChatCompletionReq
     return await run_in_threadpool(call)
 
 
-def _stream(
-    prepared: PreparedCompletion, deps: dict[str, Any], chunk: Callable[..., dict], include_usage: bool
-) -> EventSourceResponse:
+def _stream(prepared: PreparedCompletion, deps: dict[str, Any], chunk: Callable[..., dict], include_usage: bool) -> EventSourceResponse:
     return EventSourceResponse(_events(prepared, deps, chunk, include_usage), ping=15)
 
 
@@ -168,23 +176,37 @@ def _data(payload: Any) -> dict[str, str]:
     return {"data": json.dumps(payload, ensure_ascii=False, separators=(",", ":"))}
 
 
-def _completion_chunk(ident: str, created: int, model: str, *, first: bool = False, text: str = "",
-                      finish_reason: str | None = None, lemoe: LemoeRouting | None = None,
-                      usage: Usage | None = None) -> dict:
+def _completion_chunk(
+    ident: str,
+    created: int,
+    model: str,
+    *,
+    first: bool = False,
+    text: str = "",
+    finish_reason: str | None = None,
+    lemoe: LemoeRouting | None = None,
+    usage: Usage | None = None,
+) -> dict:
     """One streamed `text_completion` object (`lemoe` only on the last one, with finish_reason)."""
     choices = [] if usage is not None else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]
     out = {"id": ident, "object": "text_completion", "created": created, "model": model, "choices": choices}
     return _extras(out, lemoe, usage)
 
 
-def _chat_chunk(ident: str, created: int, model: str, *, first: bool = False, text: str = "",
-                finish_reason: str | None = None, lemoe: LemoeRouting | None = None,
-                usage: Usage | None = None) -> dict:
+def _chat_chunk(
+    ident: str,
+    created: int,
+    model: str,
+    *,
+    first: bool = False,
+    text: str = "",
+    finish_reason: str | None = None,
+    lemoe: LemoeRouting | None = None,
+    usage: Usage | None = None,
+) -> dict:
     """One `chat.completion.chunk` (the first names the role; `lemoe` only on the last one)."""
     delta = {"role": "assistant", "content": ""} if first else {} if finish_reason is not None else {"content": text}
-    choices = [] if usage is not None else [
-        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-    ]
+    choices = [] if usage is not None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
     out = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
     return _extras(out, lemoe, usage)
 
@@ -198,14 +220,19 @@ def _extras(out: dict, lemoe: LemoeRouting | None, usage: Usage | None) -> dict:
 
 
 def _usage(g: Generated) -> Usage:
-    return Usage(prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens,
-                 total_tokens=g.prompt_tokens + g.completion_tokens)
+    return Usage(prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens, total_tokens=g.prompt_tokens + g.completion_tokens)
 
 
 def _routing(g: Generated, prepared: PreparedCompletion) -> LemoeRouting:
     expert = None if g.expert_name is None else ExpertRef(id=g.expert_id, name=g.expert_name)
-    return LemoeRouting(expert=expert, route_score=g.route_score, nearest_edit_id=g.nearest_edit_id,
-                        subject_score=g.subject_score, edits=prepared.edits, route_text=prepared.route_kind)
+    return LemoeRouting(
+        expert=expert,
+        route_score=g.route_score,
+        nearest_edit_id=g.nearest_edit_id,
+        subject_score=g.subject_score,
+        edits=prepared.edits,
+        route_text=prepared.route_kind,
+    )
 
 
 _PROCESS_STARTED = int(time.time())

@@ -53,12 +53,9 @@ def _public(session: Session, runs: list[TrainingRun]) -> list[TrainingRunPublic
 @router.post(
     "",
     status_code=202,
-    responses={409: {"model": ErrorResponse, "description": "A run is already queued/running "
-                     "(Location: that run), or no edit is pending"}},
+    responses={409: {"model": ErrorResponse, "description": "A run is already queued/running (Location: that run), or no edit is pending"}},
 )
-def trigger_run(
-    *, session: SessionDep, settings: SettingsDep, runtime: RuntimeDep, actor: ActorDep
-) -> TrainingRunPublic:
+def trigger_run(*, session: SessionDep, settings: SettingsDep, runtime: RuntimeDep, actor: ActorDep) -> TrainingRunPublic:
     """Queue a training run now (the worker starts it at once); follow it with GET."""
     run = training_service.trigger_run(session, settings=settings, actor=actor)
     if runtime.wake_worker is not None:
