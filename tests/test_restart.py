@@ -320,3 +320,26 @@ def test_kill_9_mid_training_loses_nothing(tiny_model_dir: Path, tmp_path: Path)
         # uvicorn re-raises SIGTERM after a graceful shutdown, so -SIGTERM is a clean exit too.
         assert fast.stop() in (0, -signal.SIGTERM), log.read_text()[-3000:]
         assert "Application shutdown complete" in log.read_text()
+
+
+def test_experts_made_at_another_adaptor_layer_are_quarantined_not_served_there(trained):
+    settings, before = trained
+    [first, second] = before["experts"]
+    moved = settings.model_copy(update={"adaptor_layer": 2})  # the tiny model's default is 3
+
+    with fresh_app(moved) as client:  # starts degraded: the experts are refused, not misplaced
+        body = client.get("/readyz").json()
+        assert body["status"] == "degraded" and body["active_experts"] == []
+        [quarantined] = body["quarantined_experts"]
+        assert (quarantined["id"], quarantined["name"]) == (second["id"], second["name"])
+        assert quarantined["reason"].startswith("trained for adaptor layer (LEMOE_ADAPTOR_LAYER) 3, this server runs 2")
+        assert generate(client, FOX["prompt"])["expert"] is None
+        [event] = load_failures(client)
+        assert event["expert_id"] == second["id"] and event["payload"]["reason"] == quarantined["reason"]
+        # Activating one made for the other layer is refused with the same reason.
+        refused = client.post(f"/v1/experts/{first['id']}/activate")
+        assert refused.status_code == 409 and "adaptor layer (LEMOE_ADAPTOR_LAYER) 3, this server runs 2" in refused.text
+
+    with fresh_app(settings) as client:  # the setting restored: it serves again
+        assert client.get("/readyz").json()["active_experts"] == before["active"]
+        assert answers(client) == before["answers"]

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
+from app.engine.experts import ExpertLoader, ExpertSpec, check_expert_files
 from app.engine.model_loader import LoadedModel, load_model
+from app.engine.stack import ActiveStack
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor
 from app.lemoe.editor import SamplingParams as GenerationParams
-from app.lemoe.expert import ExpertEntry
-from app.lemoe.io import (
-    CONFIG_FILE,
-    ExpertFileError,
-    load_expert,
-    save_expert,
-    weights_sha256,
-)
+from app.lemoe.io import ExpertFileError, save_expert
 from app.lemoe.stopping import StopReason, StopSignal
 from app.lemoe.subjects import InferredSubject
 
@@ -52,15 +44,6 @@ class GenerationResult:
 
 
 @dataclass(frozen=True)
-class ExpertSpec:
-    """Where an expert's files are and what their checksum must be (from its SQL row)."""
-
-    name: str
-    path: Path
-    sha256: str
-
-
-@dataclass(frozen=True)
 class BuiltExpert:
     name: str
     path: Path
@@ -73,35 +56,20 @@ class BuiltExpert:
     superseded: tuple[tuple[int, int], ...] = ()
 
 
-def check_expert_files(spec: ExpertSpec, *, device: torch.device | str = "cpu") -> ExpertEntry:
-    """Load an expert from its files and check them against its SQL row (sha256, name); needs
-    no model, so `lemoe experts check` runs it offline. Raises ExpertFileError naming it."""
-    try:
-        entry = load_expert(Path(spec.path), expected_sha256=spec.sha256, device=device)
-    except ExpertFileError as exc:
-        raise exc.naming(spec.name) from exc
-    if entry.name != spec.name:
-        raise ExpertFileError(
-            f"{CONFIG_FILE} names expert {entry.name!r}, not {spec.name!r}",
-            directory=Path(spec.path),
-            name=spec.name,
-        )
-    return entry
-
-
 def _edit_id(raw: str | None) -> int | None:
     return int(raw) if raw and raw.isdigit() else None
 
 
 class Engine:
-    """Thread-safe facade: generation runs concurrently with training; stack swaps are atomic."""
+    """Thread-safe facade: generation runs concurrently with training; `stack` (the one owner of
+    the live stack) swaps it atomically, with files loaded and checked by `experts`."""
 
     def __init__(self, loaded: LoadedModel, config: LemoeConfig, experts_dir: Path) -> None:
         self.loaded = loaded
         self.experts_dir = experts_dir
         self.editor = LemoeEditor(loaded.model, loaded.tokenizer, config, device=loaded.device)
-        self._loaded_entries: dict[str, ExpertEntry] = {}
-        self._sync_lock = threading.Lock()
+        self.experts = ExpertLoader(self.editor.serving, device=loaded.device)
+        self.stack = ActiveStack(self.editor, self.experts)
 
     @classmethod
     def from_settings(cls, settings) -> Engine:
@@ -215,58 +183,16 @@ class Engine:
         return [[by_id[e.edit_id] for e in batch] for batch in batches]
 
     def build_expert(self, name: str, edits: Sequence[EngineEdit], progress: ProgressFn | None = None) -> BuiltExpert:
-        """Train one expert and write its files; it is not live until `sync` includes it."""
+        """Train one expert and write its files; it is not live until the stack includes it."""
         editor_edits = [self._to_edit(e) for e in edits]
         trained = self.editor.train(editor_edits, name=name, progress=progress)
         path = self.experts_dir / name
         sha = save_expert(trained.entry, path)
-        self._loaded_entries[name] = trained.entry
+        self.experts.remember(trained.entry)
         superseded = tuple(
             (int(new), old_id) for new, old in self.editor.superseded(editor_edits, trained.entry) if (old_id := _edit_id(old)) is not None
         )
         return BuiltExpert(name, path, sha, [e.edit_id for e in edits], trained.steps, trained.final_loss, trained.seconds, superseded)
-
-    # --- the live stack ------------------------------------------------------------------------
-    def sync(self, specs: Sequence[ExpertSpec], *, required: Collection[str] = ()) -> dict[str, ExpertFileError]:
-        """Make the live stack `specs`, in that order (oldest first: newest wins ties), less the
-        experts whose files are missing or bad: those are returned by name and the rest serve.
-
-        Files are loaded and checked before the swap. A bad file of an expert in `required`
-        raises its ExpertFileError and leaves the live stack as it was.
-        """
-        with self._sync_lock:
-            entries, failures = [], {}
-            for spec in specs:
-                try:
-                    entries.append(self.load_checked(spec))
-                except ExpertFileError as exc:
-                    if spec.name in required:
-                        raise
-                    failures[spec.name] = exc
-            if [id(e) for e in entries] != [id(e) for e in self.editor.stack]:
-                self.editor.set_stack(entries)
-                log.info("live stack: %s", [e.name for e in entries] or "empty")
-            return failures
-
-    def load_checked(self, spec: ExpertSpec) -> ExpertEntry:
-        """The expert of `spec`, checked against its recorded sha256 and name. Cached once
-        loaded, but its weights file is re-hashed every time: never serve what SQL did not
-        record (a file changed since is loaded and judged afresh)."""
-        entry = self._loaded_entries.pop(spec.name, None)
-        if entry is not None:
-            try:
-                unchanged = weights_sha256(Path(spec.path)) == spec.sha256
-            except ExpertFileError:
-                unchanged = False
-            if not unchanged:
-                entry = None
-        if entry is None:
-            entry = check_expert_files(spec, device=self.loaded.device)
-        self._loaded_entries[spec.name] = entry
-        return entry
-
-    def active_expert_names(self) -> list[str]:
-        return [e.name for e in self.editor.stack]
 
     @staticmethod
     def _to_edit(e: EngineEdit) -> Edit:

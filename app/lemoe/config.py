@@ -76,6 +76,17 @@ class LemoeConfig:
             raise ValueError(f"subject layer {layer} must be between 0 and the route layer {route}")
         return layer
 
+    def serving(self, num_layers: int, hidden_size: int) -> ServingConfig:
+        """What decides how an expert trained under this config serves on a model of
+        `num_layers` layers and width `hidden_size`."""
+        return ServingConfig(
+            layer=self.resolved_layer(num_layers),
+            route_layer=self.resolved_route_layer(num_layers),
+            subject_layer=self.resolved_subject_layer(num_layers) if self.subject_keys else None,
+            pooling=self.pooling,
+            hidden_size=hidden_size,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -83,3 +94,44 @@ class LemoeConfig:
     def from_dict(cls, data: dict[str, Any]) -> LemoeConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# (field, how a refusal names it); each is recorded in an expert's meta when it is trained.
+_SERVING_FIELDS = (
+    ("layer", "adaptor layer (LEMOE_ADAPTOR_LAYER)"),
+    ("route_layer", "route layer"),
+    ("subject_layer", "subject layer"),
+    ("pooling", "query pooling"),
+    ("hidden_size", "hidden size"),
+)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The resolved LemoeConfig fields an expert only serves correctly under: it is trained at
+    `layer` and routed by queries pooled (`pooling`) at `route_layer` and by subject keys read at
+    `subject_layer` (None: subject keys off). Saved in every expert's meta; an expert whose
+    recorded values differ from the running editor's is refused, not served at the wrong layer."""
+
+    layer: int
+    route_layer: int
+    subject_layer: int | None
+    pooling: str
+    hidden_size: int
+
+    def to_meta(self) -> dict[str, Any]:
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+    def mismatch(self, meta: dict[str, Any]) -> str | None:
+        """Why an expert with `meta` cannot serve under this config, or None. A field the
+        expert did not record (saved before it was recorded) is not checked, nor the subject
+        layer when either side has no subject keys (such keys are not read)."""
+        problems = []
+        for name, label in _SERVING_FIELDS:
+            recorded, running = meta.get(name), getattr(self, name)
+            if recorded is None or running is None or recorded == running:
+                continue
+            problems.append(f"{label} {recorded!r}, this server runs {running!r}")
+        if not problems:
+            return None
+        return f"trained for {'; '.join(problems)}; restore the setting or train its edits again"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -95,7 +94,11 @@ class TrainedExpert:
 
 
 class LemoeEditor:
-    """Owns the adaptor on one layer; the expert stack is an immutable tuple swapped atomically."""
+    """Owns the adaptor on one layer; the expert stack is an immutable tuple swapped atomically.
+
+    The editor holds no lock: readers take one snapshot of `stack` per request, and a change is
+    one assignment. Writers that may race (the service's) go through one owner that serialises
+    them (`app.engine.stack.ActiveStack`)."""
 
     def __init__(self, model: nn.Module, tokenizer, config: LemoeConfig | None = None, *, device: torch.device | None = None) -> None:
         self.model = model
@@ -108,6 +111,7 @@ class LemoeEditor:
         self.hidden_size = model.config.hidden_size
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self.subject_layer = self.config.resolved_subject_layer(n_layers) if self.config.subject_keys else None
+        self.serving = self.config.serving(n_layers, self.hidden_size)  # recorded beside each expert
         model.requires_grad_(False)
         inject_adaptor(model, self.layer, self.route_layer, self.config.pooling)
         center = capture_queries(model, tokenizer, REFERENCE_PROMPTS, self.device).mean(dim=0)
@@ -118,7 +122,6 @@ class LemoeEditor:
             if self.config.augmentations
             else 0
         )
-        self._swap_lock = threading.Lock()
 
     def _subject_keys(self) -> SubjectKeys | None:
         """Standardisation of subject-layer tokens, measured on the reference prompts."""
@@ -183,10 +186,9 @@ class LemoeEditor:
         return self._stack
 
     def add_expert(self, entry: ExpertEntry) -> None:
-        with self._swap_lock:
-            if any(e.name == entry.name for e in self._stack):
-                raise ValueError(f"expert {entry.name!r} is already in the stack")
-            self._stack = self._stack + (self._prepared(entry),)
+        if any(e.name == entry.name for e in self._stack):
+            raise ValueError(f"expert {entry.name!r} is already in the stack")
+        self._stack = self._stack + (self._prepared(entry),)
 
     def _prepared(self, entry: ExpertEntry) -> ExpertEntry:
         """`entry` on this editor's device, as it serves here.
@@ -215,17 +217,19 @@ class LemoeEditor:
         return entry
 
     def remove_expert(self, name: str) -> ExpertEntry:
-        with self._swap_lock:
-            found = [e for e in self._stack if e.name == name]
-            if not found:
-                raise KeyError(f"expert {name!r} is not in the stack")
-            self._stack = tuple(e for e in self._stack if e.name != name)
-            return found[0]
+        found = [e for e in self._stack if e.name == name]
+        if not found:
+            raise KeyError(f"expert {name!r} is not in the stack")
+        self._stack = tuple(e for e in self._stack if e.name != name)
+        return found[0]
 
     def set_stack(self, entries: Sequence[ExpertEntry]) -> None:
-        prepared = tuple(self._prepared(e) for e in entries)
-        with self._swap_lock:
-            self._stack = prepared
+        self._stack = tuple(self._prepared(e) for e in entries)
+
+    def serving_mismatch(self, entry: ExpertEntry) -> str | None:
+        """Why `entry` cannot serve in this editor (trained at another adaptor layer, route
+        layer, subject layer, pooling or width), or None; see `ServingConfig.mismatch`."""
+        return self.serving.mismatch({"hidden_size": entry.module.down.in_features, **entry.meta})
 
     # --- input checks ----------------------------------------------------------------------
     def validate_edit(self, prompt: str, target: str) -> None:
@@ -287,14 +291,12 @@ class LemoeEditor:
         anchors = self.queries(anchor_prompts)
         keys = self.subject_anchors(edits)
         meta = {
-            "layer": self.layer,
-            "route_layer": self.route_layer,
+            **self.serving.to_meta(),  # layer, route_layer, subject_layer, pooling, hidden_size
             "steps": result.steps,
             "final_loss": result.final_loss,
             "examples": result.examples,
         }
         if keys is not None:
-            meta["subject_layer"] = self.subject_layer
             meta["subject_view"] = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
             meta["subject_keyed_edits"] = int((~torch.isnan(keys.subject[: len(edits)]).any(dim=1)).sum())
         entry = ExpertEntry(

@@ -147,7 +147,7 @@ class ExpertCheck:
 def check_experts(session: Session, *, settings: Settings, all_experts: bool = False) -> list[ExpertCheck]:
     """Load each active expert's files (every expert with `all_experts`) and check them against
     its row: sha256, name, readable config and tensors. Needs no model."""
-    from app.engine.engine import ExpertFileError, ExpertSpec, check_expert_files
+    from app.engine.experts import ExpertFileError, ExpertSpec, check_expert_files
 
     checks = []
     for expert in store.list_experts(session, status=None if all_experts else ExpertStatus.ACTIVE):

@@ -4,7 +4,6 @@ less those whose files this process cannot load (quarantined here, retried, repo
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from app.services.checks import SYSTEM_ACTOR
 
 if TYPE_CHECKING:
     from app.engine.engine import Engine, ExpertFileError, ExpertSpec
+    from app.engine.stack import ActiveStack
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ class Quarantined:
 
 
 class LiveStack:
-    """Rebuilds the engine's stack from SQL rows + files, one sync at a time.
+    """Keeps the engine's live stack (`Engine.stack`, its one owner) equal to the SQL rows, one
+    sync at a time, under that owner's lock (`lock`): this class adds only the SQL side (the
+    version loaded, the quarantined experts, their audit events).
 
     Every change to the active set commits first and then calls `sync()`, which reads the rows
     inside the lock, so the last sync always reflects the last commit. `version` is the SQL
@@ -76,19 +78,27 @@ class LiveStack:
         self.engine = engine
         self.session_factory = session_factory
         self.settings = settings
-        self.lock = threading.RLock()
         self.version: int | None = None
         self.quarantined: dict[int, Quarantined] = {}
         self._quarantined_specs: dict[int, ExpertSpec] = {}
         self._ids: dict[str, int] = {}
         self._reported: set[tuple[int, str]] = set()  # (expert id, reason) already audited
 
+    @property
+    def active(self) -> ActiveStack:
+        return self.engine.stack
+
+    @property
+    def lock(self):
+        """The live stack's one lock (re-entrant): hold it to change the stack and its records."""
+        return self.engine.stack.lock
+
     def expert_id(self, name: str | None) -> int | None:
         return None if name is None else self._ids.get(name)
 
     def active_names(self) -> list[str]:
         """The experts this process serves, oldest first."""
-        return self.engine.active_expert_names()
+        return self.active.names()
 
     def sync(self) -> list[str]:
         """Load the active experts of SQL into the engine (less the quarantined); returns the
@@ -116,17 +126,12 @@ class LiveStack:
 
     def _quarantine_changed(self) -> bool:
         """Check only the quarantined experts' files (not re-hash the whole stack every poll)."""
-        from app.engine.engine import ExpertFileError
-
-        with self.lock:  # as in a sync: the engine's expert cache changes under this lock
+        with self.lock:
             for expert_id, spec in self._quarantined_specs.items():
-                try:
-                    self.engine.load_checked(spec)
+                exc = self.active.check(spec)
+                q = self.quarantined.get(expert_id)
+                if exc is None or q is None or exc.reason != q.reason:
                     return True
-                except ExpertFileError as exc:
-                    q = self.quarantined.get(expert_id)
-                    if q is None or exc.reason != q.reason:
-                        return True
             return False
 
     def apply(self, experts: Sequence[store.Expert], *, required: int | None = None) -> None:
@@ -142,9 +147,9 @@ class LiveStack:
         must = [e.name for e in experts if e.id == required]
         with self.lock:
             try:
-                failures = self.engine.sync(specs, required=must)
+                failures = self.active.replace(specs, required=must)
             except ExpertFileError as exc:
-                raise ExpertFilesInvalid(self._describe(by_name[must[0]], exc)) from exc
+                raise ExpertFilesInvalid(self._describe(by_name[exc.name or must[0]], exc)) from exc
             quarantined = {
                 expert.id: Quarantined(
                     expert_id=expert.id,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -156,3 +157,34 @@ def test_an_expert_whose_config_names_another_expert_is_refused(tmp_path):
     with pytest.raises(ExpertFileError, match="config.json names expert 'e7', not 'e8'") as wrong:
         check_expert_files(ExpertSpec("e8", tmp_path / "e7", sha))
     assert wrong.value.name == "e8"
+
+
+def test_an_expert_made_for_another_serving_config_is_refused_naming_both_values(tmp_path):
+    from app.engine.experts import ExpertSpec, check_expert_files
+    from app.lemoe.config import ServingConfig
+
+    entry = _entry()
+    entry.meta = {"layer": 3, "route_layer": 3, "pooling": "mean"}
+    sha = save_expert(entry, tmp_path / "e7")
+    width = entry.module.down.in_features
+    spec = ExpertSpec("e7", tmp_path / "e7", sha)
+    same = ServingConfig(layer=3, route_layer=3, subject_layer=1, pooling="mean", hidden_size=width)
+
+    assert check_expert_files(spec, serving=same).name == "e7"
+    with pytest.raises(ExpertFileError) as moved:
+        check_expert_files(spec, serving=replace(same, layer=2, route_layer=2))
+    assert moved.value.name == "e7" and moved.value.directory == tmp_path / "e7"
+    assert moved.value.reason.startswith("trained for adaptor layer (LEMOE_ADAPTOR_LAYER) 3, this server runs 2; route layer 3")
+    with pytest.raises(ExpertFileError, match=f"hidden size {width}, this server runs {width * 2}"):
+        check_expert_files(spec, serving=replace(same, hidden_size=width * 2))
+
+
+def test_an_expert_saved_before_serving_configs_were_recorded_loads_as_before():
+    from app.lemoe.config import ServingConfig
+
+    serving = ServingConfig(layer=2, route_layer=2, subject_layer=None, pooling="last", hidden_size=8)
+    assert serving.mismatch({}) is None  # nothing recorded: nothing checked
+    assert serving.mismatch({"subject_layer": 5}) is None  # subject keys off here: not read
+    assert serving.mismatch({"pooling": "mean"}) == "trained for query pooling 'mean', this server runs 'last'; " + (
+        "restore the setting or train its edits again"
+    )
