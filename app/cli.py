@@ -88,31 +88,16 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _run_worker(settings: Settings) -> int:
     from app import store
-    from app.engine.engine import Engine
     from app.metrics import Metrics
-    from app.services import training as training_service
-    from app.services.runtime import open_database
-    from app.services.stack import LiveStack
-    from app.worker import TrainingWorker
+    from app.services.runtime import Runtime, open_database
+    from app.startup import start
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = open_database(settings)
+    session_factory = store.make_session_factory(database)
+    runtime = Runtime(settings=settings, database=database, session_factory=session_factory, metrics=Metrics(session_factory))
     try:
-        if not settings.skip_migrate:
-            await asyncio.to_thread(store.migrate, database)
-        session_factory = store.make_session_factory(database)
-        engine = await asyncio.to_thread(Engine.from_settings, settings)
-        stack = LiveStack(engine, session_factory, settings)
-        worker = TrainingWorker(settings, session_factory, engine, stack=stack, metrics=Metrics(session_factory))
-        recovered = False
-        if await asyncio.to_thread(worker.acquire_trainer_role):
-            report = await asyncio.to_thread(training_service.recover, session_factory)
-            recovered = True
-            if report.changed:
-                log.warning(
-                    "recovered: runs %s interrupted, edits %s back to pending", list(report.interrupted_run_ids), list(report.edit_ids)
-                )
-        await asyncio.to_thread(stack.sync)
+        worker, recovered = await asyncio.to_thread(start, runtime, train=True)
+        assert worker is not None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, worker.stop)

@@ -30,9 +30,8 @@ from app.api.request_metrics import HttpMetrics, RequestObserverMiddleware
 from app.api.routes import audit, edits, experts, generate, health, openai, training
 from app.config import Settings, get_settings
 from app.metrics import Metrics
-from app.services import training as training_service
 from app.services.runtime import Runtime, open_database
-from app.services.stack import LiveStack
+from app.startup import start as start_up
 from app.worker import STOP_TIMEOUT_S, TrainingWorker
 
 if TYPE_CHECKING:
@@ -78,7 +77,7 @@ def create_app(
         started: list[TrainingWorker] = []
 
         async def start() -> None:
-            worker, recovered = await asyncio.to_thread(_start, runtime, engine)
+            worker, recovered = await asyncio.to_thread(start_up, runtime, engine, train=settings.worker_enabled)
             if worker is not None:
                 started.append(worker)
                 tasks.append(asyncio.create_task(worker.run_forever(recovered=recovered), name=WORKER_TASK))
@@ -166,72 +165,6 @@ def chat_body_bytes(settings: Settings) -> int:
     """max_chat_messages messages and four stop strings at max_text_chars, JSON-escaped."""
     texts = settings.max_chat_messages + 4
     return max(DEFAULT_BODY_LIMIT, texts * (settings.max_text_chars * 12 + 512) + 4096)
-
-
-def _start(runtime: Runtime, engine: Engine | None) -> tuple[TrainingWorker | None, bool]:
-    """Blocking start-up work (run in a thread): the worker when enabled, and whether it
-    already recovered (it holds the trainer role)."""
-    settings = runtime.settings
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if not settings.skip_migrate:
-        runtime.stage = "migrating the database"
-        store.migrate(runtime.database)
-    if engine is None:
-        from app.engine.engine import Engine
-
-        model = settings.model_path or "bundled SmolLM2-135M-Instruct"
-        runtime.stage = "loading the model"
-        log.info("loading the model (%s) on %s", model, settings.device)
-        engine = Engine.from_settings(settings)
-    runtime.stage = "loading the expert stack"
-    runtime.engine = engine
-    stack = LiveStack(engine, runtime.session_factory, settings)
-
-    worker, recovered = None, False
-    if settings.worker_enabled:
-        worker = TrainingWorker(settings, runtime.session_factory, engine, stack=stack, metrics=runtime.metrics)
-        # Only the trainer recovers: on PostgreSQL another process may hold the role and be
-        # training right now; this one then recovers when (if) it takes the role over.
-        if worker.acquire_trainer_role():
-            report = training_service.recover(runtime.session_factory)
-            recovered = True
-            if report.changed:
-                log.warning(
-                    "recovered from an interrupted run: runs %s marked interrupted, edits %s back to pending",
-                    list(report.interrupted_run_ids),
-                    list(report.edit_ids),
-                )
-        runtime.worker = worker
-        runtime.wake_worker = worker.wake
-        runtime.worker_state = lambda: worker.state
-
-    try:
-        names = stack.sync()
-    except BaseException:
-        if worker is not None:
-            worker.release_trainer_role()
-        raise
-    runtime.stack = stack
-    runtime.stage = "ready"
-    for q in stack.quarantined.values():
-        log.error(
-            "serving without expert %r (id %s): %s: %s. Restore its files (config.json and "
-            "weights.safetensors) from a backup, or run `lemoe experts quarantine %s`",
-            q.name,
-            q.expert_id,
-            q.path,
-            q.reason,
-            q.expert_id,
-        )
-    log.info(
-        "ready: model %s on %s, %d active experts %s, database %s",
-        engine.model_name,
-        engine.device,
-        len(names),
-        names,
-        store.normalize_url(settings.resolved_database_url).render_as_string(hide_password=True),
-    )
-    return worker, recovered
 
 
 async def _watch_stack(runtime: Runtime) -> None:

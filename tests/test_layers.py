@@ -27,5 +27,5 @@ print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}})))
 
 
 def test_services_and_errors_import_without_the_http_stack():
-    loaded = _loaded_after("app.errors", "app.services", "app.metrics", "app.worker")
+    loaded = _loaded_after("app.errors", "app.services", "app.metrics", "app.worker", "app.startup")
     assert not loaded & {"fastapi", "starlette"}, sorted(loaded & {"fastapi", "starlette"})

@@ -1,14 +1,18 @@
-"""Training runs: the manual trigger, reading runs, and the worker's transactional steps.
+"""Executing training runs: `Trainer.run_once()` claims pending edits, plans batches, trains one
+expert per batch, registers it and makes it live.
 
-The worker (app/worker.py) drives the engine; every change it makes to SQL goes through one of
-the functions here, each ONE transaction that also writes its audit events.
+Every change a run makes to SQL goes through one of the functions here, each ONE transaction that
+also writes its audit events. When runs happen is the worker's (app/worker.py); what clients ask
+about runs is `app.services.runs`'s.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,91 +22,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import store
 from app.config import Settings
 from app.domain import AuditAction, EditStatus, ExpertStatus, RunStatus, RunTrigger
-from app.errors import Conflict, NothingToTrain, RunAlreadyActive, RunNotFound
-from app.services.checks import SYSTEM_ACTOR, store_errors
-from app.services.stack import stored_path
+from app.errors import Conflict
+from app.services.checks import SCHEDULER_ACTOR, SYSTEM_ACTOR
+from app.services.runs import get_run
+from app.services.stack import LiveStack, stored_path
 
 if TYPE_CHECKING:
-    from app.engine.engine import BuiltExpert, InferredSubject
+    from app.engine.engine import BuiltExpert, Engine, EngineEdit, InferredSubject
+    from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+PROGRESS_WRITE_INTERVAL_S = 2.0  # at most one progress write (and heartbeat) per this interval
 
 # requeue_interrupted(stale_before=EPOCH) touches no live run: it only returns to pending the
 # in-flight edits whose run has already finished.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# A run created concurrently elsewhere finished between our insert and our look-up: try again.
-CREATE_ATTEMPTS = 3
 
 
-# --- the API side ---------------------------------------------------------------------------
-
-
-def trigger_run(session: Session, *, settings: Settings, actor: str) -> store.TrainingRun:
-    """Queue a manual run now; 409 when one is already queued/running or nothing is pending.
-
-    "One active run" holds across every replica: the database refuses a second queued/running
-    row (a unique index), so two triggers racing in two processes get one run and one 409.
-    """
-    for _ in range(CREATE_ATTEMPTS):
-        active = store.active_run(session)
-        if active is not None:
-            raise RunAlreadyActive(active.id, active.status.value)
-        pending = store.count_edits(session, status=EditStatus.PENDING)
-        if pending == 0:
-            raise NothingToTrain(
-                "no pending edits to train: submit edits with POST /v1/edits first (GET /v1/edits?status=pending lists the queue)"
-            )
-        try:
-            run = store.create_run(
-                session,
-                trigger=RunTrigger.MANUAL,
-                actor=actor,
-                edits_total=min(pending, settings.worker_max_batch),
-            )
-            store.append_audit(
-                session,
-                actor=actor,
-                action=AuditAction.RUN_CREATED,
-                training_run_id=run.id,
-                payload={"trigger": RunTrigger.MANUAL.value, "pending": pending},
-            )
-            session.commit()
-            return run
-        except IntegrityError as exc:
-            session.rollback()
-            if not store.is_second_active_run(exc):
-                raise
-            # Another replica's run won the race: the next look-up names it.
-    raise Conflict("training runs are being created concurrently; retry shortly")
-
-
-def get_run(session: Session, *, run_id: int) -> store.TrainingRun:
-    run = store.get_run(session, run_id=run_id)
-    if run is None:
-        raise RunNotFound(run_id)
-    return run
-
-
-def list_runs(
-    session: Session,
-    *,
-    status: RunStatus | None = None,
-    limit: int = store.DEFAULT_LIMIT,
-    cursor: str | None = None,
-) -> store.Page[store.TrainingRun]:
-    with store_errors():
-        return store.list_runs(session, status=status, limit=limit, cursor=cursor or None)
-
-
-def expert_ids_by_run(session: Session, *, run_ids: Sequence[int]) -> dict[int, list[int]]:
-    wanted = set(run_ids)
-    out: dict[int, list[int]] = defaultdict(list)
-    if wanted:
-        for expert in store.list_experts(session):
-            if expert.training_run_id in wanted:
-                out[expert.training_run_id].append(expert.id)
-    return out
-
-
-# --- the worker side ------------------------------------------------------------------------
+class RunStopped(Exception):
+    """Raised inside training when the process is shutting down."""
 
 
 @dataclass(frozen=True)
@@ -387,3 +326,227 @@ def _audit_recovery(session: Session, report: store.RecoveryReport, *, actor: st
             training_run_id=edit.training_run_id,
             payload={"previous_status": edit.previous_status.value},
         )
+
+
+# --- executing a run ------------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    applied: int = 0
+    failed: int = 0
+    experts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.applied + self.failed
+
+
+class Trainer:
+    """Executes training runs in this process, one at a time (`run_once`, blocking); `stop`
+    interrupts a run in progress cleanly (its unfinished edits return to pending)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        engine: Engine,
+        *,
+        stack: LiveStack | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.engine = engine
+        self.stack = stack or LiveStack(engine, session_factory, settings)
+        self.metrics = metrics
+        self.training = False
+        self.stopping = threading.Event()
+        self._run_lock = threading.Lock()  # one run at a time in this process
+
+    def run_once(
+        self,
+        trigger: RunTrigger | str = RunTrigger.SCHEDULE,
+        actor: str = SCHEDULER_ACTOR,
+        run_id: int | None = None,
+    ) -> int | None:
+        """Train what is pending (or run queued run `run_id`); returns the run id, None if idle."""
+        with self._run_lock:
+            started = start_run(
+                self.session_factory,
+                settings=self.settings,
+                trigger=RunTrigger(trigger),
+                actor=actor,
+                run_id=run_id,
+            )
+            if started is None:
+                return None
+            self.training = True
+            try:
+                self._train(started)
+            finally:
+                self.training = False
+            return started.run_id
+
+    def _train(self, run: StartedRun) -> None:
+        from app.engine.engine import EngineEdit
+
+        clock = time.perf_counter()
+        log.info("training run %s started (%s by %s): %d edits", run.run_id, run.trigger.value, run.actor, len(run.edits))
+        tally = _Tally()
+        try:
+            edits = [EngineEdit(e.edit_id, e.prompt, e.target, e.rephrases, e.subject) for e in run.edits]
+            edits = self._with_inferred_subjects(run, edits)
+            batches = self.engine.plan(edits, batch_size=self.settings.edits_per_expert, planning=self.settings.planning) if edits else []
+            log.info("run %s: %d batches of up to %d edits", run.run_id, len(batches), self.settings.edits_per_expert)
+            for index, batch in enumerate(batches):
+                self._check_stop()
+                self._train_batch(run, index, len(batches), batch, tally)
+        except RunStopped:
+            log.warning("run %s interrupted by shutdown; its unfinished edits return to pending", run.run_id)
+            interrupt_run(self.session_factory, run=run, reason="interrupted: the server is shutting down")
+            if self.metrics is not None:
+                self.metrics.observe_run(RunStatus.INTERRUPTED.value, time.perf_counter() - clock)
+            return
+        except Exception as exc:
+            # Planning, the database or the stack failed: the rest of the run cannot go on.
+            log.exception("run %s failed", run.run_id)
+            tally.errors.append(f"{type(exc).__name__}: {exc}")
+            self._fail_leftovers(run, f"run failed: {type(exc).__name__}: {exc}")
+        status = RunStatus.FAILED if tally.errors else RunStatus.SUCCEEDED
+        error = f"{len(tally.errors)} problem(s): " + "; ".join(tally.errors) if tally.errors else None
+        seconds = time.perf_counter() - clock
+        finish_run(
+            self.session_factory,
+            run=run,
+            status=status,
+            error=error,
+            payload={
+                "experts_created": tally.experts,
+                "edits_applied": tally.applied,
+                "edits_failed": tally.failed,
+                "seconds": round(seconds, 3),
+            },
+        )
+        if self.metrics is not None:
+            self.metrics.observe_run(status.value, seconds)
+        log.info(
+            "training run %s %s in %.1f s: %d experts, %d edits applied, %d failed",
+            run.run_id,
+            status.value,
+            seconds,
+            tally.experts,
+            tally.applied,
+            tally.failed,
+        )
+
+    def _with_inferred_subjects(self, run: StartedRun, edits: list[EngineEdit]) -> list[EngineEdit]:
+        """Edits without a subject get the one the model infers, recorded on the edit (with its
+        audit event) before training uses it. A failure here fails nothing: it is logged and
+        those edits train without a subject, routed by their wording alone."""
+        if all(e.subject for e in edits):
+            return edits
+        try:
+            inferred = self.engine.infer_subjects(edits)
+            recorded = record_inferred_subjects(self.session_factory, run=run, subjects=inferred) if inferred else {}
+        except Exception:
+            log.exception("run %s: could not infer the subjects of its edits; they train without one", run.run_id)
+            return edits
+        if recorded:
+            log.info("run %s: inferred subjects %s", run.run_id, recorded)
+        return [replace(e, subject=recorded[e.edit_id]) if e.edit_id in recorded else e for e in edits]
+
+    def _train_batch(self, run: StartedRun, index: int, count: int, batch, tally: _Tally) -> None:
+        """Train, register and make live one expert; a training error fails only this batch."""
+        ids = [e.edit_id for e in batch]
+        mark_training(self.session_factory, edit_ids=ids)
+        # Deterministic (the editor seeds its augmentation by name); run ids never repeat.
+        name = f"expert-r{run.run_id}-b{index}"
+        log.info("run %s batch %d/%d: training %s on edits %s", run.run_id, index + 1, count, name, ids)
+        try:
+            built = self.engine.build_expert(name, batch, progress=self._progress(run, tally.done))
+        except RunStopped:
+            raise
+        except Exception as exc:
+            log.exception("run %s batch %d failed", run.run_id, index + 1)
+            message = f"training failed: {type(exc).__name__}: {exc}"
+            tally.failed += len(ids)
+            tally.errors.append(f"batch {index + 1}: {message}")
+            fail_batch(self.session_factory, run=run, edit_ids=ids, error=message, edits_done=tally.done)
+            return
+        log.info(
+            "run %s batch %d: %s trained in %d steps (loss %.4f, %.1f s)",
+            run.run_id,
+            index + 1,
+            name,
+            built.steps,
+            built.final_loss,
+            built.seconds,
+        )
+        register_expert(
+            self.session_factory,
+            settings=self.settings,
+            run=run,
+            built=built,
+            edits_done=tally.done + len(ids),
+        )
+        for new_id, old_id in built.superseded:
+            log.info("run %s: edit %s supersedes edit %s", run.run_id, new_id, old_id)
+        tally.applied += len(ids)
+        tally.experts += 1
+        self.stack.sync()  # the new expert goes live atomically, between requests
+
+    def _fail_leftovers(self, run: StartedRun, message: str) -> None:
+        """Edits of the run not yet applied or failed are marked failed (best effort)."""
+        in_flight = (EditStatus.PLANNED, EditStatus.TRAINING)
+        try:
+            leftover: list[int] = []
+            cursor = None
+            with self.session_factory() as session:
+                while True:
+                    page = store.list_edits(session, training_run_id=run.run_id, limit=store.MAX_LIMIT, cursor=cursor)
+                    leftover += [e.id for e in page.items if e.status in in_flight]
+                    if page.next_cursor is None:
+                        break
+                    cursor = page.next_cursor
+            if leftover:
+                fail_batch(
+                    self.session_factory,
+                    run=run,
+                    edit_ids=leftover,
+                    error=message,
+                    edits_done=len(run.edits),
+                )
+        except Exception:
+            log.exception("run %s: could not mark its unfinished edits failed; recovery at the next start requeues them", run.run_id)
+
+    def _progress(self, run: StartedRun, edits_done: int) -> Callable[[int, float], None]:
+        """The build's progress hook: stops on shutdown, writes progress at most every 2 s."""
+        last = [0.0]
+
+        def progress(step: int, loss: float) -> None:
+            self._check_stop()
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_WRITE_INTERVAL_S:
+                last[0] = now
+                record_progress(self.session_factory, run_id=run.run_id, edits_done=edits_done, current_loss=loss)
+                log.info("run %s: step %d, loss %.4f", run.run_id, step, loss)
+
+        return progress
+
+    def _check_stop(self) -> None:
+        if self.stopping.is_set():
+            raise RunStopped
+
+
+def next_queued_run(session_factory: sessionmaker[Session]) -> store.TrainingRun | None:
+    """The oldest queued run (a manual trigger, possibly from another process), if any."""
+    with session_factory() as session:
+        queued = store.list_runs(session, status=RunStatus.QUEUED, limit=store.MAX_LIMIT).items
+        return min(queued, key=lambda r: r.id) if queued else None
+
+
+def count_pending(session_factory: sessionmaker[Session]) -> int:
+    with session_factory() as session:
+        return store.count_edits(session, status=EditStatus.PENDING)

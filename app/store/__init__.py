@@ -65,9 +65,11 @@ from app.store.runs import (
     update_run_progress,
 )
 from app.store.stack import bump_stack_version, get_stack_version
+from app.store.trainer_lock import TrainerLock
 from app.store.types import utcnow
 
 __all__ = [
+    "TrainerLock",
     "DEFAULT_LIMIT",
     "IDEMPOTENCY_KEY_LENGTH",
     "MAX_LIMIT",

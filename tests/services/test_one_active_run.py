@@ -16,7 +16,7 @@ from app import store
 from app.config import Settings
 from app.domain import AuditAction, RunStatus, RunTrigger
 from app.errors import NothingToTrain, RunAlreadyActive
-from app.services import training
+from app.services import runs, training
 from tests.pg import DATABASE_BACKENDS, temporary_database_url
 
 TRIALS = 12
@@ -79,7 +79,7 @@ def count_runs(sessions: sessionmaker[Session]) -> tuple[int, int]:
 def trigger(sessions: sessionmaker[Session], actor: str) -> Callable[[], store.TrainingRun]:
     def call() -> store.TrainingRun:
         with sessions() as session:
-            return training.trigger_run(session, settings=SETTINGS, actor=actor)
+            return runs.trigger_run(session, settings=SETTINGS, actor=actor)
 
     return call
 

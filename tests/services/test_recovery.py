@@ -12,7 +12,7 @@ from app import store
 from app.config import Settings
 from app.domain import AuditAction, EditStatus, RunStatus, RunTrigger
 from app.errors import NothingToTrain, RunAlreadyActive
-from app.services import training
+from app.services import runs, training
 from tests.pg import DATABASE_BACKENDS, temporary_database_url
 
 
@@ -60,11 +60,11 @@ def test_recover_requeues_claimed_edits_with_audit(sessions):
 def test_trigger_refuses_a_second_run_and_an_empty_queue(sessions):
     settings = Settings(_env_file=None)
     with sessions() as session, pytest.raises(NothingToTrain):
-        training.trigger_run(session, settings=settings, actor="a")
+        runs.trigger_run(session, settings=settings, actor="a")
     _pending(sessions, 1)
     with sessions() as session:
-        run = training.trigger_run(session, settings=settings, actor="a")
+        run = runs.trigger_run(session, settings=settings, actor="a")
     with sessions() as session, pytest.raises(RunAlreadyActive) as conflict:
-        training.trigger_run(session, settings=settings, actor="b")
+        runs.trigger_run(session, settings=settings, actor="b")
     assert conflict.value.run_id == run.id
     assert conflict.value.headers["Location"] == f"/v1/training-runs/{run.id}"

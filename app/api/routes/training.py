@@ -22,7 +22,7 @@ from app.api.deps import (
 from app.domain import RunStatus
 from app.schemas.common import ERROR_RESPONSES, ErrorResponse
 from app.schemas.training import TrainingRunPublic, TrainingRunsPublic
-from app.services import training as training_service
+from app.services import runs as run_service
 
 if TYPE_CHECKING:
     from app.store import TrainingRun
@@ -31,7 +31,7 @@ router = APIRouter(prefix=f"{V1}/training-runs", tags=["training"], responses=ER
 
 
 def _public(session: Session, runs: list[TrainingRun]) -> list[TrainingRunPublic]:
-    expert_ids = training_service.expert_ids_by_run(session, run_ids=[r.id for r in runs])
+    expert_ids = run_service.expert_ids_by_run(session, run_ids=[r.id for r in runs])
     now = datetime.now(UTC)
     out = []
     for run in runs:
@@ -57,7 +57,7 @@ def _public(session: Session, runs: list[TrainingRun]) -> list[TrainingRunPublic
 )
 def trigger_run(*, session: SessionDep, settings: SettingsDep, runtime: RuntimeDep, actor: ActorDep) -> TrainingRunPublic:
     """Queue a training run now (the worker starts it at once); follow it with GET."""
-    run = training_service.trigger_run(session, settings=settings, actor=actor)
+    run = run_service.trigger_run(session, settings=settings, actor=actor)
     if runtime.wake_worker is not None:
         runtime.wake_worker()
     return _public(session, [run])[0]
@@ -72,11 +72,11 @@ def list_runs(
     cursor: RunsCursor = None,
 ) -> TrainingRunsPublic:
     """Training runs, newest first."""
-    page = training_service.list_runs(session, status=status, limit=limit, cursor=cursor)
+    page = run_service.list_runs(session, status=status, limit=limit, cursor=cursor)
     return TrainingRunsPublic(items=_public(session, page.items), next_cursor=page.next_cursor)
 
 
 @router.get("/{run_id}")
 def get_run(*, session: SessionDep, run_id: RunId) -> TrainingRunPublic:
     """A run's status and progress: edits done / total, current loss, experts, duration."""
-    return _public(session, [training_service.get_run(session, run_id=run_id)])[0]
+    return _public(session, [run_service.get_run(session, run_id=run_id)])[0]
