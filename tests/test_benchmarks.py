@@ -317,3 +317,27 @@ def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(ti
     assert lines[1].split()[:3] == ["probe", "must", "n"]
     assert [line.split()[0] for line in lines[2:-1]] == list(counts)
     assert lines[2].split()[1:5] == ["be", "edited", "2", "1.000"]
+
+
+def test_routing_only_locality_compares_relation_thresholds_without_training(tiny_model_dir, locality_data, tmp_path):  # noqa: F811
+    from app.benchmarks.locality import format_routing_table, run_routing
+
+    opts = LocalityOptions(
+        data=locality_data,
+        format="zsre",
+        edits=2,
+        subjects="none",
+        batch_size=2,
+        model_path=tiny_model_dir,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        config=LemoeConfig(layer=2),
+    )
+    result = run_routing(opts, [None, 2.0])
+    assert result["subjects_inferred"] == 2 and 0.0 <= result["inferred_exact"] <= 1.0
+    unchecked, impossible = result["relation_thresholds"]["none"], result["relation_thresholds"]["2.0"]
+    assert unchecked["edit"]["score"] == 1.0  # an edit's own prompt reaches its own expert
+    # A relation threshold no cosine reaches shuts every subject-keyed edit: nothing is routed.
+    assert impossible["edit"]["score"] == 0.0 and impossible["loc"]["score"] == 1.0
+    table = format_routing_table(result)
+    assert "rel none" in table and "rel 2.0" in table and "subject+other-q" in table

@@ -295,6 +295,12 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
         Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None) for i in edited
     ]
     edits, inferred = editor.complete_subjects(edits)
+    labelled = [
+        (inferred[e.edit_id].text, records[int(e.edit_id)].subject)
+        for e in edits
+        if e.edit_id in inferred and records[int(e.edit_id)].subject
+    ]
+    inferred_exact = _mean([float(a.strip().lower() == b.strip().lower()) for a, b in labelled])
     stack, owner = [], {}
     for k, batch in enumerate(editor.plan(edits, batch_size=opts.batch_size)):
         keys = editor.subject_anchors(batch)
@@ -340,6 +346,7 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
         "edits": len(edited),
         "subjects": opts.subjects,
         "subjects_inferred": len(inferred),
+        "inferred_exact": inferred_exact,
         "experts": len(stack),
         "held_back": len(held),
         "relation_thresholds": rows,
@@ -350,7 +357,8 @@ def format_routing_table(result: dict) -> str:
     thresholds = list(result["relation_thresholds"])
     lines = [
         f"{result['model']} on {Path(result['data']).name} ({result['format']}), T={result['edits']}, "
-        f"subjects={result['subjects']} ({result['subjects_inferred']} inferred), {result['experts']} experts, routing only: "
+        f"subjects={result['subjects']} ({result['subjects_inferred']} inferred, {_share(result['inferred_exact'])} of them "
+        f"equal to the data's subject), {result['experts']} experts, routing only: "
         "share of edited probes reaching their own expert / of kept probes reaching none",
         f"  {'probe':<15} {'must':<10} {'n':>5}  " + "  ".join(f"{'rel ' + t:>9}" for t in thresholds),
     ]
@@ -363,6 +371,10 @@ def format_routing_table(result: dict) -> str:
             cells.append(f"{'–' if score is None else f'{score:.3f}':>9}")
         lines.append(f"  {kind:<15} {must:<10} {row['n']:>5}  " + "  ".join(cells))
     return "\n".join(lines)
+
+
+def _share(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
 
 
 def main_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | None], *, as_json: bool) -> int:
