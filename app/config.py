@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     # Edits sent without a subject get one the base model picks among the prompt's spans
     # (recorded on the edit as inferred); False: they route by their wording alone.
     infer_subjects: bool | None = None
+    # Such edits also fire only where the prompt asks what they ask about the subject (relation
+    # keys); False: the subject alone decides. The threshold: None keeps the editor's default.
+    relation_keys: bool = True
+    relation_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     edits_per_expert: int = Field(default=16, ge=1, le=256)
     planning: bool = True
     # Training knobs for tests and experiments; None: the editor's default (app/lemoe/config.py).

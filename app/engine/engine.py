@@ -81,6 +81,7 @@ class Engine:
             ("subject_keys", "subject_keys"),
             ("subject_threshold", "subject_threshold"),
             ("infer_subjects", "infer_subjects"),
+            ("relation_threshold", "relation_threshold"),
             ("train_max_steps", "max_steps"),
             ("train_augmentations", "augmentations"),
             ("train_loss_threshold", "loss_threshold"),
@@ -88,6 +89,8 @@ class Engine:
             value = getattr(settings, setting, None)
             if value is not None:
                 overrides[key] = value
+        if getattr(settings, "relation_keys", True) is False:
+            overrides["relation_threshold"] = None
         loaded = load_model(settings.model_path, cache_dir=settings.model_cache_dir, device=settings.device)
         engine = cls(loaded, replace(LemoeConfig(), **overrides), settings.experts_dir)
         engine.warm_up()

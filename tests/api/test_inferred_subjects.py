@@ -96,3 +96,12 @@ def test_infer_subjects_setting_reaches_the_editor(tiny_model_dir, tmp_path):
     from app.engine.engine import EngineEdit
 
     assert off.infer_subjects([EngineEdit(1, BARE["prompt"], BARE["target"])]) == {}
+
+
+def test_relation_settings_reach_the_editor(tiny_model_dir, tmp_path):
+    default = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a"))
+    assert default.editor.router.subject.relation_threshold == 0.35
+    tuned = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", relation_threshold=0.5))
+    assert tuned.editor.router.subject.relation_threshold == 0.5
+    off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "c", relation_keys=False))
+    assert off.editor.config.relation_threshold is None and off.editor.router.subject.relation_threshold is None
