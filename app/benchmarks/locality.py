@@ -225,16 +225,38 @@ def _mean(xs: list[float]) -> float | None:
     return round(statistics.fmean(xs), 4) if xs else None
 
 
-def run_locality(opts: LocalityOptions) -> dict:
+@dataclass
+class _Run:
+    """What both kinds of locality run start from: the records, which are edited, their probes, the
+    model, a fresh editor and the edits as the client sends them."""
+
+    records: list[BenchRecord]
+    edited: list[int]
+    held: set[int]
+    probes: list[Probe]
+    loaded: object
+    editor: LemoeEditor
+    edits: list[Edit]
+
+
+def _prepare(opts: LocalityOptions) -> _Run:
     if opts.subjects not in ("none", "given"):
         raise ValueError(f"unknown subjects mode {opts.subjects!r}; one of ['given', 'none']")
     records = load_records(opts.data, opts.format)
     if len(records) < opts.edits:
         raise ValueError(f"{opts.data} has {len(records)} usable records; --edits {opts.edits} asked for more")
     edited, held = select_edits(records, opts.edits)
-    probes = build_probes(records, edited)
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
+    edits = [
+        Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None) for i in edited
+    ]
     editor = LemoeEditor(loaded.model, loaded.tokenizer, opts.config, device=loaded.device)
+    return _Run(records, edited, held, build_probes(records, edited), loaded, editor, edits)
+
+
+def run_locality(opts: LocalityOptions) -> dict:
+    run = _prepare(opts)
+    edited, held, probes, loaded, editor, edits = run.edited, run.held, run.probes, run.loaded, run.editor, run.edits
     params = SamplingParams(max_new_tokens=opts.max_new_tokens)
     # Kept probes are generated apart from edited ones, in the same batches before and after
     # editing; the unedited model's answers to edited probes are not needed.
@@ -242,9 +264,6 @@ def run_locality(opts: LocalityOptions) -> dict:
     edited_probes = [k for k, p in enumerate(probes) if p.kind not in KEPT_KINDS]
     log.info("%d probes (%d must stay); generating those with the unedited model", len(probes), len(kept))
     base_kept = generate_all(editor, [probes[k].prompt for k in kept], params, stack=())
-    edits = [
-        Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None) for i in edited
-    ]
     trained = train_lifelong(editor, edits, batch_size=opts.batch_size)
     log.info("generating with %d experts", trained["experts"])
     started = time.perf_counter()
@@ -284,16 +303,8 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
     (subjects inferred where none is sent), and each probe's route is read once per relation
     threshold. An edited probe counts when it reaches its own edit's expert, a kept one when it
     reaches none (it then gets the unedited model's output bit for bit)."""
-    records = load_records(opts.data, opts.format)
-    if len(records) < opts.edits:
-        raise ValueError(f"{opts.data} has {len(records)} usable records; --edits {opts.edits} asked for more")
-    edited, held = select_edits(records, opts.edits)
-    probes = build_probes(records, edited)
-    loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
-    editor = LemoeEditor(loaded.model, loaded.tokenizer, opts.config, device=loaded.device)
-    edits = [
-        Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None) for i in edited
-    ]
+    run = _prepare(opts)
+    records, edited, held, probes, loaded, editor, edits = run.records, run.edited, run.held, run.probes, run.loaded, run.editor, run.edits
     edits, inferred = editor.complete_subjects(edits)
     labelled = [
         (inferred[e.edit_id].text, records[int(e.edit_id)].subject)
