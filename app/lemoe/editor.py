@@ -40,30 +40,9 @@ from app.lemoe.trainer import (
     pad_token_states,
     train_expert,
 )
+from app.lemoe.types import Edit, SamplingParams
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Edit:
-    """One fact to teach: `prompt` should be continued by `target`."""
-
-    edit_id: str
-    prompt: str
-    target: str
-    rephrases: tuple[str, ...] = ()
-    subject: str | None = None  # named in the prompt: the edit then fires only where it is mentioned
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int = 32
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None  # with do_sample: draw from a generator of its own, seeded so
-    stop: tuple[str, ...] = ()  # the text ends before the first of these (StopReason.STOP)
 
 
 @dataclass(frozen=True)
@@ -170,7 +149,7 @@ class LemoeEditor:
         subject (`app.lemoe.subjects`), or None."""
         return infer_subjects(self.model, self.tokenizer, prompts, self.device)
 
-    def complete_subjects(self, edits: Sequence[Edit]) -> tuple[list[Edit], dict[str, InferredSubject]]:
+    def complete_subjects(self, edits: Sequence[Edit]) -> tuple[list[Edit], dict[int, InferredSubject]]:
         """`edits`, those without a subject given the one the model infers (a client's subject
         always wins), and what was inferred by edit id. Unchanged when subject keys or
         `infer_subjects` are off."""
@@ -348,7 +327,7 @@ class LemoeEditor:
                 relation[k], lengths[k] = relation[owner[k]], lengths[owner[k]]
         return SubjectAnchors(subject, relation, lengths)
 
-    def superseded(self, edits: Sequence[Edit], entry: ExpertEntry) -> list[tuple[str, str]]:
+    def superseded(self, edits: Sequence[Edit], entry: ExpertEntry) -> list[tuple[int, int]]:
         """(new edit id, older edit id) pairs: on the new edit's own prompt an older edit of the
         live stack is near-equal and may fire, so the newest expert wins and the older edit is no
         longer served there. `entry` is the expert trained on `edits`, not yet live."""
@@ -370,7 +349,7 @@ class LemoeEditor:
         pairs = []
         for r, k in near.nonzero().tolist():
             new, old = edits[r].edit_id, ids[k]
-            if old and old != new and (new, old) not in pairs:
+            if old is not None and old != new and (new, old) not in pairs:
                 pairs.append((new, old))
         return pairs
 

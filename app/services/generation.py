@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.errors import GenerationCancelled, GenerationTimeout, InvalidInput
+from app.schemas.generation import GenerateRequest, max_new_tokens
 from app.services.checks import check_storable, check_text
-from app.services.params import DEFAULT_MAX_NEW_TOKENS, CompletionDraft, GenerationDraft
+from app.services.params import CompletionDraft
 from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
-    from app.engine.engine import Engine, GenerationParams
+    from app.engine.engine import Engine, Generation
+    from app.lemoe.types import SamplingParams
     from app.metrics import Metrics
 
 
@@ -44,37 +46,20 @@ def generate(
     engine: Engine,
     stack: LiveStack,
     settings: Settings,
-    draft: GenerationDraft,
+    request: GenerateRequest,
     metrics: Metrics | None = None,
     cancel: threading.Event | None = None,
 ) -> Generated:
-    """Continue `draft.prompt`; the route is decided once on the prompt and names its expert.
+    """Continue `request.prompt`; the route is decided once on the prompt and names its expert.
 
     The generation stops at its next token once `cancel` is set (GenerationCancelled) or after
     settings.generation_timeout_s (GenerationTimeout).
     """
-    from app.engine.engine import GenerationParams
-
-    prompt = check_text(draft.prompt, field="prompt", max_chars=settings.max_text_chars)
-    max_new_tokens = _max_tokens(draft.max_new_tokens, settings, "max_new_tokens")
-    _fits(engine, prompt, max_new_tokens)
-    params = GenerationParams(
-        max_new_tokens=max_new_tokens,
-        do_sample=draft.do_sample,
-        temperature=draft.temperature,
-        top_p=draft.top_p,
-        top_k=draft.top_k,
-    )
+    prompt = check_text(request.prompt, field="prompt", max_chars=settings.max_text_chars)
+    params = request.to_sampling_params(max_new_tokens_limit=settings.max_new_tokens_limit)
+    _fits(engine, prompt, params.max_new_tokens)
     result, seconds = _run(lambda stop: engine.generate(prompt, params, stop=stop), settings, metrics, cancel)
     return _generated(result, engine, stack, seconds)
-
-
-def _max_tokens(value: int | None, settings: Settings, name: str) -> int:
-    if value is None:
-        return min(DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens_limit)
-    if not 1 <= value <= settings.max_new_tokens_limit:
-        raise InvalidInput(f"{name} must be from 1 to {settings.max_new_tokens_limit}, got {value}", param=name)
-    return value
 
 
 def _fits(engine: Engine, prompt: str, max_new_tokens: int) -> None:
@@ -104,19 +89,20 @@ def _run(call, settings: Settings, metrics: Metrics | None, cancel: threading.Ev
             raise GenerationCancelled(tokens)
         raise GenerationTimeout(settings.generation_timeout_s, tokens)
     if metrics is not None:
-        metrics.observe_generation(seconds, routed=result.expert_name is not None, tokens=result.completion_tokens)
+        metrics.observe_generation(seconds, routed=result.route.expert_name is not None, tokens=result.completion_tokens)
     return result, seconds
 
 
-def _generated(result, engine: Engine, stack: LiveStack, seconds: float, **extra) -> Generated:
+def _generated(result: Generation, engine: Engine, stack: LiveStack, seconds: float, **extra) -> Generated:
+    route = result.route
     return Generated(
         prompt=result.prompt,
         text=result.text,
-        expert_name=result.expert_name,
-        expert_id=stack.expert_id(result.expert_name),
-        route_score=result.route_score,
-        nearest_edit_id=result.nearest_edit_id,
-        subject_score=result.subject_score,
+        expert_name=route.expert_name,
+        expert_id=stack.expert_id(route.expert_name),
+        route_score=route.score,
+        nearest_edit_id=route.nearest_edit_id,
+        subject_score=route.subject_score,
         model=engine.model_name,
         completion_tokens=result.completion_tokens,
         seconds=seconds,
@@ -131,7 +117,7 @@ class PreparedCompletion:
     prompt: str
     route_on: str
     route_kind: str  # "prompt", "last_user_message" or "chat_prompt" (a chat without a user text)
-    params: GenerationParams
+    params: SamplingParams
     prompt_tokens: int
     edits: bool
 
@@ -140,7 +126,7 @@ def prepare_completion(*, engine: Engine, settings: Settings, draft: CompletionD
     """Check an OpenAI-style request (InvalidInput naming the field) before anything is sent:
     `draft.prompt`, or the model's chat template around `draft.messages`, routed on the last user
     message's content (never on the template's tokens or a system prompt)."""
-    from app.engine.engine import GenerationParams
+    from app.lemoe.types import SamplingParams
 
     if draft.messages:
         for i, (_, content) in enumerate(draft.messages):
@@ -161,12 +147,12 @@ def prepare_completion(*, engine: Engine, settings: Settings, draft: CompletionD
         route_on, kind = prompt, "prompt"
     for i, stop in enumerate(draft.stop):
         check_storable(stop, field=f"stop[{i}]", max_chars=settings.max_text_chars)
-    max_tokens = _max_tokens(draft.max_tokens, settings, "max_tokens")
+    max_tokens = max_new_tokens(draft.max_tokens, settings.max_new_tokens_limit, "max_tokens")
     if draft.max_completion_tokens is not None:
-        max_tokens = _max_tokens(draft.max_completion_tokens, settings, "max_completion_tokens")
+        max_tokens = max_new_tokens(draft.max_completion_tokens, settings.max_new_tokens_limit, "max_completion_tokens")
     _fits(engine, prompt, max_tokens)
     greedy = draft.temperature < MIN_SAMPLING_TEMPERATURE
-    params = GenerationParams(
+    params = SamplingParams(
         max_new_tokens=max_tokens,
         do_sample=not greedy,
         temperature=1.0 if greedy else draft.temperature,

@@ -18,47 +18,27 @@ from app.store.types import coerce_enum, require_aware, utcnow
 from app.store.validation import check_id
 
 
-@dataclass(frozen=True)
-class NewEdit:
-    """A fact edit to store: `prompt` should be completed with `target` (e.g. " Paris")."""
-
-    prompt: str
-    target: str
-    subject: str | None = None
-    rephrases: Sequence[str] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("prompt", "target"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-        if self.subject is not None and not isinstance(self.subject, str):
-            raise ValueError(f"subject must be a string or None, got {self.subject!r}")
-        # A lone string is a Sequence[str] too; it is almost certainly a mistake here.
-        if isinstance(self.rephrases, str | bytes) or not all(isinstance(r, str) and r.strip() for r in self.rephrases):
-            raise ValueError(f"rephrases must be a list of non-empty strings, got {self.rephrases!r}")
-        object.__setattr__(self, "rephrases", tuple(self.rephrases))
+def pending_edit(prompt: str, target: str, subject: str | None = None, rephrases: Sequence[str] = ()) -> Edit:
+    """A new edit row, pending, not yet stored (`add_edits` stores it); the caller has checked
+    its texts."""
+    return Edit(
+        prompt=prompt,
+        target=target,
+        subject=subject,
+        subject_source=None if subject is None else SubjectSource.CLIENT,
+        rephrases=list(rephrases),
+        status=EditStatus.PENDING,
+    )
 
 
-def add_edits(session: Session, *, edits: Sequence[NewEdit]) -> list[Edit]:
-    """Store new pending edits; the returned rows (with ids) are in the given order."""
+def add_edits(session: Session, *, edits: Sequence[Edit]) -> list[Edit]:
+    """Store new edit rows (from `pending_edit`); returned with their ids, in the given order."""
     now = utcnow()
-    rows = [
-        Edit(
-            prompt=edit.prompt,
-            target=edit.target,
-            subject=edit.subject,
-            subject_source=None if edit.subject is None else SubjectSource.CLIENT,
-            rephrases=list(edit.rephrases),
-            status=EditStatus.PENDING,
-            created_at=now,
-            updated_at=now,
-        )
-        for edit in edits
-    ]
-    session.add_all(rows)
+    for row in edits:
+        row.created_at = row.updated_at = now
+    session.add_all(edits)
     session.flush()
-    return rows
+    return list(edits)
 
 
 def get_edit(session: Session, *, edit_id: int) -> Edit | None:
