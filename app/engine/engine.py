@@ -86,8 +86,9 @@ class Engine:
     def validate_subject(self, prompt: str, subject: str) -> None:
         self.editor.validate_subject(prompt, subject)
 
-    def validate_prompt(self, prompt: str, max_new_tokens: int) -> None:
-        self.editor.validate_prompt(prompt, max_new_tokens)
+    def validate_prompt(self, prompt: str, max_new_tokens: int) -> int:
+        """The prompt's length in tokens; ValueError when it and max_new_tokens do not fit."""
+        return self.editor.validate_prompt(prompt, max_new_tokens)
 
     # --- serving -----------------------------------------------------------------------------
     def generate(self, prompt: str, params: SamplingParams = SamplingParams(), *, stop: StopSignal | None = None) -> Generation:
@@ -126,10 +127,6 @@ class Engine:
             tokenize=False,
             add_generation_prompt=True,
         )
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text` as a prompt (what a generation reads)."""
-        return len(self.loaded.tokenizer(text)["input_ids"])
 
     # --- training ------------------------------------------------------------------------------
     def infer_subjects(self, edits: Sequence[Edit]) -> dict[int, InferredSubject]:

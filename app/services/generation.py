@@ -62,9 +62,10 @@ def generate(
     return _generated(result, engine, stack, seconds)
 
 
-def _fits(engine: Engine, prompt: str, max_new_tokens: int) -> None:
+def _fits(engine: Engine, prompt: str, max_new_tokens: int) -> int:
+    """The prompt's length in tokens: the one tokenisation of a request's checks."""
     try:
-        engine.validate_prompt(prompt, max_new_tokens)
+        return engine.validate_prompt(prompt, max_new_tokens)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
 
@@ -150,7 +151,7 @@ def prepare_completion(*, engine: Engine, settings: Settings, draft: CompletionD
     max_tokens = max_new_tokens(draft.max_tokens, settings.max_new_tokens_limit, "max_tokens")
     if draft.max_completion_tokens is not None:
         max_tokens = max_new_tokens(draft.max_completion_tokens, settings.max_new_tokens_limit, "max_completion_tokens")
-    _fits(engine, prompt, max_tokens)
+    prompt_tokens = _fits(engine, prompt, max_tokens)
     greedy = draft.temperature < MIN_SAMPLING_TEMPERATURE
     params = SamplingParams(
         max_new_tokens=max_tokens,
@@ -160,7 +161,7 @@ def prepare_completion(*, engine: Engine, settings: Settings, draft: CompletionD
         seed=draft.seed,
         stop=draft.stop,
     )
-    return PreparedCompletion(prompt, route_on or prompt, kind, params, engine.count_tokens(prompt), draft.edits)
+    return PreparedCompletion(prompt, route_on or prompt, kind, params, prompt_tokens, draft.edits)
 
 
 def complete(
