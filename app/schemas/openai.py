@@ -211,28 +211,6 @@ class ChatCompletion(BaseModel):
     lemoe: LemoeRouting
 
 
-class ChatDelta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatChunkChoice(BaseModel):
-    index: int
-    delta: ChatDelta
-    logprobs: None = None
-    finish_reason: FinishReason | None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-    lemoe: LemoeRouting
-
-
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
