@@ -9,7 +9,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from app.errors import InvalidInput
 from app.lemoe.types import SamplingParams
 from app.schemas.common import NON_BLANK_PATTERN, Documented, from_settings
-from app.services.params import DEFAULT_MAX_NEW_TOKENS
+
+DEFAULT_MAX_NEW_TOKENS = 32
 
 # Below this, logits / temperature overflows float32 for ordinary logits (inf -> NaN
 # probabilities); sampling that cold is greedy decoding anyway (do_sample=false).

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.errors import GenerationCancelled, GenerationTimeout, InvalidInput
-from app.schemas.generation import GenerateRequest, max_new_tokens
+from app.schemas.generation import GenerateRequest
+from app.schemas.openai import ChatCompletionRequest, CompletionRequest
 from app.services.checks import check_storable, check_text
-from app.services.params import CompletionDraft
 from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
@@ -35,10 +35,6 @@ class Generated:
     seconds: float
     prompt_tokens: int = 0
     finish_reason: str = "length"  # OpenAI's: "stop" (end of sequence or a stop string) or "length"
-
-
-# Below this a temperature samples as greedily as greedy decoding (and overflows float32 logits).
-MIN_SAMPLING_TEMPERATURE = 0.01
 
 
 def generate(
@@ -123,45 +119,33 @@ class PreparedCompletion:
     edits: bool
 
 
-def prepare_completion(*, engine: Engine, settings: Settings, draft: CompletionDraft) -> PreparedCompletion:
+def prepare_completion(*, engine: Engine, settings: Settings, request: CompletionRequest | ChatCompletionRequest) -> PreparedCompletion:
     """Check an OpenAI-style request (InvalidInput naming the field) before anything is sent:
-    `draft.prompt`, or the model's chat template around `draft.messages`, routed on the last user
-    message's content (never on the template's tokens or a system prompt)."""
-    from app.lemoe.types import SamplingParams
-
-    if draft.messages:
-        for i, (_, content) in enumerate(draft.messages):
+    `request.prompt`, or the model's chat template around `request.messages`, routed on the last
+    user message's content (never on the template's tokens or a system prompt)."""
+    if isinstance(request, ChatCompletionRequest):
+        messages = tuple((m.role, m.content) for m in request.messages)
+        for i, (_, content) in enumerate(messages):
             check_storable(content, field=f"messages[{i}].content", max_chars=settings.max_text_chars)
-        if len(draft.messages) > settings.max_chat_messages:
+        if len(messages) > settings.max_chat_messages:
             raise InvalidInput(
-                f"messages has {len(draft.messages)} items; at most {settings.max_chat_messages} are allowed",
+                f"messages has {len(messages)} items; at most {settings.max_chat_messages} are allowed",
                 param="messages",
             )
         try:
-            prompt = engine.chat_prompt(draft.messages)
+            prompt = engine.chat_prompt(messages)
         except ValueError as exc:
             raise InvalidInput(str(exc), param="messages") from None
-        route_on = route_text(draft.messages)
+        route_on = route_text(messages)
         kind = "last_user_message" if route_on is not None else "chat_prompt"
     else:
-        prompt = check_text(draft.prompt, field="prompt", max_chars=settings.max_text_chars)
+        prompt = check_text(request.prompt, field="prompt", max_chars=settings.max_text_chars)
         route_on, kind = prompt, "prompt"
-    for i, stop in enumerate(draft.stop):
+    for i, stop in enumerate(request.stop_texts()):
         check_storable(stop, field=f"stop[{i}]", max_chars=settings.max_text_chars)
-    max_tokens = max_new_tokens(draft.max_tokens, settings.max_new_tokens_limit, "max_tokens")
-    if draft.max_completion_tokens is not None:
-        max_tokens = max_new_tokens(draft.max_completion_tokens, settings.max_new_tokens_limit, "max_completion_tokens")
-    prompt_tokens = _fits(engine, prompt, max_tokens)
-    greedy = draft.temperature < MIN_SAMPLING_TEMPERATURE
-    params = SamplingParams(
-        max_new_tokens=max_tokens,
-        do_sample=not greedy,
-        temperature=1.0 if greedy else draft.temperature,
-        top_p=max(draft.top_p, MIN_TOP_P),
-        seed=draft.seed,
-        stop=draft.stop,
-    )
-    return PreparedCompletion(prompt, route_on or prompt, kind, params, prompt_tokens, draft.edits)
+    params = request.to_sampling_params(max_new_tokens_limit=settings.max_new_tokens_limit)
+    prompt_tokens = _fits(engine, prompt, params.max_new_tokens)
+    return PreparedCompletion(prompt, route_on or prompt, kind, params, prompt_tokens, request.lemoe.edits)
 
 
 def complete(
@@ -187,10 +171,6 @@ def complete(
     )
     finish = "length" if result.stop_reason is StopReason.LENGTH else "stop"
     return _generated(result, engine, stack, seconds, prompt_tokens=p.prompt_tokens, finish_reason=finish)
-
-
-# top_p 0 (OpenAI allows it) keeps only the most likely token, as this does.
-MIN_TOP_P = 1e-9
 
 
 def route_text(messages: tuple[tuple[str, str], ...]) -> str | None:
