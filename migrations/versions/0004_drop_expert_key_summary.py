@@ -11,6 +11,7 @@ Create Date: 2026-12-03
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -26,9 +27,12 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 def upgrade() -> None:
-    # Batch mode: SQLite rebuilds the table where it cannot drop a column in place.
-    with op.batch_alter_table("experts") as batch:
-        batch.drop_column("key_summary")
+    if op.get_bind().dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
+        # Batch mode: an SQLite this old rebuilds the table, it cannot drop a column in place.
+        with op.batch_alter_table("experts") as batch:
+            batch.drop_column("key_summary")
+    else:
+        op.drop_column("experts", "key_summary")
 
 
 def downgrade() -> None:
