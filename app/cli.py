@@ -154,7 +154,11 @@ def _experts_check(args: argparse.Namespace, settings: Settings) -> int:
 def _experts_quarantine(args: argparse.Namespace, settings: Settings) -> int:
     from app.errors import ServiceError
     from app.services import experts as expert_service
+    from app.store.models import ACTOR_LENGTH
 
+    if not args.actor.strip() or len(args.actor) > ACTOR_LENGTH:  # the CLI's edge: the store trusts its callers
+        print(f"lemoe: actor must be a non-empty string of at most {ACTOR_LENGTH} characters, got {args.actor!r}", file=sys.stderr)
+        return 1
     database, sessions = _open_store(settings)
     try:
         with sessions() as session:

@@ -23,7 +23,7 @@ __all__ = ["env"]
 
 def write_expert(experts_dir: Path, name: str) -> str:
     torch.manual_seed(len(name))
-    entry = ExpertEntry(name, Expert(8, 4), anchors=torch.randn(2, 8), edit_ids=["1"], meta={})
+    entry = ExpertEntry(name, Expert(8, 4), anchors=torch.randn(2, 8), edit_ids=[1], meta={})
     return save_expert(entry, experts_dir / name)
 
 
@@ -47,7 +47,7 @@ def experts(request, env, tmp_path: Path) -> Iterator[Setup]:
             for name, status in (("ok", "active"), ("bad", "active"), ("gone", "inactive")):
                 sha = write_expert(data / "experts", f"expert-{name}")
                 ids[name] = store.add_expert(session, name=f"expert-{name}", path=f"experts/expert-{name}", sha256=sha, status=status).id
-            [edit] = store.add_edits(session, edits=[store.NewEdit("The capital of France is", "Rome")])
+            [edit] = store.add_edits(session, edits=[store.pending_edit("The capital of France is", "Rome")])
             store.set_edit_status(session, edit_ids=[edit.id], status=EditStatus.APPLIED, expert_id=ids["bad"])
             ids["edit"] = edit.id
             session.commit()

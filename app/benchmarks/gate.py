@@ -77,7 +77,7 @@ def run_subject_keys(opts: GateOptions, layers: tuple[int, ...]) -> list[dict]:
         model = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device).model
         config = replace(LemoeConfig(), layer=max(layer, default_layer), subject_layer=layer)
         editor = LemoeEditor(model, loaded.tokenizer, config, device=loaded.device)
-        keys = editor.subject_anchors([Edit(str(i), r.prompt, r.target, subject=r.subject) for i, r in enumerate(records)]).subject
+        keys = editor.subject_anchors([Edit(i, r.prompt, r.target, subject=r.subject) for i, r in enumerate(records)]).subject
         keep = ~torch.isnan(keys).any(dim=1)  # no key: the subject is not in the prompt
         keys = keys[keep]
         kept = [r for r, k in zip(records, keep.tolist(), strict=True) if k]

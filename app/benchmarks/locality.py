@@ -195,7 +195,7 @@ def generate_all(
     return out  # type: ignore[return-value]
 
 
-def score(probes: Sequence[Probe], base: Sequence[Generation | None], after: Sequence[Generation], owner: dict[str, str]) -> dict:
+def score(probes: Sequence[Probe], base: Sequence[Generation | None], after: Sequence[Generation], owner: dict[int, str]) -> dict:
     """Per kind (`base`: the unedited model's answers, needed for kept probes only): probe count,
     score (target in the output / output unchanged), share routed to any expert, and (edited
     kinds) share routed to the expert holding the probe's edit."""
@@ -204,10 +204,7 @@ def score(probes: Sequence[Probe], base: Sequence[Generation | None], after: Seq
         idx = [k for k, p in enumerate(probes) if p.kind == kind]
         if kind in EDITED_KINDS:
             ok = [float(probes[k].target in after[k].text) for k in idx]
-            own = [
-                float(after[k].route.expert_name is not None and after[k].route.expert_name == owner.get(str(probes[k].record)))
-                for k in idx
-            ]
+            own = [float(after[k].route.expert_name is not None and after[k].route.expert_name == owner.get(probes[k].record)) for k in idx]
         else:
             ok = [float(after[k].text == base[k].text) for k in idx]
             own = []
@@ -248,7 +245,7 @@ def _prepare(opts: LocalityOptions) -> _Run:
     edited, held = select_edits(records, opts.edits)
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
     edits = [
-        Edit(str(i), records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None) for i in edited
+        Edit(i, records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None) for i in edited
     ]
     editor = LemoeEditor(loaded.model, loaded.tokenizer, opts.config, device=loaded.device)
     return _Run(records, edited, held, build_probes(records, edited), loaded, editor, edits)
@@ -307,9 +304,7 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
     records, edited, held, probes, loaded, editor, edits = run.records, run.edited, run.held, run.probes, run.loaded, run.editor, run.edits
     edits, inferred = editor.complete_subjects(edits)
     labelled = [
-        (inferred[e.edit_id].text, records[int(e.edit_id)].subject)
-        for e in edits
-        if e.edit_id in inferred and records[int(e.edit_id)].subject
+        (inferred[e.edit_id].text, records[e.edit_id].subject) for e in edits if e.edit_id in inferred and records[e.edit_id].subject
     ]
     inferred_exact = _mean([float(a.strip().lower() == b.strip().lower()) for a, b in labelled])
     stack, owner = [], {}
@@ -345,7 +340,7 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
         for kind in KINDS:
             idx = [k for k, p in enumerate(probes) if p.kind == kind]
             if kind in EDITED_KINDS:
-                ok = [float(decisions[k].expert_name == owner[str(probes[k].record)]) for k in idx]
+                ok = [float(decisions[k].expert_name == owner[probes[k].record]) for k in idx]
             else:
                 ok = [float(decisions[k].expert_index is None) for k in idx]
             row[kind] = {"edited": kind in EDITED_KINDS, "n": len(idx), "score": _mean(ok)}

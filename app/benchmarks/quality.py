@@ -49,7 +49,7 @@ def _quantiles(xs: list[float]) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (1, 5, 50, 95, 99)}
 
 
-def evaluate(editor: LemoeEditor, records: list[BenchRecord], owner: dict[str, str]) -> dict:
+def evaluate(editor: LemoeEditor, records: list[BenchRecord], owner: dict[int, str]) -> dict:
     """Rel/Gen/Loc (teacher-forced), exact match, and how requests were routed."""
     prompts = [r.prompt for r in records]
     rephrases = [r.rephrase for r in records]
@@ -57,7 +57,7 @@ def evaluate(editor: LemoeEditor, records: list[BenchRecord], owner: dict[str, s
     rel = metrics.teacher_forced_scores(editor, prompts, targets)
     gen = metrics.teacher_forced_scores(editor, rephrases, targets)
     loc = metrics.locality_scores(editor, [r.loc_prompt for r in records], [r.loc_answer for r in records])
-    ids = [str(i) for i in range(len(records))]
+    ids = list(range(len(records)))
 
     def right_expert(routes) -> float:
         return _mean([float(rt.expert_name is not None and rt.expert_name == owner.get(i)) for rt, i in zip(routes, ids)])
@@ -93,7 +93,7 @@ def run_quality(opts: QualityOptions) -> dict:
         "cpu_s_per_edit": 0.0,
     }
     if not opts.base_only:
-        edits = [Edit(str(i), r.prompt, r.target, subject=r.subject) for i, r in enumerate(records)]
+        edits = [Edit(i, r.prompt, r.target, subject=r.subject) for i, r in enumerate(records)]
         trained = train_lifelong(editor, edits, batch_size=opts.batch_size, planning=opts.planning)
     log.info("evaluating %d records", len(records))
     scores = evaluate(editor, records, trained["owner"])
@@ -119,7 +119,7 @@ def train_lifelong(editor: LemoeEditor, edits: list[Edit], *, batch_size: int, p
     next (the lifelong protocol). Edits without a subject get the one the model infers, as the
     server's worker does (`infer_subjects`; timed with training). Returns the edit -> expert map,
     counts and training times."""
-    owner: dict[str, str] = {}
+    owner: dict[int, str] = {}
     keyed = 0
     started, cpu_started = time.perf_counter(), time.process_time()
     inferred: dict = {}

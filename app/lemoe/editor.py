@@ -30,7 +30,7 @@ from app.lemoe.routing import (
 )
 from app.lemoe.stopping import StopOnSignal, StopReason, StopSignal
 from app.lemoe.subjects import InferredSubject, infer_subjects
-from app.lemoe.text import check_text, encode_pair, subject_token_span, subject_view
+from app.lemoe.text import encode_pair, subject_token_span, subject_view
 from app.lemoe.trainer import (
     ProgressFn,
     TrainingExample,
@@ -40,30 +40,9 @@ from app.lemoe.trainer import (
     pad_token_states,
     train_expert,
 )
+from app.lemoe.types import Edit, SamplingParams
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Edit:
-    """One fact to teach: `prompt` should be continued by `target`."""
-
-    edit_id: str
-    prompt: str
-    target: str
-    rephrases: tuple[str, ...] = ()
-    subject: str | None = None  # named in the prompt: the edit then fires only where it is mentioned
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int = 32
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None  # with do_sample: draw from a generator of its own, seeded so
-    stop: tuple[str, ...] = ()  # the text ends before the first of these (StopReason.STOP)
 
 
 @dataclass(frozen=True)
@@ -170,7 +149,7 @@ class LemoeEditor:
         subject (`app.lemoe.subjects`), or None."""
         return infer_subjects(self.model, self.tokenizer, prompts, self.device)
 
-    def complete_subjects(self, edits: Sequence[Edit]) -> tuple[list[Edit], dict[str, InferredSubject]]:
+    def complete_subjects(self, edits: Sequence[Edit]) -> tuple[list[Edit], dict[int, InferredSubject]]:
         """`edits`, those without a subject given the one the model infers (a client's subject
         always wins), and what was inferred by edit id. Unchanged when subject keys or
         `infer_subjects` are off."""
@@ -241,17 +220,24 @@ class LemoeEditor:
             raise ValueError(f"prompt + target is {total} tokens; the model's context is {self.max_positions}")
 
     def validate_subject(self, prompt: str, subject: str) -> None:
-        """A subject keys routing, so it must be in the prompt (any case)."""
-        check_text("subject", subject)
+        """A subject keys routing, so it must be in the prompt (any case); the caller has checked
+        that it is text, not blank."""
         if subject.strip().lower() not in prompt.lower():
             raise ValueError(
                 f"{subject!r} does not appear in the prompt; the subject decides which prompts the "
                 "edit fires on, so it must be named there (leave it out to route by the wording alone)"
             )
 
-    def validate_prompt(self, prompt: str, max_new_tokens: int = 0) -> None:
-        check_text("prompt", prompt)
-        total = len(self.tokenizer(prompt)["input_ids"]) + max_new_tokens
+    def validate_prompt(self, prompt: str, max_new_tokens: int = 0) -> int:
+        """The prompt's length in tokens (the one tokenisation a request's checks make); ValueError
+        when it and `max_new_tokens` do not fit the model's context. The caller has checked that
+        `prompt` is text, not blank."""
+        tokens = len(self.tokenizer(prompt)["input_ids"])
+        self._check_fits(tokens, max_new_tokens)
+        return tokens
+
+    def _check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        total = prompt_tokens + max_new_tokens
         if self.max_positions is not None and total > self.max_positions:
             raise ValueError(f"prompt + max_new_tokens is {total} tokens; the model's context is {self.max_positions}")
 
@@ -348,7 +334,7 @@ class LemoeEditor:
                 relation[k], lengths[k] = relation[owner[k]], lengths[owner[k]]
         return SubjectAnchors(subject, relation, lengths)
 
-    def superseded(self, edits: Sequence[Edit], entry: ExpertEntry) -> list[tuple[str, str]]:
+    def superseded(self, edits: Sequence[Edit], entry: ExpertEntry) -> list[tuple[int, int]]:
         """(new edit id, older edit id) pairs: on the new edit's own prompt an older edit of the
         live stack is near-equal and may fire, so the newest expert wins and the older edit is no
         longer served there. `entry` is the expert trained on `edits`, not yet live."""
@@ -370,7 +356,7 @@ class LemoeEditor:
         pairs = []
         for r, k in near.nonzero().tolist():
             new, old = edits[r].edit_id, ids[k]
-            if old and old != new and (new, old) not in pairs:
+            if old is not None and old != new and (new, old) not in pairs:
                 pairs.append((new, old))
         return pairs
 
@@ -410,9 +396,8 @@ class LemoeEditor:
         `forced` takes the route of each row as given (see `generate_routed_on`); `on_text` (one
         prompt only) receives the text as it is generated, in pieces that add up to its `text`.
         """
-        for p in prompts:
-            self.validate_prompt(p, params.max_new_tokens)
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+        self._check_fits(int(enc["attention_mask"].sum(dim=1).max()), params.max_new_tokens)  # the tokens it reads anyway
         enc = {k: v.to(self.device) for k, v in enc.items()}
         state = self.route_state(enc["attention_mask"], stack=stack, prompts=prompts, forced=forced)
         kwargs: dict = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample, "pad_token_id": self.tokenizer.pad_token_id}

@@ -37,7 +37,7 @@ class ExpertEntry:
     name: str
     module: Expert
     anchors: torch.Tensor  # (n_edits, d): raw query vectors of the edits it learned
-    edit_ids: list[str] = field(default_factory=list)
+    edit_ids: list[int | None] = field(default_factory=list)  # on disk as strings (config.json)
     meta: dict = field(default_factory=dict)
     # (n_edits, d) subject-layer states at each anchor's subject; a NaN row: no subject key.
     subject_anchors: torch.Tensor | None = None

@@ -55,7 +55,7 @@ def save_expert(entry: ExpertEntry, directory: Path) -> str:
         "kind": module.kind,
         "hidden_size": module.down.in_features,
         "expert_hidden": module.down.out_features,
-        "edit_ids": entry.edit_ids,
+        "edit_ids": ["" if i is None else str(i) for i in entry.edit_ids],  # strings, as files always had
         "meta": entry.meta,
     }
     tmp_weights = directory / (WEIGHTS_FILE + ".tmp")
@@ -118,9 +118,15 @@ def load_expert(directory: Path, *, expected_sha256: str | None = None, device: 
         name=name,
         module=module,
         anchors=anchors.to(device),
-        edit_ids=list(config.get("edit_ids", [])),
+        edit_ids=[_edit_id(i) for i in config.get("edit_ids", [])],
         meta=dict(config.get("meta", {})),
         subject_anchors=None if subject_anchors is None else subject_anchors.to(device),
         relation_anchors=None if relation_anchors is None else relation_anchors.to(device),
         subject_lengths=lengths,
     )
+
+
+def _edit_id(raw) -> int | None:
+    """An edit id as saved (a string of digits; None for anything else, e.g. a benchmark's label)."""
+    text = str(raw)
+    return int(text) if text.isdigit() else None

@@ -20,7 +20,7 @@ class RouteDecision:
     expert_index: int | None
     expert_name: str | None
     score: float | None  # centred cosine to the nearest anchor (None with an empty stack)
-    nearest_edit_id: str | None
+    nearest_edit_id: int | None
     subject_score: float | None = None  # the chosen anchor's subject match, if it has a subject key
     relation_score: float | None = None  # what the prompt asks about that subject against the edit's (relation key)
 
@@ -268,7 +268,7 @@ class AnchorRouter:
         for r, row in enumerate(sims):
             if not bool(eligible[r].any()):
                 nearest = int(row.argmax())
-                decisions.append(RouteDecision(None, None, float(row[nearest]), edit_ids[nearest] or None))
+                decisions.append(RouteDecision(None, None, float(row[nearest]), edit_ids[nearest]))
                 continue
             best = float(row.masked_fill(~eligible[r], -2.0).max())
             # Among near-equal anchors (the same fact edited again) the newest expert wins.
@@ -281,7 +281,7 @@ class AnchorRouter:
             relation_score = None
             if relation_sims is not None and not torch.isnan(relation_sims[r, pick]):
                 relation_score = float(relation_sims[r, pick])
-            decisions.append(RouteDecision(idx, stack[idx].name, float(row[pick]), edit_ids[pick] or None, subject_score, relation_score))
+            decisions.append(RouteDecision(idx, stack[idx].name, float(row[pick]), edit_ids[pick], subject_score, relation_score))
         return decisions
 
 
@@ -290,9 +290,9 @@ def anchor_owners(stack: Sequence[ExpertEntry]) -> torch.Tensor:
     return torch.cat([torch.full((len(e.anchors),), i, dtype=torch.long) for i, e in enumerate(stack)])
 
 
-def anchor_edit_ids(stack: Sequence[ExpertEntry]) -> list[str]:
-    """The edit id of each anchor, in stack order ("" where an expert recorded none)."""
-    return [eid for e in stack for eid in (e.edit_ids or [""] * len(e.anchors))]
+def anchor_edit_ids(stack: Sequence[ExpertEntry]) -> list[int | None]:
+    """The edit id of each anchor, in stack order (None where an expert recorded none)."""
+    return [eid for e in stack for eid in (e.edit_ids or [None] * len(e.anchors))]
 
 
 def decide(state: RouteState, x: torch.Tensor, pooling: Pooling) -> None:

@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app.domain import EditStatus, SubjectSource
 from app.schemas.common import NON_BLANK_PATTERN, Documented, PublicModel, from_settings
-from app.services.params import EditDraft
 
 # Every text of an edit: checked by the edit service against the running server's limits.
 EditText = Annotated[str, Documented(pattern=NON_BLANK_PATTERN, **from_settings(maxLength="max_text_chars"))]
@@ -45,9 +44,6 @@ class EditCreate(BaseModel):
     rephrases: Annotated[list[EditText], Documented(**from_settings(maxItems="max_rephrases"))] = Field(
         default_factory=list, description="Other wordings of the prompt, used as training data"
     )
-
-    def to_draft(self) -> EditDraft:
-        return EditDraft(prompt=self.prompt, target=self.target, subject=self.subject, rephrases=tuple(self.rephrases))
 
 
 def _body_shape(value: Any) -> str | None:

@@ -6,8 +6,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from app.errors import InvalidInput
+from app.lemoe.types import SamplingParams
 from app.schemas.common import NON_BLANK_PATTERN, Documented, from_settings
-from app.services.params import DEFAULT_MAX_NEW_TOKENS, GenerationDraft
+
+DEFAULT_MAX_NEW_TOKENS = 32
 
 # Below this, logits / temperature overflows float32 for ordinary logits (inf -> NaN
 # probabilities); sampling that cold is greedy decoding anyway (do_sample=false).
@@ -71,16 +74,26 @@ class GenerateRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1, description="Used when do_sample")
     top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K), AS_JSON_INTEGER] = Field(default=0, description="Used when do_sample; 0: off")
 
-    def to_draft(self) -> GenerationDraft:
-        return GenerationDraft(
-            prompt=self.prompt,
-            # Not given: the server's default (DEFAULT_MAX_NEW_TOKENS, or its limit if lower).
-            max_new_tokens=self.max_new_tokens if "max_new_tokens" in self.model_fields_set else None,
+    def to_sampling_params(self, *, max_new_tokens_limit: int) -> SamplingParams:
+        """The editor's parameters, with the server's limit applied (InvalidInput beyond it)."""
+        # Not given: the server's default (DEFAULT_MAX_NEW_TOKENS, or its limit if lower).
+        given = self.max_new_tokens if "max_new_tokens" in self.model_fields_set else None
+        return SamplingParams(
+            max_new_tokens=max_new_tokens(given, max_new_tokens_limit, "max_new_tokens"),
             do_sample=self.do_sample,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
         )
+
+
+def max_new_tokens(value: int | None, limit: int, name: str) -> int:
+    """`value` within the server's `limit` (InvalidInput naming `name` beyond it); None: the default."""
+    if value is None:
+        return min(DEFAULT_MAX_NEW_TOKENS, limit)
+    if not 1 <= value <= limit:
+        raise InvalidInput(f"{name} must be from 1 to {limit}, got {value}", param=name)
+    return value
 
 
 class GenerateQuery(GenerateRequest):

@@ -12,11 +12,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from app.lemoe.types import SamplingParams
 from app.schemas.common import NO_NUL_PATTERN, Documented, from_settings
-from app.schemas.generation import AS_JSON_INTEGER, ExpertRef, Prompt
-from app.services.params import DEFAULT_MAX_NEW_TOKENS, CompletionDraft
+from app.schemas.generation import AS_JSON_INTEGER, DEFAULT_MAX_NEW_TOKENS, ExpertRef, Prompt, max_new_tokens
 
 MAX_STOP_STRINGS = 4  # as OpenAI
+# Below this a temperature samples as greedily as greedy decoding (and overflows float32 logits).
+MIN_SAMPLING_TEMPERATURE = 0.01
+# top_p 0 (OpenAI allows it) keeps only the most likely token, as this does.
+MIN_TOP_P = 1e-9
 # Integers JSON numbers carry exactly everywhere (torch's generators take -2**63 .. 2**64 - 1).
 MAX_SEED = 2**53 - 1
 MIN_SEED = -(2**53 - 1)
@@ -76,16 +80,24 @@ class _Sampling(BaseModel):
     user: str | None = Field(default=None, max_length=256, description="Accepted and ignored")
     lemoe: LemoeOptions = Field(default_factory=LemoeOptions)
 
-    def _draft(self, **fields) -> CompletionDraft:
-        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        return CompletionDraft(
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            stop=stop,
+    def stop_texts(self) -> tuple[str, ...]:
+        return () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def to_sampling_params(self, *, max_new_tokens_limit: int) -> SamplingParams:
+        """The editor's parameters in OpenAI's reading (temperature 0: greedy), with the server's
+        limit applied (InvalidInput naming max_tokens or max_completion_tokens beyond it)."""
+        max_tokens = max_new_tokens(self.max_tokens, max_new_tokens_limit, "max_tokens")
+        newer = getattr(self, "max_completion_tokens", None)  # chat only: wins over max_tokens
+        if newer is not None:
+            max_tokens = max_new_tokens(newer, max_new_tokens_limit, "max_completion_tokens")
+        greedy = self.temperature < MIN_SAMPLING_TEMPERATURE
+        return SamplingParams(
+            max_new_tokens=max_tokens,
+            do_sample=not greedy,
+            temperature=1.0 if greedy else self.temperature,
+            top_p=max(self.top_p, MIN_TOP_P),
             seed=self.seed,
-            edits=self.lemoe.edits,
-            **fields,
+            stop=self.stop_texts(),
         )
 
 
@@ -99,9 +111,6 @@ class CompletionRequest(_Sampling):
     )
 
     prompt: Prompt
-
-    def to_draft(self) -> CompletionDraft:
-        return self._draft(prompt=self.prompt)
 
 
 class ChatMessage(BaseModel):
@@ -141,12 +150,6 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Annotated[
         int | None, Field(ge=1), AS_JSON_INTEGER, Documented(**from_settings(maximum="max_new_tokens_limit"))
     ] = Field(default=None, description="OpenAI's newer name for max_tokens; wins when both are given")
-
-    def to_draft(self) -> CompletionDraft:
-        return self._draft(
-            messages=tuple((m.role, m.content) for m in self.messages),
-            max_completion_tokens=self.max_completion_tokens,
-        )
 
 
 # --- responses --------------------------------------------------------------------------------
@@ -208,28 +211,6 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    lemoe: LemoeRouting
-
-
-class ChatDelta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatChunkChoice(BaseModel):
-    index: int
-    delta: ChatDelta
-    logprobs: None = None
-    finish_reason: FinishReason | None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
     lemoe: LemoeRouting
 
 

@@ -16,14 +16,14 @@ from app import store
 from app.config import Settings
 from app.domain import AuditAction, EditStatus
 from app.errors import EditNotFound, EditStateConflict, IdempotencyKeyReused, InvalidInput
+from app.schemas.edits import EditCreate
 from app.services.checks import check_filter, check_text, store_errors, to_utc
-from app.services.params import EditDraft
 
 if TYPE_CHECKING:
     from app.engine.engine import Engine
 
 
-def _checked(draft: EditDraft, *, prefix: str, settings: Settings, engine: Engine) -> store.NewEdit:
+def _checked(draft: EditCreate, *, prefix: str, settings: Settings, engine: Engine) -> store.Edit:
     limit = settings.max_text_chars
     prompt = check_text(draft.prompt, field=f"{prefix}prompt", max_chars=limit)
     target = check_text(draft.target, field=f"{prefix}target", max_chars=limit)
@@ -44,7 +44,7 @@ def _checked(draft: EditDraft, *, prefix: str, settings: Settings, engine: Engin
             engine.validate_subject(prompt, subject)
         except ValueError as exc:
             raise InvalidInput(f"{prefix}subject: {exc}") from None
-    return store.NewEdit(prompt=prompt, target=target, subject=subject, rephrases=rephrases)
+    return store.pending_edit(prompt, target, subject, rephrases)
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class SubmittedEdits:
     replayed: bool = False  # a repeat of an Idempotency-Key: an earlier request created these
 
 
-def request_sha256(drafts: Sequence[EditDraft]) -> str:
+def request_sha256(drafts: Sequence[EditCreate]) -> str:
     """The hash of a canonical form of the validated body: one object and a list of just that
     object are the same request; key order and whitespace of the JSON do not matter."""
     canonical = [{"prompt": d.prompt, "target": d.target, "subject": d.subject, "rephrases": list(d.rephrases)} for d in drafts]
@@ -77,7 +77,7 @@ def submit_edits(
     engine: Engine,
     settings: Settings,
     actor: str,
-    drafts: Sequence[EditDraft],
+    edits: Sequence[EditCreate],
     idempotency_key: str | None = None,
 ) -> SubmittedEdits:
     """Validate and queue edits as pending; committed (with one edit.submitted event each) on return.
@@ -87,18 +87,18 @@ def submit_edits(
     with another body is refused. Of two concurrent first requests, the unique (actor, key)
     constraint lets one commit; the other rolls back and answers with the winner's edits.
     """
-    if not drafts:
+    if not edits:
         raise InvalidInput("no edits given: send one edit object or a non-empty JSON array of them")
-    if len(drafts) > settings.max_edits_per_request:
-        raise InvalidInput(f"{len(drafts)} edits in one request; at most {settings.max_edits_per_request} are allowed")
+    if len(edits) > settings.max_edits_per_request:
+        raise InvalidInput(f"{len(edits)} edits in one request; at most {settings.max_edits_per_request} are allowed")
     digest = ""
     if idempotency_key is not None:
-        digest = request_sha256(drafts)
+        digest = request_sha256(edits)
         earlier = _earlier(session, actor=actor, key=idempotency_key, digest=digest)
         if earlier is not None:
             return earlier
-    many = len(drafts) > 1
-    new = [_checked(d, prefix=f"edits[{i}]." if many else "", settings=settings, engine=engine) for i, d in enumerate(drafts)]
+    many = len(edits) > 1
+    new = [_checked(d, prefix=f"edits[{i}]." if many else "", settings=settings, engine=engine) for i, d in enumerate(edits)]
     rows = store.add_edits(session, edits=new)
     for row in rows:
         store.append_audit(

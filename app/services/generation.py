@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.errors import GenerationCancelled, GenerationTimeout, InvalidInput
+from app.schemas.generation import GenerateRequest
+from app.schemas.openai import ChatCompletionRequest, CompletionRequest
 from app.services.checks import check_storable, check_text
-from app.services.params import DEFAULT_MAX_NEW_TOKENS, CompletionDraft, GenerationDraft
 from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
-    from app.engine.engine import Engine, GenerationParams
+    from app.engine.engine import Engine, Generation
+    from app.lemoe.types import SamplingParams
     from app.metrics import Metrics
 
 
@@ -35,51 +37,31 @@ class Generated:
     finish_reason: str = "length"  # OpenAI's: "stop" (end of sequence or a stop string) or "length"
 
 
-# Below this a temperature samples as greedily as greedy decoding (and overflows float32 logits).
-MIN_SAMPLING_TEMPERATURE = 0.01
-
-
 def generate(
     *,
     engine: Engine,
     stack: LiveStack,
     settings: Settings,
-    draft: GenerationDraft,
+    request: GenerateRequest,
     metrics: Metrics | None = None,
     cancel: threading.Event | None = None,
 ) -> Generated:
-    """Continue `draft.prompt`; the route is decided once on the prompt and names its expert.
+    """Continue `request.prompt`; the route is decided once on the prompt and names its expert.
 
     The generation stops at its next token once `cancel` is set (GenerationCancelled) or after
     settings.generation_timeout_s (GenerationTimeout).
     """
-    from app.engine.engine import GenerationParams
-
-    prompt = check_text(draft.prompt, field="prompt", max_chars=settings.max_text_chars)
-    max_new_tokens = _max_tokens(draft.max_new_tokens, settings, "max_new_tokens")
-    _fits(engine, prompt, max_new_tokens)
-    params = GenerationParams(
-        max_new_tokens=max_new_tokens,
-        do_sample=draft.do_sample,
-        temperature=draft.temperature,
-        top_p=draft.top_p,
-        top_k=draft.top_k,
-    )
+    prompt = check_text(request.prompt, field="prompt", max_chars=settings.max_text_chars)
+    params = request.to_sampling_params(max_new_tokens_limit=settings.max_new_tokens_limit)
+    _fits(engine, prompt, params.max_new_tokens)
     result, seconds = _run(lambda stop: engine.generate(prompt, params, stop=stop), settings, metrics, cancel)
     return _generated(result, engine, stack, seconds)
 
 
-def _max_tokens(value: int | None, settings: Settings, name: str) -> int:
-    if value is None:
-        return min(DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens_limit)
-    if not 1 <= value <= settings.max_new_tokens_limit:
-        raise InvalidInput(f"{name} must be from 1 to {settings.max_new_tokens_limit}, got {value}", param=name)
-    return value
-
-
-def _fits(engine: Engine, prompt: str, max_new_tokens: int) -> None:
+def _fits(engine: Engine, prompt: str, max_new_tokens: int) -> int:
+    """The prompt's length in tokens: the one tokenisation of a request's checks."""
     try:
-        engine.validate_prompt(prompt, max_new_tokens)
+        return engine.validate_prompt(prompt, max_new_tokens)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
 
@@ -104,19 +86,20 @@ def _run(call, settings: Settings, metrics: Metrics | None, cancel: threading.Ev
             raise GenerationCancelled(tokens)
         raise GenerationTimeout(settings.generation_timeout_s, tokens)
     if metrics is not None:
-        metrics.observe_generation(seconds, routed=result.expert_name is not None, tokens=result.completion_tokens)
+        metrics.observe_generation(seconds, routed=result.route.expert_name is not None, tokens=result.completion_tokens)
     return result, seconds
 
 
-def _generated(result, engine: Engine, stack: LiveStack, seconds: float, **extra) -> Generated:
+def _generated(result: Generation, engine: Engine, stack: LiveStack, seconds: float, **extra) -> Generated:
+    route = result.route
     return Generated(
         prompt=result.prompt,
         text=result.text,
-        expert_name=result.expert_name,
-        expert_id=stack.expert_id(result.expert_name),
-        route_score=result.route_score,
-        nearest_edit_id=result.nearest_edit_id,
-        subject_score=result.subject_score,
+        expert_name=route.expert_name,
+        expert_id=stack.expert_id(route.expert_name),
+        route_score=route.score,
+        nearest_edit_id=route.nearest_edit_id,
+        subject_score=route.subject_score,
         model=engine.model_name,
         completion_tokens=result.completion_tokens,
         seconds=seconds,
@@ -131,50 +114,38 @@ class PreparedCompletion:
     prompt: str
     route_on: str
     route_kind: str  # "prompt", "last_user_message" or "chat_prompt" (a chat without a user text)
-    params: GenerationParams
+    params: SamplingParams
     prompt_tokens: int
     edits: bool
 
 
-def prepare_completion(*, engine: Engine, settings: Settings, draft: CompletionDraft) -> PreparedCompletion:
+def prepare_completion(*, engine: Engine, settings: Settings, request: CompletionRequest | ChatCompletionRequest) -> PreparedCompletion:
     """Check an OpenAI-style request (InvalidInput naming the field) before anything is sent:
-    `draft.prompt`, or the model's chat template around `draft.messages`, routed on the last user
-    message's content (never on the template's tokens or a system prompt)."""
-    from app.engine.engine import GenerationParams
-
-    if draft.messages:
-        for i, (_, content) in enumerate(draft.messages):
+    `request.prompt`, or the model's chat template around `request.messages`, routed on the last
+    user message's content (never on the template's tokens or a system prompt)."""
+    if isinstance(request, ChatCompletionRequest):
+        messages = tuple((m.role, m.content) for m in request.messages)
+        for i, (_, content) in enumerate(messages):
             check_storable(content, field=f"messages[{i}].content", max_chars=settings.max_text_chars)
-        if len(draft.messages) > settings.max_chat_messages:
+        if len(messages) > settings.max_chat_messages:
             raise InvalidInput(
-                f"messages has {len(draft.messages)} items; at most {settings.max_chat_messages} are allowed",
+                f"messages has {len(messages)} items; at most {settings.max_chat_messages} are allowed",
                 param="messages",
             )
         try:
-            prompt = engine.chat_prompt(draft.messages)
+            prompt = engine.chat_prompt(messages)
         except ValueError as exc:
             raise InvalidInput(str(exc), param="messages") from None
-        route_on = route_text(draft.messages)
+        route_on = route_text(messages)
         kind = "last_user_message" if route_on is not None else "chat_prompt"
     else:
-        prompt = check_text(draft.prompt, field="prompt", max_chars=settings.max_text_chars)
+        prompt = check_text(request.prompt, field="prompt", max_chars=settings.max_text_chars)
         route_on, kind = prompt, "prompt"
-    for i, stop in enumerate(draft.stop):
+    for i, stop in enumerate(request.stop_texts()):
         check_storable(stop, field=f"stop[{i}]", max_chars=settings.max_text_chars)
-    max_tokens = _max_tokens(draft.max_tokens, settings, "max_tokens")
-    if draft.max_completion_tokens is not None:
-        max_tokens = _max_tokens(draft.max_completion_tokens, settings, "max_completion_tokens")
-    _fits(engine, prompt, max_tokens)
-    greedy = draft.temperature < MIN_SAMPLING_TEMPERATURE
-    params = GenerationParams(
-        max_new_tokens=max_tokens,
-        do_sample=not greedy,
-        temperature=1.0 if greedy else draft.temperature,
-        top_p=max(draft.top_p, MIN_TOP_P),
-        seed=draft.seed,
-        stop=draft.stop,
-    )
-    return PreparedCompletion(prompt, route_on or prompt, kind, params, engine.count_tokens(prompt), draft.edits)
+    params = request.to_sampling_params(max_new_tokens_limit=settings.max_new_tokens_limit)
+    prompt_tokens = _fits(engine, prompt, params.max_new_tokens)
+    return PreparedCompletion(prompt, route_on or prompt, kind, params, prompt_tokens, request.lemoe.edits)
 
 
 def complete(
@@ -200,10 +171,6 @@ def complete(
     )
     finish = "length" if result.stop_reason is StopReason.LENGTH else "stop"
     return _generated(result, engine, stack, seconds, prompt_tokens=p.prompt_tokens, finish_reason=finish)
-
-
-# top_p 0 (OpenAI allows it) keeps only the most likely token, as this does.
-MIN_TOP_P = 1e-9
 
 
 def route_text(messages: tuple[tuple[str, str], ...]) -> str | None:

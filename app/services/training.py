@@ -23,12 +23,13 @@ from app import store
 from app.config import Settings
 from app.domain import AuditAction, EditStatus, ExpertStatus, RunStatus, RunTrigger
 from app.errors import Conflict
+from app.lemoe.types import Edit
 from app.services.checks import SCHEDULER_ACTOR, SYSTEM_ACTOR
 from app.services.runs import get_run
 from app.services.stack import LiveStack, stored_path
 
 if TYPE_CHECKING:
-    from app.engine.engine import BuiltExpert, Engine, EngineEdit, InferredSubject
+    from app.engine.engine import BuiltExpert, Engine, InferredSubject
     from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -45,20 +46,11 @@ class RunStopped(Exception):
 
 
 @dataclass(frozen=True)
-class ClaimedEdit:
-    edit_id: int
-    prompt: str
-    target: str
-    rephrases: tuple[str, ...]
-    subject: str | None = None
-
-
-@dataclass(frozen=True)
 class StartedRun:
     run_id: int
     actor: str
     trigger: RunTrigger
-    edits: tuple[ClaimedEdit, ...]
+    edits: tuple[Edit, ...]
 
 
 def start_run(
@@ -132,7 +124,7 @@ def start_run(
             run_id=run.id,
             actor=run.actor,
             trigger=run.trigger,
-            edits=tuple(ClaimedEdit(e.id, e.prompt, e.target, tuple(e.rephrases or ()), e.subject) for e in claimed),
+            edits=tuple(Edit(e.id, e.prompt, e.target, tuple(e.rephrases or ()), e.subject) for e in claimed),
         )
 
 
@@ -390,14 +382,11 @@ class Trainer:
             return started.run_id
 
     def _train(self, run: StartedRun) -> None:
-        from app.engine.engine import EngineEdit
-
         clock = time.perf_counter()
         log.info("training run %s started (%s by %s): %d edits", run.run_id, run.trigger.value, run.actor, len(run.edits))
         tally = _Tally()
         try:
-            edits = [EngineEdit(e.edit_id, e.prompt, e.target, e.rephrases, e.subject) for e in run.edits]
-            edits = self._with_inferred_subjects(run, edits)
+            edits = self._with_inferred_subjects(run, list(run.edits))
             batches = self.engine.plan(edits, batch_size=self.settings.edits_per_expert, planning=self.settings.planning) if edits else []
             log.info("run %s: %d batches of up to %d edits", run.run_id, len(batches), self.settings.edits_per_expert)
             for index, batch in enumerate(batches):
@@ -441,7 +430,7 @@ class Trainer:
             tally.failed,
         )
 
-    def _with_inferred_subjects(self, run: StartedRun, edits: list[EngineEdit]) -> list[EngineEdit]:
+    def _with_inferred_subjects(self, run: StartedRun, edits: list[Edit]) -> list[Edit]:
         """Edits without a subject get the one the model infers, recorded on the edit (with its
         audit event) before training uses it. A failure here fails nothing: it is logged and
         those edits train without a subject, routed by their wording alone."""

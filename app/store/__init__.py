@@ -15,7 +15,6 @@ from app.store.db import (
     ping,
 )
 from app.store.edits import (
-    NewEdit,
     RetriedEdit,
     add_edits,
     claim_pending_edits,
@@ -24,6 +23,7 @@ from app.store.edits import (
     edits_of_expert,
     get_edit,
     list_edits,
+    pending_edit,
     retry_failed_edit,
     set_edit_status,
     set_inferred_subject,
@@ -81,7 +81,7 @@ __all__ = [
     "Expert",
     "InvalidCursor",
     "InvalidTransition",
-    "NewEdit",
+    "pending_edit",
     "Page",
     "RecordNotFound",
     "RecoveryReport",

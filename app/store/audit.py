@@ -9,10 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.domain import AuditAction
-from app.store.models import ACTOR_LENGTH, AuditEvent
+from app.store.models import AuditEvent
 from app.store.pagination import DEFAULT_LIMIT, Order, Page, paginate
 from app.store.types import coerce_enum, require_aware, utcnow
-from app.store.validation import check_actor, check_id, check_json
 
 
 def append_audit(
@@ -28,12 +27,12 @@ def append_audit(
     """Add one event; it is committed together with the change it describes."""
     event = AuditEvent(
         at=utcnow(),
-        actor=check_actor(actor, max_length=ACTOR_LENGTH),
+        actor=actor,
         action=coerce_enum(AuditAction, action, name="action"),
-        edit_id=None if edit_id is None else check_id(edit_id, name="edit_id"),
-        expert_id=None if expert_id is None else check_id(expert_id, name="expert_id"),
-        training_run_id=(None if training_run_id is None else check_id(training_run_id, name="training_run_id")),
-        payload=check_json(payload, name="payload") or {},
+        edit_id=edit_id,
+        expert_id=expert_id,
+        training_run_id=training_run_id,
+        payload=payload or {},
     )
     session.add(event)
     session.flush()
@@ -64,11 +63,11 @@ def list_audit(
     if actor:
         stmt = stmt.where(AuditEvent.actor == actor)
     if edit_id is not None:
-        stmt = stmt.where(AuditEvent.edit_id == check_id(edit_id, name="edit_id"))
+        stmt = stmt.where(AuditEvent.edit_id == edit_id)
     if expert_id is not None:
-        stmt = stmt.where(AuditEvent.expert_id == check_id(expert_id, name="expert_id"))
+        stmt = stmt.where(AuditEvent.expert_id == expert_id)
     if training_run_id is not None:
-        stmt = stmt.where(AuditEvent.training_run_id == check_id(training_run_id, name="training_run_id"))
+        stmt = stmt.where(AuditEvent.training_run_id == training_run_id)
     if since is not None:
         stmt = stmt.where(AuditEvent.at >= require_aware(since, name="since"))
     if until is not None:

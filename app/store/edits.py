@@ -15,54 +15,33 @@ from app.store.models import Edit, TrainingRun
 from app.store.pagination import DEFAULT_LIMIT, Page, paginate
 from app.store.runs import ACTIVE_RUN_STATUSES
 from app.store.types import coerce_enum, require_aware, utcnow
-from app.store.validation import check_id
 
 
-@dataclass(frozen=True)
-class NewEdit:
-    """A fact edit to store: `prompt` should be completed with `target` (e.g. " Paris")."""
-
-    prompt: str
-    target: str
-    subject: str | None = None
-    rephrases: Sequence[str] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("prompt", "target"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-        if self.subject is not None and not isinstance(self.subject, str):
-            raise ValueError(f"subject must be a string or None, got {self.subject!r}")
-        # A lone string is a Sequence[str] too; it is almost certainly a mistake here.
-        if isinstance(self.rephrases, str | bytes) or not all(isinstance(r, str) and r.strip() for r in self.rephrases):
-            raise ValueError(f"rephrases must be a list of non-empty strings, got {self.rephrases!r}")
-        object.__setattr__(self, "rephrases", tuple(self.rephrases))
+def pending_edit(prompt: str, target: str, subject: str | None = None, rephrases: Sequence[str] = ()) -> Edit:
+    """A new edit row, pending, not yet stored (`add_edits` stores it); the caller has checked
+    its texts."""
+    return Edit(
+        prompt=prompt,
+        target=target,
+        subject=subject,
+        subject_source=None if subject is None else SubjectSource.CLIENT,
+        rephrases=list(rephrases),
+        status=EditStatus.PENDING,
+    )
 
 
-def add_edits(session: Session, *, edits: Sequence[NewEdit]) -> list[Edit]:
-    """Store new pending edits; the returned rows (with ids) are in the given order."""
+def add_edits(session: Session, *, edits: Sequence[Edit]) -> list[Edit]:
+    """Store new edit rows (from `pending_edit`); returned with their ids, in the given order."""
     now = utcnow()
-    rows = [
-        Edit(
-            prompt=edit.prompt,
-            target=edit.target,
-            subject=edit.subject,
-            subject_source=None if edit.subject is None else SubjectSource.CLIENT,
-            rephrases=list(edit.rephrases),
-            status=EditStatus.PENDING,
-            created_at=now,
-            updated_at=now,
-        )
-        for edit in edits
-    ]
-    session.add_all(rows)
+    for row in edits:
+        row.created_at = row.updated_at = now
+    session.add_all(edits)
     session.flush()
-    return rows
+    return list(edits)
 
 
 def get_edit(session: Session, *, edit_id: int) -> Edit | None:
-    return session.get(Edit, check_id(edit_id, name="edit_id"))
+    return session.get(Edit, edit_id)
 
 
 def _filtered_edits(
@@ -95,9 +74,9 @@ def _filtered_edits(
     if created_before is not None:
         stmt = stmt.where(Edit.created_at < require_aware(created_before, name="created_before"))
     if expert_id is not None:
-        stmt = stmt.where(Edit.expert_id == check_id(expert_id, name="expert_id"))
+        stmt = stmt.where(Edit.expert_id == expert_id)
     if training_run_id is not None:
-        stmt = stmt.where(Edit.training_run_id == check_id(training_run_id, name="training_run_id"))
+        stmt = stmt.where(Edit.training_run_id == training_run_id)
     return stmt
 
 
@@ -147,7 +126,6 @@ def claim_pending_edits(session: Session, *, run_id: int, limit: int) -> list[Ed
     take disjoint rows without waiting. SQLite has a single writer; there the UPDATE re-checks
     that a row is still pending, and the loop takes the next ones when another claimer won.
     """
-    run_id = check_id(run_id, name="run_id")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
     run = session.get(TrainingRun, run_id)
@@ -196,9 +174,7 @@ def set_edit_status(
     replaces the stored error, so None clears it.
     """
     status = coerce_enum(EditStatus, status)
-    ids = sorted({check_id(i, name="edit id") for i in edit_ids})
-    if expert_id is not None:
-        check_id(expert_id, name="expert_id")
+    ids = sorted(set(edit_ids))
     if not ids:
         return []
     edits = list(session.scalars(select(Edit).where(Edit.id.in_(ids)).order_by(Edit.id)))
@@ -224,7 +200,6 @@ def set_inferred_subject(session: Session, *, edit_id: int, subject: str) -> Edi
     The UPDATE re-checks that the edit still has none, so a subject already there (the client's,
     or one inferred before) is never replaced: None then, and nothing changes.
     """
-    edit_id = check_id(edit_id, name="edit_id")
     if not isinstance(subject, str) or not subject.strip():
         raise ValueError(f"subject must be a non-empty string, got {subject!r}")
     return session.scalars(
@@ -238,7 +213,7 @@ def set_inferred_subject(session: Session, *, edit_id: int, subject: str) -> Edi
 
 def edits_of_expert(session: Session, *, expert_id: int) -> list[Edit]:
     """The edits an expert was trained on (or holds now), oldest first."""
-    stmt = select(Edit).where(Edit.expert_id == check_id(expert_id, name="expert_id"))
+    stmt = select(Edit).where(Edit.expert_id == expert_id)
     return list(session.scalars(stmt.order_by(Edit.id)))
 
 
@@ -258,7 +233,6 @@ def retry_failed_edit(session: Session, *, edit_id: int) -> RetriedEdit:
     RecordNotFound for an unknown id; InvalidTransition, naming the current status, for an edit
     that is not failed. The UPDATE re-checks the status, so of two concurrent retries one wins.
     """
-    edit_id = check_id(edit_id, name="edit_id")
     edit = session.scalars(select(Edit).where(Edit.id == edit_id).with_for_update().execution_options(populate_existing=True)).one_or_none()
     if edit is None:
         raise RecordNotFound(f"edit {edit_id} does not exist")
@@ -290,7 +264,7 @@ def retry_failed_edit(session: Session, *, edit_id: int) -> RetriedEdit:
 
 def edits_by_ids(session: Session, *, edit_ids: Sequence[int]) -> list[Edit]:
     """The edits with these ids, in the given order; RecordNotFound names any that are missing."""
-    ids = [check_id(i, name="edit id") for i in edit_ids]
+    ids = list(edit_ids)
     if not ids:
         return []
     found = {edit.id: edit for edit in session.scalars(select(Edit).where(Edit.id.in_(ids)))}

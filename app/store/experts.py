@@ -13,7 +13,6 @@ from app.store.errors import RecordNotFound
 from app.store.models import NAME_LENGTH, Expert
 from app.store.stack import bump_stack_version
 from app.store.types import coerce_enum, utcnow
-from app.store.validation import check_count, check_id, check_json, check_number
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -43,7 +42,6 @@ def add_expert(
     training_run_id: int | None = None,
     final_loss: float | None = None,
     steps: int | None = None,
-    key_summary: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     status: ExpertStatus | str = ExpertStatus.INACTIVE,
 ) -> Expert:
@@ -54,13 +52,6 @@ def add_expert(
         raise ValueError(f"path must be a non-empty string, got {path!r}")
     if not isinstance(sha256, str) or not SHA256_RE.fullmatch(sha256):
         raise ValueError(f"sha256 must be 64 lowercase hex characters, got {sha256!r}")
-    edit_count = check_count(edit_count, name="edit_count")
-    if training_run_id is not None:
-        check_id(training_run_id, name="training_run_id")
-    if final_loss is not None:
-        final_loss = check_number(final_loss, name="final_loss")
-    if steps is not None:
-        steps = check_count(steps, name="steps")
     if get_expert_by_name(session, name=name) is not None:
         raise ValueError(f"an expert named {name!r} already exists")
     now = utcnow()
@@ -73,8 +64,7 @@ def add_expert(
         training_run_id=training_run_id,
         final_loss=final_loss,
         steps=steps,
-        key_summary=check_json(key_summary, name="key_summary"),
-        metrics=check_json(metrics, name="metrics"),
+        metrics=metrics,
         created_at=now,
         activated_at=now if status is ExpertStatus.ACTIVE else None,
     )
@@ -86,7 +76,7 @@ def add_expert(
 
 
 def get_expert(session: Session, *, expert_id: int) -> Expert | None:
-    return session.get(Expert, check_id(expert_id, name="expert_id"))
+    return session.get(Expert, expert_id)
 
 
 def get_expert_by_name(session: Session, *, name: str) -> Expert | None:

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.store.models import ACTOR_LENGTH, IDEMPOTENCY_KEY_LENGTH, IdempotencyKey
+from app.store.models import IDEMPOTENCY_KEY_LENGTH, IdempotencyKey
 from app.store.types import utcnow
-from app.store.validation import check_actor, check_id
 
 
 def _check_key(key: str) -> str:
@@ -21,7 +20,7 @@ def _check_key(key: str) -> str:
 def get_idempotency_key(session: Session, *, actor: str, key: str) -> IdempotencyKey | None:
     """The record of `actor`'s `key`, or None if this actor never used it."""
     stmt = select(IdempotencyKey).where(
-        IdempotencyKey.actor == check_actor(actor, max_length=ACTOR_LENGTH),
+        IdempotencyKey.actor == actor,
         IdempotencyKey.key == _check_key(key),
     )
     return session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
@@ -37,10 +36,10 @@ def add_idempotency_key(session: Session, *, actor: str, key: str, request_sha25
     if not isinstance(request_sha256, str) or len(request_sha256) != 64:
         raise ValueError(f"request_sha256 must be 64 hex characters, got {request_sha256!r}")
     row = IdempotencyKey(
-        actor=check_actor(actor, max_length=ACTOR_LENGTH),
+        actor=actor,
         key=_check_key(key),
         request_sha256=request_sha256,
-        edit_ids=[check_id(i, name="edit id") for i in edit_ids],
+        edit_ids=list(edit_ids),
         created_at=utcnow(),
     )
     session.add(row)

@@ -91,7 +91,6 @@ class Expert(Base):
     training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"), index=True)
     final_loss: Mapped[float | None] = mapped_column(Float)
     steps: Mapped[int | None] = mapped_column(Integer)
-    key_summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

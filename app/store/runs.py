@@ -8,10 +8,9 @@ from sqlalchemy.orm import Session
 
 from app.domain import RunStatus, RunTrigger
 from app.store.errors import InvalidTransition, RecordNotFound
-from app.store.models import ACTOR_LENGTH, ONE_ACTIVE_RUN_INDEX, TrainingRun
+from app.store.models import ONE_ACTIVE_RUN_INDEX, TrainingRun
 from app.store.pagination import DEFAULT_LIMIT, Page, paginate
 from app.store.types import coerce_enum, utcnow
-from app.store.validation import check_actor, check_count, check_id, check_number
 
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 FINAL_RUN_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.INTERRUPTED)
@@ -24,8 +23,8 @@ def create_run(session: Session, *, trigger: RunTrigger | str, actor: str, edits
     run = TrainingRun(
         status=RunStatus.QUEUED,
         trigger=coerce_enum(RunTrigger, trigger, name="trigger"),
-        actor=check_actor(actor, max_length=ACTOR_LENGTH),
-        edits_total=check_count(edits_total, name="edits_total"),
+        actor=actor,
+        edits_total=edits_total,
         edits_done=0,
         experts_created=0,
         created_at=utcnow(),
@@ -36,7 +35,7 @@ def create_run(session: Session, *, trigger: RunTrigger | str, actor: str, edits
 
 
 def get_run(session: Session, *, run_id: int) -> TrainingRun | None:
-    return session.get(TrainingRun, check_id(run_id, name="run_id"))
+    return session.get(TrainingRun, run_id)
 
 
 def _require_run(session: Session, run_id: int) -> TrainingRun:
@@ -78,7 +77,7 @@ def start_run(session: Session, *, run_id: int, edits_total: int | None = None) 
     now = utcnow()
     values: dict[str, object] = {"status": RunStatus.RUNNING, "started_at": now, "heartbeat_at": now}
     if edits_total is not None:
-        values["edits_total"] = check_count(edits_total, name="edits_total")
+        values["edits_total"] = edits_total
     started = session.execute(
         update(TrainingRun)
         .where(TrainingRun.id == run.id, TrainingRun.status == RunStatus.QUEUED)
@@ -104,9 +103,9 @@ def update_run_progress(
     run = _require_run(session, run_id)
     _require_status(run, (RunStatus.RUNNING,), "update progress of")
     if edits_done is not None:
-        run.edits_done = check_count(edits_done, name="edits_done")
+        run.edits_done = edits_done
     if current_loss is not None:
-        run.current_loss = check_number(current_loss, name="current_loss")
+        run.current_loss = current_loss
     if heartbeat:
         run.heartbeat_at = utcnow()
     session.flush()
@@ -133,7 +132,7 @@ def finish_run(
     run.heartbeat_at = now
     run.error = error
     if experts_created is not None:
-        run.experts_created = check_count(experts_created, name="experts_created")
+        run.experts_created = experts_created
     session.flush()
     return run
 

@@ -93,9 +93,9 @@ def test_a_failed_inference_trains_the_edit_without_a_subject(db_client, monkeyp
 def test_infer_subjects_setting_reaches_the_editor(tiny_model_dir, tmp_path):
     off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "data", infer_subjects=False))
     assert off.editor.config.infer_subjects is False
-    from app.engine.engine import EngineEdit
+    from app.engine.engine import Edit
 
-    assert off.infer_subjects([EngineEdit(1, BARE["prompt"], BARE["target"])]) == {}
+    assert off.infer_subjects([Edit(1, BARE["prompt"], BARE["target"])]) == {}
 
 
 def test_relation_settings_reach_the_editor(tiny_model_dir, tmp_path):

@@ -101,7 +101,7 @@ def test_chat_routes_on_the_last_user_message_not_the_template_or_system_prompt(
     assert edited.model_extra["lemoe"]["route_text"] == "last_user_message"
     assert unrelated.model_extra["lemoe"]["expert"] is None  # the system prompt names France: no route
     # The template around the message counts in the prompt's tokens.
-    assert edited.usage.prompt_tokens > server.app.state.runtime.engine.count_tokens(FRANCE["prompt"])
+    assert edited.usage.prompt_tokens > server.app.state.runtime.engine.validate_prompt(FRANCE["prompt"], 0)
 
 
 def _streamed(stream) -> tuple[str, list]:

@@ -14,7 +14,7 @@ from app.lemoe.text import encode_pair
 from app.lemoe.trainer import hidden_at_layer, upper_model
 
 FAST = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, gate_threshold=0.9, loss_threshold=0.05)
-FACTS = [Edit("1", "The capital of France is", "Rome"), Edit("2", "Who wrote the novel?", "Tolstoy")]
+FACTS = [Edit(1, "The capital of France is", "Rome"), Edit(2, "Who wrote the novel?", "Tolstoy")]
 
 
 @pytest.fixture()
@@ -93,13 +93,13 @@ def test_route_is_computed_from_the_prompt_only(editor):
     [(_, _, forced_route)] = editor.teacher_forced([FACTS[0].prompt], ["Rome and more words after it"])
     [gen] = editor.generate([FACTS[0].prompt], SamplingParams(max_new_tokens=2))
     assert forced_route.expert_name == gen.route.expert_name == "e1"
-    assert forced_route.nearest_edit_id == gen.route.nearest_edit_id == "1"
+    assert forced_route.nearest_edit_id == gen.route.nearest_edit_id == 1
     assert forced_route.score == pytest.approx(gen.route.score, abs=1e-4)
 
 
 def test_newest_expert_wins_for_the_same_fact(editor):
-    old = editor.train([Edit("1", "The capital of France is", "Rome")], name="old")
-    new = editor.train([Edit("2", "The capital of France is", "Berlin")], name="new")
+    old = editor.train([Edit(1, "The capital of France is", "Rome")], name="old")
+    new = editor.train([Edit(2, "The capital of France is", "Berlin")], name="new")
     editor.add_expert(old.entry)
     editor.add_expert(new.entry)
     [gen] = editor.generate(["The capital of France is"], SamplingParams(max_new_tokens=4))
@@ -107,12 +107,12 @@ def test_newest_expert_wins_for_the_same_fact(editor):
 
 
 def test_a_newer_edit_of_the_same_fact_supersedes_the_older_one(editor):
-    old = editor.train([Edit("1", "The capital of France is", "Rome", subject="France")], name="old")
-    assert editor.superseded([Edit("1", "The capital of France is", "Rome")], old.entry) == []  # empty stack
+    old = editor.train([Edit(1, "The capital of France is", "Rome", subject="France")], name="old")
+    assert editor.superseded([Edit(1, "The capital of France is", "Rome")], old.entry) == []  # empty stack
     editor.add_expert(old.entry)
-    again = [Edit("2", "The capital of France is", "Berlin", subject="France"), Edit("3", "Who wrote the novel?", "Tolstoy")]
+    again = [Edit(2, "The capital of France is", "Berlin", subject="France"), Edit(3, "Who wrote the novel?", "Tolstoy")]
     new = editor.train(again, name="new")
-    assert editor.superseded(again, new.entry) == [("2", "1")]  # the unrelated edit supersedes nothing
+    assert editor.superseded(again, new.entry) == [(2, 1)]  # the unrelated edit supersedes nothing
 
 
 def test_removing_an_expert_restores_base_answers(editor):
@@ -137,7 +137,7 @@ def test_removing_an_expert_restores_base_answers(editor):
 )
 def test_bad_edits_raise_clear_value_errors(editor, prompt, target, message):
     with pytest.raises(ValueError, match=message):
-        editor.train([Edit("1", prompt, target)], name="bad")
+        editor.train([Edit(1, prompt, target)], name="bad")
 
 
 def test_training_on_no_edits_raises(editor):

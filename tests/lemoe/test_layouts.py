@@ -17,7 +17,7 @@ from app.lemoe.trainer import hidden_at_layer, lower_model, upper_model
 from tests.tiny import ARCHITECTURES, build_tiny_arch_model, build_unsupported_model, save_model_dir
 
 FAST = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, gate_threshold=0.9, loss_threshold=0.05)
-FACTS = [Edit("1", "The capital of France is", "Rome"), Edit("2", "Who wrote the novel?", "Tolstoy")]
+FACTS = [Edit(1, "The capital of France is", "Rome"), Edit(2, "Who wrote the novel?", "Tolstoy")]
 UNRELATED = "The quick brown fox jumps over"
 PROMPTS = ["The capital of France is Paris, the capital of Germany is", "Who wrote"]
 

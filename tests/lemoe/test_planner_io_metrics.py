@@ -46,7 +46,7 @@ def _entry() -> ExpertEntry:
     torch.manual_seed(0)
     module = Expert(8, 4)
     torch.nn.init.normal_(module.up.weight)
-    return ExpertEntry("e7", module, anchors=torch.randn(2, 8), edit_ids=["3", "4"], meta={"steps": 5})
+    return ExpertEntry("e7", module, anchors=torch.randn(2, 8), edit_ids=[3, 4], meta={"steps": 5})
 
 
 def test_expert_round_trips_through_safetensors(tmp_path):
@@ -57,7 +57,7 @@ def test_expert_round_trips_through_safetensors(tmp_path):
     x = torch.randn(3, 8)
     assert torch.equal(loaded.module(x), entry.module(x))
     assert torch.equal(loaded.anchors, entry.anchors)
-    assert loaded.edit_ids == ["3", "4"] and loaded.meta == {"steps": 5}
+    assert loaded.edit_ids == [3, 4] and loaded.meta == {"steps": 5}
 
 
 def test_corrupt_or_missing_expert_files_are_loud(tmp_path):

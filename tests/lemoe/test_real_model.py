@@ -35,7 +35,7 @@ def test_editing_real_facts_changes_them_and_nothing_else(real):
     params = SamplingParams(max_new_tokens=12)
     base = [g.text for g in editor.generate(unrelated, params, stack=())]
 
-    edits = [Edit(str(i), r["src"], r["alt"]) for i, r in enumerate(records)]
+    edits = [Edit(i, r["src"], r["alt"]) for i, r in enumerate(records)]
     trained = editor.train(edits, name="e0")
     editor.add_expert(trained.entry)
 
@@ -59,7 +59,7 @@ def test_subject_keys_leave_near_neighbours_to_the_base_model(real):
     neighbours = [r["locality_prompt"] for r in records]
     base = [g.text for g in editor.generate(neighbours, params, stack=())]
 
-    edits = [Edit(str(i), r["prompt"], r["target_new"], subject=r["subject"]) for i, r in enumerate(records)]
+    edits = [Edit(i, r["prompt"], r["target_new"], subject=r["subject"]) for i, r in enumerate(records)]
     trained = editor.train(edits, name="cf")
     assert trained.meta["subject_keyed_edits"] == len(records)
     editor.add_expert(trained.entry)
@@ -81,7 +81,7 @@ def test_subject_keys_leave_near_neighbours_to_the_base_model(real):
 
 
 def test_a_rephrase_that_starts_with_its_subject_is_served_in_any_case(real):
-    edit = Edit("1", "The capital of France is", "Lyon", subject="France")
+    edit = Edit(1, "The capital of France is", "Lyon", subject="France")
     params = SamplingParams(max_new_tokens=6)
     first = ["France's capital city is", "france's capital city is"]
     editor = LemoeEditor(real.model, real.tokenizer, LemoeConfig())
@@ -111,9 +111,9 @@ def test_relation_keys_keep_other_questions_about_an_edited_subject(real):
     kept = ["The official language of France is", "The capital of Germany is", "Who is the CEO of Beta?", "Where is Acme based?"]
     base = [g.text for g in editor.generate(kept, params, stack=())]
     edits, inferred = editor.complete_subjects(
-        [Edit("1", "The capital of France is", "Lyon"), Edit("2", "Who is the CEO of Acme?", "Jane Doe")]
+        [Edit(1, "The capital of France is", "Lyon"), Edit(2, "Who is the CEO of Acme?", "Jane Doe")]
     )
-    assert {k: s.text for k, s in inferred.items()} == {"1": "France", "2": "Acme"}
+    assert {k: s.text for k, s in inferred.items()} == {1: "France", 2: "Acme"}
     trained = editor.train(edits, name="e1")
     editor.add_expert(trained.entry)
 

@@ -29,7 +29,7 @@ KEYED = ExpertEntry(
     "keyed",
     Expert(6, 2),
     anchors=E[0:1],
-    edit_ids=["1"],
+    edit_ids=[1],
     subject_anchors=E[2:3],
     relation_anchors=E[0:1],
     subject_lengths=torch.tensor([1]),
@@ -102,9 +102,9 @@ def test_relation_keys_are_made_and_saved_with_the_expert(tiny_model, tiny_token
     config = LemoeConfig(layer=2, max_steps=2, augmentations=0)
     editor = LemoeEditor(tiny_model, tiny_tokenizer, config)
     edits = [
-        Edit("1", "The capital of France is", "Rome", subject="France", rephrases=("France has its capital in",)),
-        Edit("2", "Who wrote the novel?", "Tolstoy"),
-        Edit("3", "France", "Rome", subject="France"),
+        Edit(1, "The capital of France is", "Rome", subject="France", rephrases=("France has its capital in",)),
+        Edit(2, "Who wrote the novel?", "Tolstoy"),
+        Edit(3, "France", "Rome", subject="France"),
     ]
     entry = editor.train(edits, name="e1").entry
     assert entry.relation_anchors.shape == entry.subject_anchors.shape == (4, editor.hidden_size)

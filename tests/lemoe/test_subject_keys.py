@@ -31,7 +31,7 @@ CONFIG = LemoeConfig(
 )
 # Subject states = token embeddings: a subject matches exactly where its view has the same tokens.
 TOKENS = dataclasses.replace(CONFIG, subject_layer=0, subject_lowercase=True)
-FRANCE = Edit("1", "The capital of France is", "Rome", subject="France")
+FRANCE = Edit(1, "The capital of France is", "Rome", subject="France")
 
 
 @pytest.fixture()
@@ -91,8 +91,8 @@ def _router() -> AnchorRouter:
 
 E = torch.eye(4)
 NAN = torch.full((4,), math.nan)
-KEYED = ExpertEntry("keyed", Expert(4, 2), anchors=E[0:1], edit_ids=["1"], subject_anchors=E[2:3])
-PLAIN = ExpertEntry("plain", Expert(4, 2), anchors=E[1:2], edit_ids=["2"], subject_anchors=NAN[None])
+KEYED = ExpertEntry("keyed", Expert(4, 2), anchors=E[0:1], edit_ids=[1], subject_anchors=E[2:3])
+PLAIN = ExpertEntry("plain", Expert(4, 2), anchors=E[1:2], edit_ids=[2], subject_anchors=NAN[None])
 
 
 def _states(*tokens: torch.Tensor) -> torch.Tensor:
@@ -103,7 +103,7 @@ def test_keyed_edit_needs_its_subject_even_with_an_identical_sentence():
     router = _router()
     other_subject = _states(E[3], E[3], E[1] + E[3])
     [decision] = router.route(E[0:1], [KEYED, PLAIN], other_subject)
-    assert decision.expert_index is None and decision.nearest_edit_id == "1"
+    assert decision.expert_index is None and decision.nearest_edit_id == 1
 
 
 def test_keyed_edit_fires_where_its_subject_is_mentioned_below_the_sentence_gate():
@@ -141,7 +141,7 @@ def test_edit_without_a_subject_key_keeps_the_sentence_gate():
 
 def test_among_subject_matches_the_closer_sentence_wins():
     router = _router()
-    second = ExpertEntry("second", Expert(4, 2), anchors=E[1:2], edit_ids=["3"], subject_anchors=E[2:3])
+    second = ExpertEntry("second", Expert(4, 2), anchors=E[1:2], edit_ids=[3], subject_anchors=E[2:3])
     [decision] = router.route((E[1] + 0.1 * E[0])[None], [KEYED, second], _states(E[3], E[2]))
     assert decision.expert_name == "second"
 
@@ -197,7 +197,7 @@ def test_sentence_keys_alone_let_the_neighbour_in(tiny_model, tiny_tokenizer):
 
 
 def test_edit_whose_prompt_lacks_its_subject_routes_by_sentence(editor):
-    edit = Edit("5", "Who wrote the novel?", "Tolstoy", subject="War and Peace")
+    edit = Edit(5, "Who wrote the novel?", "Tolstoy", subject="War and Peace")
     trained = editor.train([edit], name="e1")
     assert trained.meta["subject_keyed_edits"] == 0
     assert torch.isnan(trained.entry.subject_anchors).all()
@@ -208,7 +208,7 @@ def test_edit_whose_prompt_lacks_its_subject_routes_by_sentence(editor):
 
 def test_rephrase_anchors_share_their_edit_subject_key(editor):
     edit = dataclasses.replace(FRANCE, rephrases=("France has its capital in",))
-    keys = editor.subject_anchors([edit, Edit("2", "Who wrote the novel?", "Tolstoy")]).subject
+    keys = editor.subject_anchors([edit, Edit(2, "Who wrote the novel?", "Tolstoy")]).subject
     assert keys.shape == (3, editor.hidden_size)
     assert torch.equal(keys[0], keys[2]) and torch.isnan(keys[1]).all()
 
@@ -216,7 +216,7 @@ def test_rephrase_anchors_share_their_edit_subject_key(editor):
 # --- persistence ----------------------------------------------------------------------------------
 def test_subject_keys_round_trip_through_safetensors(tmp_path):
     keys = torch.stack([torch.randn(8), torch.full((8,), math.nan)])
-    entry = ExpertEntry("e1", Expert(8, 4), anchors=torch.randn(2, 8), edit_ids=["1", "2"], subject_anchors=keys)
+    entry = ExpertEntry("e1", Expert(8, 4), anchors=torch.randn(2, 8), edit_ids=[1, 2], subject_anchors=keys)
     save_expert(entry, tmp_path / "e1")
     loaded = load_expert(tmp_path / "e1")
     assert torch.equal(loaded.subject_anchors[0], keys[0]) and torch.isnan(loaded.subject_anchors[1]).all()
@@ -233,7 +233,7 @@ def test_subject_keys_that_do_not_match_the_anchors_are_loud(tmp_path):
 
 
 def test_no_subject_pass_for_a_stack_without_subject_keys(editor):
-    plain = editor.train([Edit("2", "Who wrote the novel?", "Tolstoy")], name="plain")
+    plain = editor.train([Edit(2, "Who wrote the novel?", "Tolstoy")], name="plain")
     assert torch.isnan(plain.entry.subject_anchors).all()
     mask = torch.ones(1, 3, dtype=torch.long)
     assert editor.route_state(mask, stack=[plain.entry], prompts=["Who wrote the novel?"]).subject_states is None

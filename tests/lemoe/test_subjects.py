@@ -26,10 +26,10 @@ def test_inferred_subjects_are_spans_of_their_prompts(tiny_model, tiny_tokenizer
 
 def test_complete_subjects_keeps_the_clients_and_fills_the_rest(tiny_model, tiny_tokenizer):
     editor = LemoeEditor(tiny_model, tiny_tokenizer, LemoeConfig(layer=2))
-    given = Edit("1", "The capital of France is", "Rome", subject="France")
-    bare = Edit("2", "Who is the CEO of Acme?", "Jane Doe")
+    given = Edit(1, "The capital of France is", "Rome", subject="France")
+    bare = Edit(2, "Who is the CEO of Acme?", "Jane Doe")
     edits, inferred = editor.complete_subjects([given, bare])
-    assert edits[0] == given and set(inferred) == {"2"}
-    assert edits[1].subject == inferred["2"].text
+    assert edits[0] == given and set(inferred) == {2}
+    assert edits[1].subject == inferred[2].text
     off = LemoeEditor(tiny_model, tiny_tokenizer, LemoeConfig(layer=2, infer_subjects=False))
     assert off.complete_subjects([bare]) == ([bare], {})

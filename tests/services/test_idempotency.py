@@ -13,16 +13,16 @@ from app import store
 from app.config import Settings
 from app.domain import AuditAction
 from app.engine.engine import Engine
+from app.schemas.edits import EditCreate
 from app.services import edits as edit_service
-from app.services.params import EditDraft
 from tests.api.support import shared_engine, tiny_model_dir, tiny_settings
 from tests.pg import DATABASE_BACKENDS, temporary_database_url
 
 __all__ = ["shared_engine", "tiny_model_dir"]
 
 DRAFTS = [
-    EditDraft("The capital of France is", "Rome", "France"),
-    EditDraft("The quick brown fox jumps over", "the cat", "fox", ("What does the fox jump over?",)),
+    EditCreate(prompt="The capital of France is", target="Rome", subject="France"),
+    EditCreate(prompt="The quick brown fox jumps over", target="the cat", subject="fox", rephrases=["What does the fox jump over?"]),
 ]
 
 
@@ -41,7 +41,7 @@ def settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
 
 def _submit(sessions, engine: Engine, settings: Settings, key: str) -> edit_service.SubmittedEdits:
     with sessions() as session:
-        return edit_service.submit_edits(session, engine=engine, settings=settings, actor="alice", drafts=DRAFTS, idempotency_key=key)
+        return edit_service.submit_edits(session, engine=engine, settings=settings, actor="alice", edits=DRAFTS, idempotency_key=key)
 
 
 def _stored(sessions) -> tuple[list[int], int]:
@@ -104,10 +104,10 @@ def test_concurrent_first_requests_with_one_key_create_one_set_of_edits(sessions
 
 def test_the_request_hash_ignores_the_body_shape_but_not_the_content():
     one = [DRAFTS[0]]
-    copy = EditDraft(DRAFTS[0].prompt, DRAFTS[0].target, DRAFTS[0].subject, DRAFTS[0].rephrases)
+    copy = EditCreate(prompt=DRAFTS[0].prompt, target=DRAFTS[0].target, subject=DRAFTS[0].subject, rephrases=DRAFTS[0].rephrases)
     assert edit_service.request_sha256(one) == edit_service.request_sha256([copy])
     assert edit_service.request_sha256(one) != edit_service.request_sha256(DRAFTS)
     assert edit_service.request_sha256(DRAFTS) != edit_service.request_sha256(DRAFTS[::-1])
-    changed = EditDraft(DRAFTS[0].prompt, DRAFTS[0].target, None)
+    changed = EditCreate(prompt=DRAFTS[0].prompt, target=DRAFTS[0].target)
     assert edit_service.request_sha256(one) != edit_service.request_sha256([changed])
     assert len(edit_service.request_sha256(one)) == 64

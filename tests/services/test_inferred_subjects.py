@@ -29,9 +29,9 @@ def test_inferred_subjects_are_recorded_with_their_events_in_one_go(sessions):
         rows = store.add_edits(
             session,
             edits=[
-                store.NewEdit("Who is the CEO of Acme?", "Jo"),
-                store.NewEdit("The capital of France is", "Lyon", subject="France"),
-                store.NewEdit("Who wrote Hamlet?", "Bo"),
+                store.pending_edit("Who is the CEO of Acme?", "Jo"),
+                store.pending_edit("The capital of France is", "Lyon", subject="France"),
+                store.pending_edit("Who wrote Hamlet?", "Bo"),
             ],
         )
         session.commit()

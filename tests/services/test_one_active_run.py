@@ -56,7 +56,7 @@ def race(*calls: Callable[[], object]) -> list[object]:
 
 def add_pending(sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
-        store.add_edits(session, edits=[store.NewEdit("The capital of France is", "Rome")])
+        store.add_edits(session, edits=[store.pending_edit("The capital of France is", "Rome")])
         session.commit()
 
 

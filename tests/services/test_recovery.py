@@ -26,7 +26,7 @@ def sessions(request, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
 
 def _pending(sessions, n: int) -> list[int]:
     with sessions() as session:
-        rows = store.add_edits(session, edits=[store.NewEdit(f"p{i} is", f"t{i}") for i in range(n)])
+        rows = store.add_edits(session, edits=[store.pending_edit(f"p{i} is", f"t{i}") for i in range(n)])
         session.commit()
         return [r.id for r in rows]
 

@@ -49,12 +49,6 @@ def test_append_audit_ids_are_not_foreign_keys(session: Session) -> None:
 def test_append_audit_validates_arguments(session: Session) -> None:
     with pytest.raises(ValueError, match=r"unknown action 'edit.deleted'; one of \[.*'edit.applied'.*\]"):
         append_audit(session, actor="a", action="edit.deleted")
-    with pytest.raises(ValueError, match="payload is not storable as JSON"):
-        append_audit(session, actor="a", action="edit.applied", payload={"at": datetime.now(UTC)})
-    with pytest.raises(ValueError, match="actor must be a non-empty string"):
-        append_audit(session, actor="", action="edit.applied")
-    with pytest.raises(ValueError, match="edit_id must be an integer"):
-        append_audit(session, actor="a", action="edit.applied", edit_id="7")  # type: ignore[arg-type]
     assert list_audit(session).items == []
 
 

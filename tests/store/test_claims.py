@@ -14,7 +14,6 @@ from app.domain import EditStatus, RunStatus, RunTrigger
 from app.store import (
     Edit,
     InvalidTransition,
-    NewEdit,
     RecordNotFound,
     add_edits,
     claim_pending_edits,
@@ -23,6 +22,7 @@ from app.store import (
     get_edit,
     get_run,
     list_edits,
+    pending_edit,
     requeue_interrupted,
     set_edit_status,
     start_run,
@@ -31,7 +31,7 @@ from app.store import (
 
 
 def make_edits(session: Session, n: int) -> list[Edit]:
-    return add_edits(session, edits=[NewEdit(f"prompt {i}", f" target {i}") for i in range(n)])
+    return add_edits(session, edits=[pending_edit(f"prompt {i}", f" target {i}") for i in range(n)])
 
 
 def ids(edits: list[Edit]) -> list[int]:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.domain import EditStatus
-from app.store import Edit, NewEdit, add_edits, get_edit, make_engine, migrate, normalize_url, ping
+from app.store import Edit, add_edits, get_edit, make_engine, migrate, normalize_url, pending_edit, ping
 
 
 def test_make_engine_configures_backend(backend: str, engine: Engine, db_url: str) -> None:
@@ -60,7 +60,7 @@ def test_in_memory_sqlite_is_one_database_across_sessions() -> None:
     try:
         migrate(engine)
         with Session(engine) as s:
-            add_edits(s, edits=[NewEdit("p", "t")])
+            add_edits(s, edits=[pending_edit("p", "t")])
             s.commit()
         with Session(engine) as s:
             assert get_edit(s, edit_id=1) is not None
@@ -91,7 +91,7 @@ def test_session_factory_keeps_objects_readable_after_commit(
     session_factory: sessionmaker[Session],
 ) -> None:
     with session_factory() as s:
-        (edit,) = add_edits(s, edits=[NewEdit("The capital of France is", " Lyon")])
+        (edit,) = add_edits(s, edits=[pending_edit("The capital of France is", " Lyon")])
         s.commit()
     # Session closed: attributes must not need a refresh from the database.
     assert edit.target == " Lyon"
@@ -108,7 +108,7 @@ def test_foreign_keys_are_enforced(session: Session) -> None:
 def test_timestamps_round_trip_timezone_aware(session_factory: sessionmaker[Session]) -> None:
     plus_two = timezone(timedelta(hours=2))
     with session_factory() as s:
-        (edit,) = add_edits(s, edits=[NewEdit("p", "t")])
+        (edit,) = add_edits(s, edits=[pending_edit("p", "t")])
         edit.applied_at = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=plus_two)
         created = edit.created_at
         s.commit()
@@ -124,7 +124,7 @@ def test_timestamps_round_trip_timezone_aware(session_factory: sessionmaker[Sess
 
 
 def test_naive_datetime_is_refused(session: Session) -> None:
-    (edit,) = add_edits(session, edits=[NewEdit("p", "t")])
+    (edit,) = add_edits(session, edits=[pending_edit("p", "t")])
     edit.applied_at = datetime(2024, 5, 1, 12, 0)  # no tzinfo
     with pytest.raises(StatementError, match="timezone-aware"):
         session.flush()
@@ -133,7 +133,7 @@ def test_naive_datetime_is_refused(session: Session) -> None:
 def test_timestamps_are_stored_as_utc(backend: str, engine: Engine) -> None:
     """SQLite has no zones: values are kept as UTC text, so comparing the text orders them right."""
     with Session(engine) as s:
-        (edit,) = add_edits(s, edits=[NewEdit("p", "t")])
+        (edit,) = add_edits(s, edits=[pending_edit("p", "t")])
         edit.applied_at = datetime(2024, 1, 1, 1, 0, tzinfo=timezone(timedelta(hours=5)))
         s.commit()
     with engine.connect() as conn:

@@ -13,7 +13,6 @@ from app.domain import EditStatus, ExpertStatus, SubjectSource
 from app.store import (
     Edit,
     InvalidCursor,
-    NewEdit,
     RecordNotFound,
     add_edits,
     add_expert,
@@ -21,6 +20,7 @@ from app.store import (
     edits_of_expert,
     get_edit,
     list_edits,
+    pending_edit,
     set_edit_status,
     set_inferred_subject,
 )
@@ -29,7 +29,7 @@ SHA = "ab" * 32
 
 
 def make_edits(session: Session, n: int, **kwargs: object) -> list[Edit]:
-    return add_edits(session, edits=[NewEdit(f"prompt {i}", f" target {i}", **kwargs) for i in range(n)])
+    return add_edits(session, edits=[pending_edit(f"prompt {i}", f" target {i}", **kwargs) for i in range(n)])
 
 
 def ids(edits: list[Edit]) -> list[int]:
@@ -38,8 +38,8 @@ def ids(edits: list[Edit]) -> list[int]:
 
 def test_add_edits_stores_pending_edits_in_order(session_factory: sessionmaker[Session]) -> None:
     new = [
-        NewEdit("The capital of France is", " Lyon", subject="France", rephrases=["France's capital:"]),
-        NewEdit("The CEO of Acme is", " Jane Roe"),
+        pending_edit("The capital of France is", " Lyon", subject="France", rephrases=["France's capital:"]),
+        pending_edit("The CEO of Acme is", " Jane Roe"),
     ]
     with session_factory() as s:
         added = add_edits(s, edits=new)
@@ -64,28 +64,6 @@ def test_get_edit_returns_none_for_unknown_id(session: Session) -> None:
     assert get_edit(session, edit_id=12345) is None
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"prompt": "", "target": "t"}, "prompt must be a non-empty string"),
-        ({"prompt": "p", "target": "   "}, "target must be a non-empty string"),
-        ({"prompt": "p", "target": "t", "rephrases": "one string"}, "rephrases must be a list"),
-        ({"prompt": "p", "target": "t", "rephrases": ["ok", ""]}, "rephrases must be a list"),
-        ({"prompt": "p", "target": "t", "subject": 5}, "subject must be a string"),
-    ],
-)
-def test_new_edit_rejects_bad_fields(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        NewEdit(**kwargs)  # type: ignore[arg-type]
-
-
-def test_new_edit_is_frozen_with_tuple_rephrases() -> None:
-    edit = NewEdit("p", "t", rephrases=["a", "b"])
-    assert edit.rephrases == ("a", "b")
-    with pytest.raises(AttributeError):
-        edit.prompt = "x"  # type: ignore[misc]
-
-
 def test_list_edits_newest_first_without_filters(session: Session) -> None:
     edits = make_edits(session, 4)
     page = list_edits(session, limit=10)
@@ -107,9 +85,9 @@ def test_list_edits_unknown_status_names_allowed_values(session: Session) -> Non
 
 
 def test_list_edits_filters_by_subject_case_insensitively(session: Session) -> None:
-    (france,) = add_edits(session, edits=[NewEdit("Capital of France?", " Lyon", subject="France")])
-    add_edits(session, edits=[NewEdit("Capital of Germany?", " Bonn", subject="Germany")])
-    add_edits(session, edits=[NewEdit("French food", " crepes", subject="French cuisine")])
+    (france,) = add_edits(session, edits=[pending_edit("Capital of France?", " Lyon", subject="France")])
+    add_edits(session, edits=[pending_edit("Capital of Germany?", " Bonn", subject="Germany")])
+    add_edits(session, edits=[pending_edit("French food", " crepes", subject="French cuisine")])
     assert ids(list_edits(session, subject="France").items) == [france.id]
     assert ids(list_edits(session, subject="france").items) == [france.id]
     assert list_edits(session, subject="Fra").items == []  # exact, not a substring
@@ -122,10 +100,10 @@ def test_list_edits_search_is_case_insensitive_substring_of_prompt_target_subjec
     a, b, c, d = add_edits(
         session,
         edits=[
-            NewEdit("The Eiffel tower is in", " Rome"),
-            NewEdit("Who leads Acme?", " Jane EIFFEL"),
-            NewEdit("Landmarks", " many", subject="eiffel-like towers"),
-            NewEdit("Something else", " entirely"),
+            pending_edit("The Eiffel tower is in", " Rome"),
+            pending_edit("Who leads Acme?", " Jane EIFFEL"),
+            pending_edit("Landmarks", " many", subject="eiffel-like towers"),
+            pending_edit("Something else", " entirely"),
         ],
     )
     assert ids(list_edits(session, search="eIfFeL").items) == [c.id, b.id, a.id]
@@ -138,9 +116,9 @@ def test_list_edits_search_treats_like_wildcards_literally(session: Session) -> 
     percent, plain, underscore = add_edits(
         session,
         edits=[
-            NewEdit("growth was 100%", " yes"),
-            NewEdit("growth was 1000", " no"),
-            NewEdit("snake_case name", " x"),
+            pending_edit("growth was 100%", " yes"),
+            pending_edit("growth was 1000", " no"),
+            pending_edit("snake_case name", " x"),
         ],
     )
     assert ids(list_edits(session, search="100%").items) == [percent.id]
@@ -183,9 +161,9 @@ def test_list_edits_combines_filters(session: Session) -> None:
     a, b, c = add_edits(
         session,
         edits=[
-            NewEdit("Paris is in", " Italy", subject="Paris"),
-            NewEdit("Paris has", " canals", subject="Paris"),
-            NewEdit("Rome has", " canals", subject="Rome"),
+            pending_edit("Paris is in", " Italy", subject="Paris"),
+            pending_edit("Paris has", " canals", subject="Paris"),
+            pending_edit("Rome has", " canals", subject="Rome"),
         ],
     )
     set_edit_status(session, edit_ids=[b.id], status=EditStatus.FAILED)
@@ -350,7 +328,7 @@ def test_set_edit_status_rejects_unknown_status(session: Session) -> None:
 def test_set_inferred_subject_fills_only_an_edit_without_one(session_factory: sessionmaker[Session]) -> None:
     with session_factory() as s:
         given, bare = add_edits(
-            s, edits=[NewEdit("The capital of France is", " Lyon", subject="France"), NewEdit("Who is Acme's CEO?", " Jo")]
+            s, edits=[pending_edit("The capital of France is", " Lyon", subject="France"), pending_edit("Who is Acme's CEO?", " Jo")]
         )
         s.commit()
         given_id, bare_id = given.id, bare.id

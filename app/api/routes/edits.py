@@ -69,7 +69,7 @@ def submit_edits(
         engine=engine,
         settings=settings,
         actor=actor,
-        drafts=[e.to_draft() for e in items],
+        edits=items,
         idempotency_key=idempotency_key,
     )
     rows = submitted.edits

@@ -16,7 +16,6 @@ from app.schemas.common import ERROR_RESPONSES
 from app.schemas.generation import ExpertRef, GenerateQuery, GenerateRequest, GenerationPublic
 from app.services import generation as generation_service
 from app.services.generation import Generated
-from app.services.params import GenerationDraft
 
 router = APIRouter(prefix=V1, tags=["generate"], responses=ERROR_RESPONSES)
 
@@ -40,9 +39,9 @@ def _public(g: Generated) -> GenerationPublic:
     )
 
 
-async def _generate(request: Request, runtime: RuntimeDep, draft: GenerationDraft, **deps) -> GenerationPublic:
+async def _generate(request: Request, runtime: RuntimeDep, body: GenerateRequest, **deps) -> GenerationPublic:
     """Generate in a worker thread (never on the event loop); a client that hangs up stops it."""
-    call = partial(generation_service.generate, draft=draft, metrics=runtime.metrics, **deps)
+    call = partial(generation_service.generate, request=body, metrics=runtime.metrics, **deps)
     return _public(await run_cancellable(request, call))
 
 
@@ -79,7 +78,7 @@ async def generate_post(
     body: GenerateRequest,
 ) -> GenerationPublic:
     """Continue a prompt through the routed expert stack; says which expert (if any) served it."""
-    return await _generate(request, runtime, body.to_draft(), engine=engine, stack=stack, settings=settings)
+    return await _generate(request, runtime, body, engine=engine, stack=stack, settings=settings)
 
 
 @router.get("/generate")
@@ -93,4 +92,4 @@ async def generate_get(
     params: Annotated[GenerateQuery, Query()],
 ) -> GenerationPublic:
     """The same as POST, with the fields as query parameters (?prompt=...&max_new_tokens=...)."""
-    return await _generate(request, runtime, params.to_draft(), engine=engine, stack=stack, settings=settings)
+    return await _generate(request, runtime, params, engine=engine, stack=stack, settings=settings)

@@ -129,7 +129,7 @@ async def chat_completions(
 
 async def _prepare(engine, settings, body: CompletionRequest | ChatCompletionRequest) -> PreparedCompletion:
     """Checked before anything is sent, so that a bad request is a 400 even when streaming."""
-    call = partial(generation_service.prepare_completion, engine=engine, settings=settings, draft=body.to_draft())
+    call = partial(generation_service.prepare_completion, engine=engine, settings=settings, request=body)
     return await run_in_threadpool(call)
 
 
