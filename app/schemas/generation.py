@@ -117,5 +117,10 @@ class GenerationPublic(BaseModel):
         default=None,
         description="How well the prompt matched the serving edit's subject; null unless an edit with a subject served the request",
     )
+    relation_score: float | None = Field(
+        default=None,
+        description="How close the prompt asks what the serving edit asks about its subject (relation key); "
+        "null unless such an edit served the request",
+    )
     model: str
     completion_tokens: int

@@ -162,6 +162,9 @@ class LemoeRouting(BaseModel):
     route_score: float | None = Field(description="Similarity of the routed text to the nearest edit anchor")
     nearest_edit_id: int | None
     subject_score: float | None = None
+    relation_score: float | None = Field(
+        default=None, description="How close the routed text asks what the serving edit asks about its subject"
+    )
     edits: bool = Field(description="Whether the experts were consulted (false when the request turned them off)")
     route_text: Literal["prompt", "last_user_message", "chat_prompt"] = Field(description="What the route was decided on")
 

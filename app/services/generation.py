@@ -30,6 +30,7 @@ class Generated:
     route_score: float | None
     nearest_edit_id: int | None
     subject_score: float | None
+    relation_score: float | None
     model: str
     completion_tokens: int
     seconds: float
@@ -100,6 +101,7 @@ def _generated(result: Generation, engine: Engine, stack: LiveStack, seconds: fl
         route_score=route.score,
         nearest_edit_id=route.nearest_edit_id,
         subject_score=route.subject_score,
+        relation_score=route.relation_score,
         model=engine.model_name,
         completion_tokens=result.completion_tokens,
         seconds=seconds,

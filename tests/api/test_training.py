@@ -112,6 +112,8 @@ def test_an_edit_with_a_subject_fires_only_where_the_subject_is_named(tiny_model
         if subject_keys:
             assert other["expert"] is not None and other["nearest_edit_id"] == edit_id
             assert other["subject_score"] >= 0.75 and near["subject_score"] is None
+            # ... and it asks what the edit asks about France (its relation key).
+            assert other["relation_score"] >= 0.35 and near["relation_score"] is None
         else:  # by wording alone the reworded prompt stays below the gate
             assert other["expert"] is None
 

@@ -34,6 +34,7 @@ def _public(g: Generated) -> GenerationPublic:
         route_score=g.route_score,
         nearest_edit_id=g.nearest_edit_id,
         subject_score=g.subject_score,
+        relation_score=g.relation_score,
         model=g.model,
         completion_tokens=g.completion_tokens,
     )

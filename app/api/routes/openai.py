@@ -230,6 +230,7 @@ def _routing(g: Generated, prepared: PreparedCompletion) -> LemoeRouting:
         route_score=g.route_score,
         nearest_edit_id=g.nearest_edit_id,
         subject_score=g.subject_score,
+        relation_score=g.relation_score,
         edits=prepared.edits,
         route_text=prepared.route_kind,
     )
