@@ -1,1 +1,1 @@
-"""Benchmarks runnable from the CLI (`lemoe bench ...`); scripts in bench/ call the same code."""
+"""Benchmarks runnable from the CLI (`lemoe bench ...`)."""

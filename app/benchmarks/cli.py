@@ -250,15 +250,3 @@ def _run_load(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     return main(opts, as_json=args.json, fail_on_errors=not args.no_fail)
-
-
-def script_main(kind: str) -> int:
-    """Entry point of the scripts in bench/: `python bench/<kind>.py ARGS` == `lemoe bench <kind> ARGS`."""
-    import logging
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog=f"bench/{kind}.py")
-    add_bench_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", kind, *sys.argv[1:]])
-    return args.handler(args)
