@@ -302,7 +302,9 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
     reaches none (it then gets the unedited model's output bit for bit)."""
     run = _prepare(opts)
     records, edited, held, probes, loaded, editor, edits = run.records, run.edited, run.held, run.probes, run.loaded, run.editor, run.edits
+    started = time.perf_counter()
     edits, inferred = editor.complete_subjects(edits)
+    infer_s = time.perf_counter() - started
     labelled = [
         (inferred[e.edit_id].text, records[e.edit_id].subject) for e in edits if e.edit_id in inferred and records[e.edit_id].subject
     ]
@@ -353,6 +355,7 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
         "subjects": opts.subjects,
         "subjects_inferred": len(inferred),
         "inferred_exact": inferred_exact,
+        "infer_s_per_edit": round(infer_s / max(len(inferred), 1), 3) if inferred else None,
         "experts": len(stack),
         "held_back": len(held),
         "relation_thresholds": rows,
@@ -364,7 +367,7 @@ def format_routing_table(result: dict) -> str:
     lines = [
         f"{result['model']} on {Path(result['data']).name} ({result['format']}), T={result['edits']}, "
         f"subjects={result['subjects']} ({result['subjects_inferred']} inferred, {_share(result['inferred_exact'])} of them "
-        f"equal to the data's subject), {result['experts']} experts, routing only: "
+        f"equal to the data's subject, {_share(result['infer_s_per_edit'])} s each), {result['experts']} experts, routing only: "
         "share of edited probes reaching their own expert / of kept probes reaching none",
         f"  {'probe':<15} {'must':<10} {'n':>5}  " + "  ".join(f"{'rel ' + t:>9}" for t in thresholds),
     ]
