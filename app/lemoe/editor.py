@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from app.lemoe.routing import (
 )
 from app.lemoe.stopping import StopOnSignal, StopReason, StopSignal
 from app.lemoe.subjects import InferredSubject, infer_subjects
-from app.lemoe.text import encode_pair, subject_token_span, subject_view
+from app.lemoe.text import SubjectView, encode_pair, subject_token_span, subject_view
 from app.lemoe.trainer import (
     ProgressFn,
     TrainingExample,
@@ -93,6 +94,9 @@ class LemoeEditor:
         self.serving = self.config.serving(n_layers, self.hidden_size)  # recorded beside each expert
         model.requires_grad_(False)
         inject_adaptor(model, self.layer, self.route_layer, self.config.pooling)
+        # A request's subject view is read twice on its way (its states, then its relation window):
+        # tokenised once.
+        self._subject_view = functools.lru_cache(maxsize=1024)(self._read_subject_view)
         center = capture_queries(model, tokenizer, REFERENCE_PROMPTS, self.device).mean(dim=0)
         self.router = AnchorRouter(center, self.config.gate_threshold, self.config.supersede_margin, self._subject_keys())
         self._stack: tuple[ExpertEntry, ...] = ()
@@ -136,7 +140,7 @@ class LemoeEditor:
             out[r, : self._subject_view(p).last_sentence] = 0
         return out
 
-    def _subject_view(self, prompt: str):
+    def _read_subject_view(self, prompt: str) -> SubjectView:
         return subject_view(self.tokenizer, prompt, context=self.config.subject_context, lowercase=self.config.subject_lowercase)
 
     def _subject_span(self, prompt: str, subject: str | None) -> tuple[int, int] | None:
