@@ -46,7 +46,7 @@ from app.benchmarks.quality import train_lifelong
 from app.engine.model_loader import load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, Generation, LemoeEditor, SamplingParams
-from app.lemoe.expert import Expert, ExpertEntry
+from app.lemoe.expert import Expert
 
 log = logging.getLogger(__name__)
 
@@ -311,21 +311,9 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
     inferred_exact = _mean([float(a.strip().lower() == b.strip().lower()) for a, b in labelled])
     stack, owner = [], {}
     for k, batch in enumerate(editor.plan(edits, batch_size=opts.batch_size)):
-        keys = editor.subject_anchors(batch)
         name = f"expert-{k:04d}"
         # An untrained expert: routing never reads an expert's weights.
-        stack.append(
-            ExpertEntry(
-                name,
-                Expert(editor.hidden_size, 1),
-                editor.queries([e.prompt for e in batch]),
-                [e.edit_id for e in batch],
-                {},
-                None if keys is None else keys.subject,
-                None if keys is None else keys.relation,
-                None if keys is None else keys.lengths,
-            )
-        )
+        stack.append(editor.keyed_entry(name, Expert(editor.hidden_size, 1), batch, {}))
         owner.update({e.edit_id: name for e in batch})
     prompts = [p.prompt for p in probes]
     queries = editor.queries(prompts)

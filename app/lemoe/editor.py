@@ -16,7 +16,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from app.lemoe.config import LemoeConfig
 from app.lemoe.decoding import SeededSampler, StopOnText, TextDeltas, completion_text, cut_at_stop
-from app.lemoe.expert import ExpertEntry
+from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.layer import decoder_layers, inject_adaptor
 from app.lemoe.planner import plan_batches
 from app.lemoe.reference import CONTEXT_PREFIXES, REFERENCE_PROMPTS
@@ -276,22 +276,24 @@ class LemoeEditor:
             device=self.device,
             progress=progress,
         )
-        anchor_prompts = [e.prompt for e in edits] + [r for e in edits for r in e.rephrases]
+        entry = self.keyed_entry(
+            name, result.expert, edits, {"steps": result.steps, "final_loss": result.final_loss, "examples": result.examples}
+        )
+        return TrainedExpert(entry, result.steps, result.final_loss, result.seconds, entry.meta)
+
+    def keyed_entry(self, name: str, module: Expert, edits: Sequence[Edit], meta: dict) -> ExpertEntry:
+        """`module` as the expert of `edits`: their sentence anchors (each edit, then its
+        rephrases), subject and relation keys, and `meta` with what the keys were made under."""
+        anchors = self.queries([e.prompt for e in edits] + [r for e in edits for r in e.rephrases])
         anchor_ids = [e.edit_id for e in edits] + [e.edit_id for e in edits for _ in e.rephrases]
-        anchors = self.queries(anchor_prompts)
         keys = self.subject_anchors(edits)
-        meta = {
-            **self.serving.to_meta(),  # layer, route_layer, subject_layer, pooling, hidden_size
-            "steps": result.steps,
-            "final_loss": result.final_loss,
-            "examples": result.examples,
-        }
+        meta = {**self.serving.to_meta(), **meta}  # layer, route_layer, subject_layer, pooling, hidden_size
         if keys is not None:
             meta["subject_view"] = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
             meta["subject_keyed_edits"] = int((~torch.isnan(keys.subject[: len(edits)]).any(dim=1)).sum())
-        entry = ExpertEntry(
+        return ExpertEntry(
             name=name,
-            module=result.expert,
+            module=module,
             anchors=anchors,
             edit_ids=anchor_ids,
             meta=meta,
@@ -299,7 +301,6 @@ class LemoeEditor:
             relation_anchors=None if keys is None else keys.relation,
             subject_lengths=None if keys is None else keys.lengths,
         )
-        return TrainedExpert(entry, result.steps, result.final_loss, result.seconds, meta)
 
     def subject_anchors(self, edits: Sequence[Edit]) -> SubjectAnchors | None:
         """Subject and relation keys in anchor order (each edit, then its rephrases, which share
