@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     train_max_steps: int | None = Field(default=None, ge=1)
     train_augmentations: int | None = Field(default=None, ge=0)
     train_loss_threshold: float | None = Field(default=None, ge=0)
+    # Also train each edit in the model's chat form (when it has a chat template); None: default (on).
+    train_chat_examples: bool | None = None
 
     # Worker schedule.
     worker_enabled: bool = True

@@ -283,12 +283,14 @@ def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(ti
         subjects=subjects,
         batch_size=2,
         max_new_tokens=10,
+        forms=("plain", "chat"),
         model_path=tiny_model_dir,
         cache_dir=tmp_path / "cache",
         device="cpu",
         config=config,
     )
     result = run_locality(opts)
+    assert result["probes"] == result["forms"]["plain"]
     counts = {kind: row["n"] for kind, row in result["probes"].items()}
     assert counts == {
         "edit": 2,
@@ -312,11 +314,19 @@ def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(ti
         assert row["own_expert"] is None and 0.0 <= row["score"] <= 1.0 and 0.0 <= row["routed"] <= 1.0
         if row["routed"] == 0.0:
             assert row["score"] == 1.0  # no expert reached: the unedited model's output, token for token
+    # Asked as the user turn of a chat (routed on the message), the edits answer too: they are
+    # trained in chat form as well.
+    chat = result["forms"]["chat"]
+    assert {kind: row["n"] for kind, row in chat.items()} == counts
+    assert chat["edit"] == {"edited": True, "n": 2, "score": 1.0, "routed": 1.0, "own_expert": 1.0}
     lines = format_locality_table(result).splitlines()
     assert "T=2" in lines[0] and f"subjects={subjects}" in lines[0]
-    assert lines[1].split()[:3] == ["probe", "must", "n"]
-    assert [line.split()[0] for line in lines[2:-1]] == list(counts)
+    assert lines[1].split()[:5] == ["plain", "form", "must", "n", "score"]
+    assert [line.split()[0] for line in lines[2 : 2 + len(counts)]] == list(counts)
     assert lines[2].split()[1:5] == ["be", "edited", "2", "1.000"]
+    chat_header = 2 + len(counts)
+    assert lines[chat_header].split()[:2] == ["chat", "form"]
+    assert [line.split()[0] for line in lines[chat_header + 1 : -1]] == list(counts)
 
 
 def test_routing_only_locality_compares_relation_thresholds_without_training(tiny_model_dir, locality_data, tmp_path):  # noqa: F811

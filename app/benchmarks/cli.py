@@ -42,6 +42,13 @@ def add_bench_parser(subparsers) -> None:
     )
     lo.add_argument("--batch-size", type=int, default=16, help="edits per expert")
     lo.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens generated per probe")
+    lo.add_argument(
+        "--forms",
+        nargs="+",
+        choices=["plain", "chat"],
+        default=["plain"],
+        help="ask every probe as the bare prompt (plain) and/or as the user turn of the model's chat template (chat)",
+    )
     lo.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
     lo.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
     lo.add_argument("--device", default="auto")
@@ -177,6 +184,7 @@ def _run_locality(args: argparse.Namespace) -> int:
         subjects=args.subjects,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
+        forms=tuple(dict.fromkeys(args.forms)),
         model_path=args.model,
         cache_dir=args.cache_dir,
         device=args.device,

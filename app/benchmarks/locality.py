@@ -47,10 +47,12 @@ from app.engine.model_loader import load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, Generation, LemoeEditor, SamplingParams
 from app.lemoe.expert import Expert
+from app.lemoe.text import chat_prompt
 
 log = logging.getLogger(__name__)
 
 Subjects = Literal["none", "given"]
+Form = Literal["plain", "chat"]  # probes asked as bare prompts, or as the user turn of a chat
 EDITED_KINDS = ("edit", "lower-case", "paraphrase", "subject-first", "same-fact")
 KEPT_KINDS = ("other-subject", "same-subject", "subject+other-q", "loc")
 KINDS = EDITED_KINDS + KEPT_KINDS
@@ -68,6 +70,9 @@ class LocalityOptions:
     subjects: Subjects = "none"
     batch_size: int = 16
     max_new_tokens: int = 16
+    # Each form asks every probe (the edits are trained once): "plain" as the bare prompt, "chat"
+    # as the user's message in the model's chat template (routed on the message, as the server is).
+    forms: tuple[Form, ...] = ("plain",)
     model_path: Path | None = None
     cache_dir: Path = Path("lemoe-data/model-cache")
     device: str = "auto"
@@ -182,15 +187,21 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int]) -> list[
 
 
 def generate_all(
-    editor: LemoeEditor, prompts: Sequence[str], params: SamplingParams, *, stack=None, batch_size: int = 32
+    editor: LemoeEditor, prompts: Sequence[str], params: SamplingParams, *, stack=None, batch_size: int = 32, form: Form = "plain"
 ) -> list[Generation]:
     """Greedy generations in batches of similar length (the same batches for every stack, so a
-    prompt that no expert serves gets the unedited model's output bit for bit)."""
+    prompt that no expert serves gets the unedited model's output bit for bit). In chat form each
+    prompt is the user's message in the model's chat template, routed on the message alone, as
+    the server's chat completions are."""
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     out: list[Generation | None] = [None] * len(prompts)
     for k in range(0, len(order), batch_size):
-        chunk = order[k : k + batch_size]
-        for i, g in zip(chunk, editor.generate([prompts[i] for i in chunk], params, stack=stack), strict=True):
+        chunk = [prompts[i] for i in order[k : k + batch_size]]
+        if form == "chat":
+            gens = editor.generate_routed_on([chat_prompt(editor.tokenizer, [("user", p)]) for p in chunk], chunk, params, stack=stack)
+        else:
+            gens = editor.generate(chunk, params, stack=stack)
+        for i, g in zip(order[k : k + batch_size], gens, strict=True):
             out[i] = g
     return out  # type: ignore[return-value]
 
@@ -260,20 +271,24 @@ def run_locality(opts: LocalityOptions) -> dict:
     kept = [k for k, p in enumerate(probes) if p.kind in KEPT_KINDS]
     edited_probes = [k for k, p in enumerate(probes) if p.kind not in KEPT_KINDS]
     log.info("%d probes (%d must stay); generating those with the unedited model", len(probes), len(kept))
-    base_kept = generate_all(editor, [probes[k].prompt for k in kept], params, stack=())
+    kept_prompts = [probes[k].prompt for k in kept]
+    base_kept = {form: generate_all(editor, kept_prompts, params, stack=(), form=form) for form in opts.forms}
     trained = train_lifelong(editor, edits, batch_size=opts.batch_size)
     log.info("generating with %d experts", trained["experts"])
     started = time.perf_counter()
-    after: list = [None] * len(probes)
-    base: list = [None] * len(probes)
-    for group, gens in (
-        (kept, generate_all(editor, [probes[k].prompt for k in kept], params)),
-        (edited_probes, generate_all(editor, [probes[k].prompt for k in edited_probes], params)),
-    ):
-        for k, g in zip(group, gens, strict=True):
-            after[k] = g
-    for k, g in zip(kept, base_kept, strict=True):
-        base[k] = g
+    scores = {}
+    for form in opts.forms:
+        after: list = [None] * len(probes)
+        base: list = [None] * len(probes)
+        for group, gens in (
+            (kept, generate_all(editor, kept_prompts, params, form=form)),
+            (edited_probes, generate_all(editor, [probes[k].prompt for k in edited_probes], params, form=form)),
+        ):
+            for k, g in zip(group, gens, strict=True):
+                after[k] = g
+        for k, g in zip(kept, base_kept[form], strict=True):
+            base[k] = g
+        scores[form] = score(probes, base, after, trained["owner"])
     return {
         "data": str(opts.data),
         "format": opts.format,
@@ -285,7 +300,8 @@ def run_locality(opts: LocalityOptions) -> dict:
         "subjects_inferred": trained["subjects_inferred"],
         "held_back": len(held),
         "max_new_tokens": opts.max_new_tokens,
-        "probes": score(probes, base, after, trained["owner"]),
+        "forms": scores,
+        "probes": scores[opts.forms[0]],
         "train_s": trained["train_s"],
         "s_per_edit": trained["s_per_edit"],
         "cpu_s_per_edit": trained["cpu_s_per_edit"],
@@ -391,13 +407,14 @@ def format_table(result: dict) -> str:
         f"subjects={result['subjects']}, {result['experts']} experts, {result['subject_keyed_edits']} edits with a subject key "
         f"({result['subjects_inferred']} inferred), "
         f"{result['held_back']} records held back for same-subject probes, greedy {result['max_new_tokens']} tokens",
-        f"  {'probe':<15} {'must':<10} {'n':>5}  {'score':>6}  {'reached an expert':>17}  {'its own expert':>14}",
     ]
-    for kind, row in result["probes"].items():
-        must = "be edited" if row["edited"] else "stay"
-        lines.append(
-            f"  {kind:<15} {must:<10} {row['n']:>5}  {cell(row['score']):>6}  {cell(row['routed']):>17}  {cell(row['own_expert']):>14}"
-        )
+    for form, rows in result["forms"].items():
+        lines.append(f"  {form + ' form':<15} {'must':<10} {'n':>5}  {'score':>6}  {'reached an expert':>17}  {'its own expert':>14}")
+        for kind, row in rows.items():
+            must = "be edited" if row["edited"] else "stay"
+            lines.append(
+                f"  {kind:<15} {must:<10} {row['n']:>5}  {cell(row['score']):>6}  {cell(row['routed']):>17}  {cell(row['own_expert']):>14}"
+            )
     lines.append(f"  training {result['train_s']} s ({result['s_per_edit']} s per edit), generation after editing {result['generate_s']} s")
     return "\n".join(lines)
 

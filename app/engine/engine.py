@@ -15,6 +15,7 @@ from app.lemoe.editor import Edit, Generation, LemoeEditor, SamplingParams
 from app.lemoe.io import ExpertFileError, save_expert
 from app.lemoe.stopping import StopReason, StopSignal
 from app.lemoe.subjects import InferredSubject
+from app.lemoe.text import chat_prompt, has_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Engine:
             ("train_max_steps", "max_steps"),
             ("train_augmentations", "augmentations"),
             ("train_loss_threshold", "loss_threshold"),
+            ("train_chat_examples", "chat_examples"),
         ):
             value = getattr(settings, setting, None)
             if value is not None:
@@ -122,14 +124,9 @@ class Engine:
     def chat_prompt(self, messages: Sequence[tuple[str, str]]) -> str:
         """The model's own chat template around (role, content) messages, ready for the
         assistant's reply; ValueError when the model has none."""
-        tokenizer = self.loaded.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
+        if not has_chat_template(self.loaded.tokenizer):
             raise ValueError(f"the model {self.model_name} has no chat template; use /v1/completions")
-        return tokenizer.apply_chat_template(
-            [{"role": role, "content": content} for role, content in messages],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
+        return chat_prompt(self.loaded.tokenizer, messages)
 
     # --- training ------------------------------------------------------------------------------
     def infer_subjects(self, edits: Sequence[Edit]) -> dict[int, InferredSubject]:

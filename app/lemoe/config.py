@@ -53,6 +53,10 @@ class LemoeConfig:
     # Extra copies of each edit prompt behind a random context prefix (generalisation).
     augmentations: int = 1
     train_eos: bool = True
+    # Each edit is also trained as the user turn of the model's own chat template (when it has
+    # one), its target as the assistant's reply: a chat is routed on its user message, and without
+    # this the expert only knows to continue the bare prompt.
+    chat_examples: bool = True
     seed: int = 0
 
     def resolved_layer(self, num_layers: int) -> int:

@@ -31,7 +31,7 @@ from app.lemoe.routing import (
 )
 from app.lemoe.stopping import StopOnSignal, StopReason, StopSignal
 from app.lemoe.subjects import InferredSubject, infer_subjects
-from app.lemoe.text import SubjectView, encode_pair, subject_token_span, subject_view
+from app.lemoe.text import SubjectView, chat_prompt, encode_pair, has_chat_template, subject_token_span, subject_view
 from app.lemoe.trainer import (
     ProgressFn,
     TrainingExample,
@@ -264,8 +264,9 @@ class LemoeEditor:
             self.validate_edit(e.prompt, e.target)
         rng = random.Random(f"{self.config.seed}:{name}")
         examples: list[TrainingExample] = []
+        chat = self._chat_form if self.config.chat_examples and has_chat_template(self.tokenizer) else None
         for e in edits:
-            examples += augment(TrainingExample(e.prompt, e.target), e.rephrases, self.config, rng)
+            examples += augment(TrainingExample(e.prompt, e.target), e.rephrases, self.config, rng, chat=chat)
         result = train_expert(
             self.model,
             self.tokenizer,
@@ -280,6 +281,9 @@ class LemoeEditor:
             name, result.expert, edits, {"steps": result.steps, "final_loss": result.final_loss, "examples": result.examples}
         )
         return TrainedExpert(entry, result.steps, result.final_loss, result.seconds, entry.meta)
+
+    def _chat_form(self, message: str) -> str:
+        return chat_prompt(self.tokenizer, [("user", message)])
 
     def keyed_entry(self, name: str, module: Expert, edits: Sequence[Edit], meta: dict) -> ExpertEntry:
         """`module` as the expert of `edits`: their sentence anchors (each edit, then its

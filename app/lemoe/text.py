@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -30,6 +31,20 @@ def encode_pair(tokenizer, prompt: str, target: str, *, eos: bool = False) -> En
     if eos and tokenizer.eos_token_id is not None:
         target_ids = target_ids + [tokenizer.eos_token_id]
     return EncodedPair(list(prompt_ids), list(target_ids))
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_prompt(tokenizer, messages: Sequence[tuple[str, str]]) -> str:
+    """The model's own chat template around (role, content) messages, ready for the assistant's
+    reply: how the server asks a chat, and how an edit is trained in chat form."""
+    if not has_chat_template(tokenizer):
+        raise ValueError("the model has no chat template")
+    return tokenizer.apply_chat_template(
+        [{"role": role, "content": content} for role, content in messages], tokenize=False, add_generation_prompt=True
+    )
 
 
 @dataclass(frozen=True)

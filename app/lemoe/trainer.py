@@ -133,11 +133,21 @@ def hidden_at_layer(model: nn.Module, layer: int, input_ids: torch.Tensor, atten
         return lower_model(model, layer)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
-def augment(edit: TrainingExample, rephrases: Sequence[str], config: LemoeConfig, rng: random.Random) -> list[TrainingExample]:
-    """The edit itself, its given rephrases, and copies behind random context prefixes."""
+def augment(
+    edit: TrainingExample,
+    rephrases: Sequence[str],
+    config: LemoeConfig,
+    rng: random.Random,
+    *,
+    chat: Callable[[str], str] | None = None,
+) -> list[TrainingExample]:
+    """The edit itself, its given rephrases, copies behind random context prefixes and, given
+    `chat` (a user message -> the model's chat prompt), the edit asked as a chat."""
     out = [edit] + [TrainingExample(r, edit.target) for r in rephrases]
     prefixes = rng.sample(CONTEXT_PREFIXES, k=min(config.augmentations, len(CONTEXT_PREFIXES)))
     out += [TrainingExample(f"{p} {edit.prompt}", edit.target) for p in prefixes]
+    if chat is not None:
+        out.append(TrainingExample(chat(edit.prompt), edit.target))
     return out
 
 

@@ -10,7 +10,7 @@ from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
 from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.layer import LemoeMLP, decoder_layers
 from app.lemoe.routing import RouteState, routing
-from app.lemoe.text import encode_pair
+from app.lemoe.text import chat_prompt, encode_pair
 from app.lemoe.trainer import hidden_at_layer, upper_model
 
 FAST = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, gate_threshold=0.9, loss_threshold=0.05)
@@ -153,3 +153,19 @@ def test_validation_leaves_room_for_the_training_prefix(tiny_model, tiny_tokeniz
     assert len(tiny_tokenizer(words)["input_ids"]) <= room  # fits without the prefix ...
     with pytest.raises(ValueError, match="context"):
         editor.validate_edit(words, target)  # ... but not behind one
+
+
+@pytest.mark.parametrize("chat_examples", [True, False])
+def test_edits_are_trained_in_chat_form_too_unless_turned_off(tiny_model, tiny_tokenizer, chat_examples):
+    """A chat is routed on its user message; the expert must also have learned to answer it as the
+    assistant's reply (the tiny tokenizer has a chat template, as the bundled model does)."""
+    editor = LemoeEditor(tiny_model, tiny_tokenizer, dataclasses.replace(FAST, chat_examples=chat_examples))
+    trained = editor.train(FACTS, name="e1")
+    editor.add_expert(trained.entry)
+    chats = [chat_prompt(editor.tokenizer, [("user", f.prompt)]) for f in FACTS]
+    answers = editor.generate_routed_on(chats, [f.prompt for f in FACTS], SamplingParams(max_new_tokens=8))
+
+    assert trained.meta["examples"] == len(FACTS) * (2 if chat_examples else 1)
+    assert [a.route.expert_name for a in answers] == ["e1", "e1"]
+    if chat_examples:
+        assert all(a.text.strip().startswith(f.target) for a, f in zip(answers, FACTS, strict=True))
