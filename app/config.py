@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_new_tokens_limit: int = Field(default=256, ge=1)
     max_rephrases: int = Field(default=10, ge=0)
     max_chat_messages: int = Field(default=100, ge=1)  # per chat completion request
+    # Concurrent generations decode together in one batch of at most this many rows; at most
+    # max_waiting_generations more wait for a place, and past that a request gets 429 overloaded.
+    max_batch_size: int = Field(default=16, ge=1, le=512)
+    max_waiting_generations: int = Field(default=64, ge=0)
 
     # Time limits: a hung client, model or database costs a bounded time, then a clear error.
     # A generation stops at its next token past this (503 generation_timeout) or when its client

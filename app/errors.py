@@ -128,6 +128,20 @@ class GenerationTimeout(ServiceError):
         )
 
 
+class Overloaded(ServiceError):
+    """Every place in the generation batch is taken and the waiting queue is full."""
+
+    status_code = 429
+    type = "overloaded"
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(
+            f"the server is at capacity: {waiting} generations already wait for a place in the batch "
+            "(LEMOE_MAX_BATCH_SIZE, LEMOE_MAX_WAITING_GENERATIONS); retry after the Retry-After seconds",
+            headers={"Retry-After": "1"},
+        )
+
+
 class GenerationCancelled(ServiceError):
     """The client hung up and its generation was stopped; nobody reads this answer."""
 

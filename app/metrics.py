@@ -95,7 +95,8 @@ class Metrics:
         self.generated_tokens = Counter("lemoe_generated_tokens", "Generated tokens", registry=r)
         self.generations_stopped = Counter(
             "lemoe_generations_stopped",
-            "Generations stopped early: cancelled (the client hung up) or deadline (past LEMOE_GENERATION_TIMEOUT_S)",
+            "Generations stopped early: cancelled (the client hung up), deadline (past LEMOE_GENERATION_TIMEOUT_S) "
+            "or refused at capacity (overloaded)",
             ["reason"],
             registry=r,
         )

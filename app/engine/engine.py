@@ -9,7 +9,9 @@ from pathlib import Path
 
 from app.engine.experts import ExpertLoader, ExpertSpec, check_expert_files
 from app.engine.model_loader import LoadedModel, load_model
+from app.engine.scheduler import Scheduler
 from app.engine.stack import ActiveStack
+from app.lemoe.batching import RowRequest
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, Generation, LemoeEditor, SamplingParams
 from app.lemoe.io import ExpertFileError, save_expert
@@ -39,12 +41,14 @@ class Engine:
     """Thread-safe facade: generation runs concurrently with training; `stack` (the one owner of
     the live stack) swaps it atomically, with files loaded and checked by `experts`."""
 
-    def __init__(self, loaded: LoadedModel, config: LemoeConfig, experts_dir: Path) -> None:
+    def __init__(self, loaded: LoadedModel, config: LemoeConfig, experts_dir: Path, *, max_batch: int = 16, max_waiting: int = 64) -> None:
         self.loaded = loaded
         self.experts_dir = experts_dir
         self.editor = LemoeEditor(loaded.model, loaded.tokenizer, config, device=loaded.device)
         self.experts = ExpertLoader(self.editor.serving, device=loaded.device)
         self.stack = ActiveStack(self.editor, self.experts)
+        # Concurrent generations decode together: one batch, one thread (started on first use).
+        self.scheduler = Scheduler(self.editor, max_batch=max_batch, max_waiting=max_waiting)
 
     @classmethod
     def from_settings(cls, settings) -> Engine:
@@ -68,7 +72,13 @@ class Engine:
         if getattr(settings, "relation_keys", True) is False:
             overrides["relation_threshold"] = None
         loaded = load_model(settings.model_path, cache_dir=settings.model_cache_dir, device=settings.device)
-        engine = cls(loaded, replace(LemoeConfig(), **overrides), settings.experts_dir)
+        engine = cls(
+            loaded,
+            replace(LemoeConfig(), **overrides),
+            settings.experts_dir,
+            max_batch=settings.max_batch_size,
+            max_waiting=settings.max_waiting_generations,
+        )
         engine.warm_up()
         return engine
 
@@ -98,9 +108,7 @@ class Engine:
     # --- serving -----------------------------------------------------------------------------
     def generate(self, prompt: str, params: SamplingParams = SamplingParams(), *, stop: StopSignal | None = None) -> Generation:
         """`stop` ends the generation early (caller gone, deadline passed); see `stop_reason`."""
-        stack = self.editor.stack  # one snapshot for the whole request
-        [g] = self.editor.generate([prompt], params, stack=stack, stop=stop)
-        return g
+        return self.scheduler.run(RowRequest(prompt, params, self.editor.stack, stop=stop))
 
     def complete(
         self,
@@ -116,10 +124,7 @@ class Engine:
         before the first token and held for all; `edits=False` answers with the base model.
         `on_text` receives the text as it is generated (pieces that add up to `text`)."""
         stack = self.editor.stack if edits else ()
-        [g] = self.editor.generate_routed_on(
-            [prompt], [prompt if route_on is None else route_on], params, stack=stack, stop=stop, on_text=on_text
-        )
-        return g
+        return self.scheduler.run(RowRequest(prompt, params, stack, route_on=route_on, stop=stop, on_text=on_text))
 
     def chat_prompt(self, messages: Sequence[tuple[str, str]]) -> str:
         """The model's own chat template around (role, content) messages, ready for the

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from app.config import Settings
-from app.errors import GenerationCancelled, GenerationTimeout, InvalidInput
+from app.errors import GenerationCancelled, GenerationTimeout, InvalidInput, Overloaded
 from app.schemas.generation import GenerateRequest
 from app.schemas.openai import ChatCompletionRequest, CompletionRequest
 from app.services.checks import check_storable, check_text
@@ -71,13 +71,19 @@ def _run(call, settings: Settings, metrics: Metrics | None, cancel: threading.Ev
     """(result, seconds) of `call(stop)`; a generation cut short raises GenerationCancelled or
     GenerationTimeout, and each one is counted in the metrics."""
     from app.engine.engine import StopReason, StopSignal
+    from app.engine.scheduler import QueueFull
 
     stop = StopSignal.within(settings.generation_timeout_s, cancel)
     started = time.perf_counter()
     if cancel is not None and cancel.is_set():  # gone while it waited for a thread
         stopped, tokens = StopReason.CANCELLED, 0
     else:
-        result = call(stop)
+        try:
+            result = call(stop)
+        except QueueFull as exc:
+            if metrics is not None:
+                metrics.observe_stopped_generation("overloaded")
+            raise Overloaded(exc.waiting) from None
         stopped, tokens = result.stop_reason, result.completion_tokens
     seconds = time.perf_counter() - started
     if stopped in (StopReason.CANCELLED, StopReason.DEADLINE):
