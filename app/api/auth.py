@@ -191,23 +191,41 @@ def public() -> DependsParam:
     return Depends(OpenAccess())
 
 
-def route_access(route: APIRoute) -> ScopeCheck | OpenAccess | None:
-    """What a route declared (None: nothing, which create_app refuses)."""
-    declared = [d.dependency for d in route.dependencies if isinstance(d.dependency, ScopeCheck | OpenAccess)]
-    if len(declared) > 1:
-        raise RuntimeError(f"{sorted(route.methods)} {route.path} declares its access more than once: {declared}")
-    return declared[0] if declared else None
+@dataclass(frozen=True)
+class Endpoint:
+    """One API route as served: its methods, path, declared access and whether /docs shows it."""
+
+    methods: frozenset[str]
+    path: str
+    access: ScopeCheck | OpenAccess | None  # None: nothing declared (create_app refuses that)
+    in_schema: bool
+
+
+def endpoints(app: FastAPI) -> list[Endpoint]:
+    """Every API route of `app`, its included routers' too, with what it declared."""
+    try:  # FastAPI >= 0.16x keeps included routers whole; this walks into them
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older: app.routes is flat
+        contexts: Iterable = app.routes
+    else:
+        contexts = iter_route_contexts(app.routes)
+    found = []
+    for route in contexts:
+        if not isinstance(getattr(route, "original_route", route), APIRoute):
+            continue
+        declared = [d.dependency for d in route.dependencies if isinstance(d.dependency, ScopeCheck | OpenAccess)]
+        if len(declared) > 1:
+            raise RuntimeError(f"{sorted(route.methods)} {route.path_format} declares its access more than once: {declared}")
+        access = declared[0] if declared else None
+        found.append(Endpoint(frozenset(route.methods), route.path_format, access, bool(route.include_in_schema)))
+    return found
 
 
 def check_routes_declare_access(app: FastAPI, *, documentation: Iterable[str]) -> None:
     """Refuse to build an app with a route that says nothing about who may call it; the
     `documentation` pages (the OpenAPI document, /docs) are open to everyone and hold no data."""
     docs = set(documentation)
-    missing = [
-        f"{','.join(sorted(r.methods))} {r.path}"
-        for r in app.routes
-        if isinstance(r, APIRoute) and r.path not in docs and route_access(r) is None
-    ]
+    missing = [f"{','.join(sorted(e.methods))} {e.path}" for e in endpoints(app) if e.path not in docs and e.access is None]
     if missing:
         raise RuntimeError(
             f"routes without a declared scope: {missing}; add dependencies=[requires(Scope....)] or [public()] (app/api/auth.py)"

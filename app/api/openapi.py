@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 
-from app.api.auth import RATE_LIMITED, OpenAccess, route_access
+from app.api.auth import RATE_LIMITED, OpenAccess, endpoints
 from app.api.errors import OPENAI_PATHS
 from app.config import Settings
 from app.schemas.common import SETTING_KEYWORDS, WWW_AUTHENTICATE
@@ -58,12 +57,12 @@ def _error(description: str, path: str, headers: dict[str, Any] | None = None) -
 def state_access(app: FastAPI, schema: dict[str, Any], settings: Settings) -> None:
     """Per operation: the scope it needs (`x-lemoe-scope`, and a line of its description), the
     401/403 (and, where a rate limit applies, 429) it may answer; open ones need no key."""
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
+    for endpoint in endpoints(app):
+        if not endpoint.in_schema:
             continue
-        access = route_access(route)
-        for method in route.methods:
-            operation = schema["paths"].get(route.path_format, {}).get(method.lower())
+        access, path = endpoint.access, endpoint.path
+        for method in endpoint.methods:
+            operation = schema["paths"].get(path, {}).get(method.lower())
             if operation is None or "x-lemoe-access" in operation:
                 continue
             if isinstance(access, OpenAccess) or access is None or access.is_open(settings):
@@ -76,8 +75,8 @@ def state_access(app: FastAPI, schema: dict[str, Any], settings: Settings) -> No
             needs = f"Needs an API key with the scope `{scope}`" + ("." if scope == "admin" else " (or `admin`).")
             operation["description"] = f"{operation.get('description', '').rstrip()}\n\n{needs}".lstrip()
             responses = operation.setdefault("responses", {})
-            responses.setdefault("401", _error("No API key, or an unknown or revoked one (unauthenticated)", route.path, WWW_AUTHENTICATE))
-            responses.setdefault("403", _error(f"The API key lacks the scope {scope} (forbidden)", route.path))
+            responses.setdefault("401", _error("No API key, or an unknown or revoked one (unauthenticated)", path, WWW_AUTHENTICATE))
+            responses.setdefault("403", _error(f"The API key lacks the scope {scope} (forbidden)", path))
             if access.scope in RATE_LIMITED:
                 retry = {
                     "Retry-After": {
@@ -86,5 +85,5 @@ def state_access(app: FastAPI, schema: dict[str, Any], settings: Settings) -> No
                     }
                 }
                 responses.setdefault(
-                    "429", _error(f"More requests a minute than {RATE_LIMITED[access.scope]} allows (rate_limited)", route.path, retry)
+                    "429", _error(f"More requests a minute than {RATE_LIMITED[access.scope]} allows (rate_limited)", path, retry)
                 )
