@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.domain import AuthMode
@@ -97,6 +97,16 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"
+
+    @field_validator("admin_key", "admin_key_file", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """LEMOE_ADMIN_KEY= (as compose passes an unset variable on) means no key."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
 
     def admin_secret(self) -> str | None:
         """The deployment's admin key secret: LEMOE_ADMIN_KEY_FILE's content, else LEMOE_ADMIN_KEY."""

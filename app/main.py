@@ -83,8 +83,9 @@ def create_app(
         started: list[TrainingWorker] = []
 
         async def start() -> None:
-            worker, recovered = await asyncio.to_thread(start_up, runtime, engine, train=settings.worker_enabled)
-            await asyncio.to_thread(access.announce)
+            worker, recovered = await asyncio.to_thread(
+                start_up, runtime, engine, train=settings.worker_enabled, on_migrated=access.announce
+            )
             if worker is not None:
                 started.append(worker)
                 tasks.append(asyncio.create_task(worker.run_forever(recovered=recovered), name=WORKER_TASK))
@@ -133,7 +134,7 @@ def create_app(
         redoc_url=REDOC_URL,
     )
     app.state.runtime = runtime
-    access = AccessControl(settings, session_factory)
+    access = AccessControl(settings, session_factory, stage=lambda: runtime.stage)
     app.state.access = access
     install_error_handlers(app)
     # Innermost first: each add_middleware wraps the ones before it.

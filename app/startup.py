@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,7 +18,7 @@ from app.config import Settings
 from app.domain import AuthMode
 from app.services import keys as key_service
 from app.services import training as training_service
-from app.services.runtime import Runtime
+from app.services.runtime import MIGRATING, Runtime
 from app.services.stack import LiveStack
 from app.worker import TrainingWorker
 
@@ -27,19 +28,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def start(runtime: Runtime, engine: Engine | None = None, *, train: bool) -> tuple[TrainingWorker | None, bool]:
+def start(
+    runtime: Runtime, engine: Engine | None = None, *, train: bool, on_migrated: Callable[[], None] | None = None
+) -> tuple[TrainingWorker | None, bool]:
     """Blocking start-up work (run it in a thread); sets `runtime.engine`, `.stack` and `.stage`.
     With `train`: the worker (the schedule), and whether it already recovered (it holds the
-    trainer role)."""
+    trainer role). `on_migrated` runs once the database is ready, before the model loads."""
     settings = runtime.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.skip_migrate:
-        runtime.stage = "migrating the database"
+        runtime.stage = MIGRATING
         store.migrate(runtime.database)
     secret = settings.admin_secret()
     if secret is not None:
         with runtime.session_factory() as session:
             key_service.ensure_admin_key(session, name=settings.admin_key_name, secret=secret)
+    if on_migrated is not None:
+        on_migrated()
     if engine is None:
         from app.engine.engine import Engine
 

@@ -107,6 +107,9 @@ def test_bind_refusal(tmp_path: Path, caplog):
         assert "refusing to listen on" in bind_refusal(settings, host), host  # no key (no table even)
     assert bind_refusal(settings.model_copy(update={"auth": AuthMode.ON}), "0.0.0.0") is None
     assert bind_refusal(settings.model_copy(update={"admin_key_file": tmp_path / "secret"}), "0.0.0.0") is None
+    blank = Settings(_env_file=None, data_dir=tmp_path, database_url=settings.database_url, admin_key="", admin_key_file=" ")
+    assert blank.admin_key is None and blank.admin_key_file is None  # as compose passes an unset variable on
+    assert "refusing" in bind_refusal(blank, "0.0.0.0")
     with caplog.at_level(logging.WARNING):
         assert bind_refusal(settings.model_copy(update={"auth": AuthMode.OFF}), "0.0.0.0") is None
     assert "LEMOE_AUTH=off" in caplog.text

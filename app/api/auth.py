@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -30,11 +30,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.domain import AuthMode, Scope
-from app.errors import Forbidden, RateLimited, Unauthenticated
+from app.errors import Forbidden, NotReady, RateLimited, Unauthenticated
 from app.services import keys as key_service
 from app.services.checks import ACTOR_MAX_CHARS, ACTOR_RE, DEFAULT_ACTOR, check_actor
 from app.services.keys import Principal
 from app.services.ratelimit import RateLimiter
+from app.services.runtime import MIGRATING, STARTING
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,17 @@ bearer = HTTPBearer(
 )
 # The scopes whose requests count against a per-key rate limit (the setting naming it).
 RATE_LIMITED = {Scope.GENERATE: "LEMOE_RATE_LIMIT_GENERATE_PER_MIN", Scope.EDITS_WRITE: "LEMOE_RATE_LIMIT_EDITS_PER_MIN"}
+BEFORE_MIGRATION = (STARTING, MIGRATING)
 HOW_TO_CREATE = "create one with `lemoe keys create NAME --scopes SCOPE[,SCOPE...]`"
 
 
 class AccessControl:
     """One app's access decisions: the mode, whether keys exist yet, the rate limiter."""
 
-    def __init__(self, settings: Settings, session_factory: sessionmaker[Session]) -> None:
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session], stage: Callable[[], str] = lambda: "ready") -> None:
         self.mode = settings.auth
         self.session_factory = session_factory
+        self.stage = stage  # the app's start-up stage: keys cannot be read before the migration
         self.limiter = RateLimiter(
             {Scope.GENERATE: settings.rate_limit_generate_per_min, Scope.EDITS_WRITE: settings.rate_limit_edits_per_min}
         )
@@ -73,6 +76,8 @@ class AccessControl:
         """The request's key; None when keys are not required (then nobody is checked)."""
         if self.mode is AuthMode.OFF:
             return None
+        if self.stage() in BEFORE_MIGRATION:
+            raise NotReady(f"not ready: {self.stage()}; retry when /readyz answers 200", headers={"Retry-After": "5"})
         with self.session_factory() as session:
             found = key_service.identify(session, secret=secret) if secret else None
             if found is not None:
@@ -175,7 +180,7 @@ class ScopeCheck:
 class OpenAccess:
     """The dependency `public()` adds: the route answers without a key."""
 
-    def __call__(self) -> None:
+    async def __call__(self) -> None:  # async: /healthz answers even while every worker thread is busy
         return None
 
     def __repr__(self) -> str:

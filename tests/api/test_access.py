@@ -11,13 +11,15 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.api.auth import OpenAccess, ScopeCheck, check_routes_declare_access, endpoints
+from app.api.auth import AccessControl, OpenAccess, ScopeCheck, check_routes_declare_access, endpoints
 from app.api.errors import OPENAI_PATHS
 from app.config import Settings
 from app.domain import AuthMode, Scope
 from app.engine.engine import Engine
 from app.main import DOCS_URL, REDOC_URL, create_app
 from app.services import keys as key_service
+from app.services.ratelimit import RateLimiter
+from app.services.runtime import MIGRATING
 from tests.api.support import FRANCE, assert_error, running_app, runtime_of, tiny_settings
 
 PUBLIC = "public"
@@ -367,3 +369,46 @@ def test_the_document_names_each_operations_scope(settings: Settings):
         assert f"`{needs.value}`" in operation["description"], path
         assert {"401", "403"} <= set(operation["responses"]), path
         assert ("429" in operation["responses"]) == (needs in (Scope.GENERATE, Scope.EDITS_WRITE)), path
+
+
+def test_token_buckets_refill_at_the_rate_and_burst_to_the_limit():
+    now = [0.0]
+    limiter = RateLimiter({Scope.GENERATE: 6, Scope.EDITS_WRITE: 0}, clock=lambda: now[0])
+    assert [limiter.acquire("a", Scope.GENERATE) for _ in range(6)] == [None] * 6  # a burst of 6
+    assert limiter.acquire("a", Scope.GENERATE) == 10  # 6 a minute: one every 10 s
+    now[0] = 9.0
+    assert limiter.acquire("a", Scope.GENERATE) == 1
+    now[0] = 10.0
+    assert limiter.acquire("a", Scope.GENERATE) is None
+    assert limiter.acquire("b", Scope.GENERATE) is None  # per key
+    assert all(limiter.acquire("a", Scope.EDITS_WRITE) is None for _ in range(100))  # 0: no limit
+    assert limiter.acquire("a", Scope.READ) is None
+
+
+def test_keys_are_not_read_before_the_migration(client: TestClient):
+    access = client.app.state.access
+    stage = [MIGRATING]
+    migrating = AccessControl(runtime_of(client).settings, access.session_factory, stage=lambda: stage[0])
+    client.app.state.access = migrating
+    try:
+        assert_error(client.get("/v1/edits"), 503, "not_ready", "migrating the database")
+        assert client.get("/healthz").status_code == 200
+        stage[0] = "ready"
+        assert client.get("/v1/edits").status_code == 200
+    finally:
+        client.app.state.access = access
+
+
+def test_start_up_says_who_may_call(tiny_model_dir: Path, tmp_path: Path, shared_engine: Engine, caplog: pytest.LogCaptureFixture):
+    caplog.set_level("INFO", logger="app.api.auth")
+    with running_app(tiny_settings(tiny_model_dir, tmp_path / "a"), shared_engine) as client:
+        make_key(client, "first", Scope.READ)
+    assert "no API key exists: serving loopback clients only" in caplog.text
+    caplog.clear()
+    with running_app(tiny_settings(tiny_model_dir, tmp_path / "a"), shared_engine):
+        pass
+    assert "API keys required (LEMOE_AUTH=auto)" in caplog.text
+    caplog.clear()
+    with running_app(tiny_settings(tiny_model_dir, tmp_path / "b", auth=AuthMode.OFF), shared_engine):
+        pass
+    assert [r.levelname for r in caplog.records if "LEMOE_AUTH=off" in r.getMessage()] == ["WARNING"]
