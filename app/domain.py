@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from enum import StrEnum
 
 
@@ -77,7 +78,7 @@ class Scope(StrEnum):
     READ = "read"  # edits, runs, experts, the audit log
     ADMIN = "admin"  # activate and deactivate experts, manage keys; implies every other scope
 
-    def granted_by(self, scopes: frozenset[Scope] | set[Scope]) -> bool:
+    def granted_by(self, scopes: AbstractSet[Scope]) -> bool:
         return self in scopes or Scope.ADMIN in scopes
 
 

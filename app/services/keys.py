@@ -150,7 +150,9 @@ def identify(session: Session, *, secret: str) -> Principal | None:
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             store.touch_api_key(session, key_id=key.id, at=now)
             session.commit()
-    return Principal(name=key.name, scopes=frozenset(Scope(s) for s in key.scopes), revoked=key.revoked_at is not None)
+    # A scope this version does not know (written by a newer one) grants nothing here.
+    scopes = frozenset(Scope(s) for s in key.scopes if s in Scope._value2member_map_)
+    return Principal(name=key.name, scopes=scopes, revoked=key.revoked_at is not None)
 
 
 def any_key(session: Session) -> bool:
