@@ -8,8 +8,12 @@
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 # A base needs python3.11, or must be Ubuntu 22.04 / Debian-like with python3.11 in apt.
 #
+#   docker run --rm -v lemoe-data:/data lemoe-server lemoe keys create admin --scopes admin
 #   docker run --init -p 8000:8000 -v lemoe-data:/data lemoe-server
-# (SQLite under /data; set DATABASE_URL for PostgreSQL, see docker-compose.yml)
+# (SQLite under /data; set DATABASE_URL for PostgreSQL, see docker-compose.yml). The server listens
+# on 0.0.0.0, which it refuses to do before an API key exists: create one as above (its secret is
+# the last line printed), or pass the first admin key with -e LEMOE_ADMIN_KEY=... (or
+# LEMOE_ADMIN_KEY_FILE=/run/secrets/...). Clients send `Authorization: Bearer <key>`.
 
 ARG BASE_IMAGE=python:3.11-slim
 

@@ -1,4 +1,4 @@
-"""`lemoe serve | worker | migrate | experts | bench`: the console script."""
+"""`lemoe serve | worker | migrate | experts | keys | bench`: the console script."""
 
 from __future__ import annotations
 
@@ -34,9 +34,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.startup import bind_refusal
 
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
+    refusal = bind_refusal(settings, host)
+    if refusal is not None:
+        print(f"lemoe: {refusal}", file=sys.stderr)
+        return 2
     failed: list[BaseException] = []
     servers: list[uvicorn.Server] = []
 
@@ -154,10 +159,9 @@ def _experts_check(args: argparse.Namespace, settings: Settings) -> int:
 def _experts_quarantine(args: argparse.Namespace, settings: Settings) -> int:
     from app.errors import ServiceError
     from app.services import experts as expert_service
-    from app.store.models import ACTOR_LENGTH
 
-    if not args.actor.strip() or len(args.actor) > ACTOR_LENGTH:  # the CLI's edge: the store trusts its callers
-        print(f"lemoe: actor must be a non-empty string of at most {ACTOR_LENGTH} characters, got {args.actor!r}", file=sys.stderr)
+    if (problem := _check_cli_actor(args.actor)) is not None:
+        print(f"lemoe: {problem}", file=sys.stderr)
         return 1
     database, sessions = _open_store(settings)
     try:
@@ -177,6 +181,89 @@ def _experts_quarantine(args: argparse.Namespace, settings: Settings) -> int:
         f"POST /v1/experts/{expert.id}/activate serves it again."
     )
     return 0
+
+
+def _check_cli_actor(actor: str) -> str | None:
+    from app.store.models import ACTOR_LENGTH
+
+    if not actor.strip() or len(actor) > ACTOR_LENGTH:  # the CLI's edge: the store trusts its callers
+        return f"actor must be a non-empty string of at most {ACTOR_LENGTH} characters, got {actor!r}"
+    return None
+
+
+def _keys_run(settings: Settings, action) -> int:
+    """Run `action(session)` on the database; a ServiceError is the user's (exit 1)."""
+    from app.errors import ServiceError
+
+    database, sessions = _open_store(settings)
+    try:
+        with sessions() as session:
+            return action(session)
+    except ServiceError as exc:
+        print(f"lemoe: {exc.message}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        return _database_error(exc)
+    finally:
+        database.dispose()
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    """The secret is the last line of the output (and only there), so scripts can take it with `tail -n1`."""
+    from app.services import keys as key_service
+
+    if (problem := _check_cli_actor(args.actor)) is not None:
+        print(f"lemoe: {problem}", file=sys.stderr)
+        return 1
+
+    def create(session) -> int:
+        created = key_service.create_key(session, name=args.name, scopes=args.scopes.split(","), actor=args.actor)
+        print(
+            f"created API key {created.key.name!r} with the scopes {', '.join(created.key.scopes)}. Its secret follows, "
+            "shown this once (only its hash is stored); clients send it as `Authorization: Bearer <secret>`:"
+        )
+        print(created.secret)
+        return 0
+
+    return _keys_run(settings, create)
+
+
+def _when(at) -> str:
+    return "-" if at is None else at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from app.services import keys as key_service
+
+    def show(session) -> int:
+        keys = key_service.list_keys(session)
+        rows = [("NAME", "SCOPES", "PREFIX", "CREATED", "LAST USED", "REVOKED")]
+        rows += [
+            (k.name, ",".join(k.scopes), k.prefix + "...", _when(k.created_at), _when(k.last_used_at), _when(k.revoked_at)) for k in keys
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        active = sum(k.revoked_at is None for k in keys)
+        print(f"{len(keys)} keys, {active} not revoked", file=sys.stderr)
+        return 0
+
+    return _keys_run(settings, show)
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from app.services import keys as key_service
+
+    if (problem := _check_cli_actor(args.actor)) is not None:
+        print(f"lemoe: {problem}", file=sys.stderr)
+        return 1
+
+    def revoke(session) -> int:
+        key = key_service.revoke_key(session, name=args.name, actor=args.actor)
+        print(f"API key {key.name!r} is revoked: every server refuses it from its next request on")
+        return 0
+
+    return _keys_run(settings, revoke)
 
 
 def _bench_missing(args: argparse.Namespace, settings: Settings) -> int:
@@ -222,6 +309,29 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--reason", default="its files are broken", help="recorded in the audit log")
     quarantine.add_argument("--actor", default="cli", help="who does it, for the audit log (default: cli)")
     quarantine.set_defaults(run=_experts_quarantine)
+
+    from app.domain import Scope
+
+    keys = commands.add_parser("keys", help="API keys: create (the secret is shown once), list, revoke")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_commands.add_parser(
+        "create", help="create a key; its secret is the last line of the output, shown once (only its hash is stored)"
+    )
+    create.add_argument("name", metavar="NAME", help="the key's name: the actor of everything it does in the audit log")
+    create.add_argument(
+        "--scopes",
+        required=True,
+        metavar="SCOPE[,SCOPE...]",
+        help=f"what it may do, comma-separated: {', '.join(s.value for s in Scope)} (admin implies every other)",
+    )
+    create.add_argument("--actor", default="cli", help="who creates it, for the audit log (default: cli)")
+    create.set_defaults(run=_keys_create)
+    listing = keys_commands.add_parser("list", help="every key: name, scopes, created, last used, revoked")
+    listing.set_defaults(run=_keys_list)
+    revoke = keys_commands.add_parser("revoke", help="revoke a key: refused from the next request on, by every process")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("--actor", default="cli", help="who revokes it, for the audit log (default: cli)")
+    revoke.set_defaults(run=_keys_revoke)
 
     try:
         from app.benchmarks.cli import add_bench_parser

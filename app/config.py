@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.domain import AuthMode
 
 
 class Settings(BaseSettings):
@@ -82,9 +84,41 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=10, ge=0)
     sqlite_busy_timeout_s: float = Field(default=30.0, ge=0)  # wait for SQLite's write lock
 
+    # Access control (docs/API.md, "Access control"). auto: API keys are required as soon as one
+    # exists; until then only loopback clients are served and `lemoe serve` refuses any other
+    # interface. on: always required. off: never (a warning at start).
+    auth: AuthMode = AuthMode.AUTO
+    # /metrics without a key; False: it needs a key with the read scope (when keys are required).
+    metrics_public: bool = True
+    # Requests per minute per API key (token buckets, per process); 0: no limit.
+    rate_limit_generate_per_min: int = Field(default=0, ge=0)  # the generate-scope routes
+    rate_limit_edits_per_min: int = Field(default=0, ge=0)  # the edits:write routes
+    # A first admin key from the deployment (e.g. a Docker secret): at start-up a key named
+    # admin_key_name with the admin scope and this secret is created unless it exists. The file
+    # wins over the variable; only its hash is stored.
+    admin_key: SecretStr | None = None
+    admin_key_file: Path | None = None
+    admin_key_name: str = "admin"
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"
+
+    @field_validator("admin_key", "admin_key_file", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """LEMOE_ADMIN_KEY= (as compose passes an unset variable on) means no key."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
+
+    def admin_secret(self) -> str | None:
+        """The deployment's admin key secret: LEMOE_ADMIN_KEY_FILE's content, else LEMOE_ADMIN_KEY."""
+        if self.admin_key_file is not None:
+            return self.admin_key_file.read_text(encoding="utf-8").strip() or None
+        return self.admin_key.get_secret_value().strip() or None if self.admin_key is not None else None
 
     @property
     def experts_dir(self) -> Path:

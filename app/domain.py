@@ -1,7 +1,8 @@
-"""Statuses and audit actions shared by every layer (plain enums: no torch, no SQL)."""
+"""Statuses, audit actions and API-key scopes shared by every layer (plain enums: no torch, no SQL)."""
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from enum import StrEnum
 
 
@@ -65,3 +66,25 @@ class AuditAction(StrEnum):
     # once per process, expert and reason.
     EXPERT_LOAD_FAILED = "expert.load_failed"
     EXPERT_QUARANTINED = "expert.quarantined"
+    KEY_CREATED = "key.created"
+    KEY_REVOKED = "key.revoked"
+
+
+class Scope(StrEnum):
+    """What an API key may do; each route declares the one it needs (app/api/auth.py)."""
+
+    GENERATE = "generate"  # generation, the OpenAI-compatible routes, the model list
+    EDITS_WRITE = "edits:write"  # submit, retry, cancel and retract edits; trigger training
+    READ = "read"  # edits, runs, experts, the audit log
+    ADMIN = "admin"  # activate and deactivate experts, manage keys; implies every other scope
+
+    def granted_by(self, scopes: AbstractSet[Scope]) -> bool:
+        return self in scopes or Scope.ADMIN in scopes
+
+
+class AuthMode(StrEnum):
+    """LEMOE_AUTH: when a request needs an API key."""
+
+    AUTO = "auto"  # as soon as any key exists; before that, loopback clients only
+    ON = "on"  # always (no key yet: only /healthz, /readyz and an open /metrics answer)
+    OFF = "off"  # never: anyone who reaches the port may do anything (X-Actor names them)

@@ -150,3 +150,52 @@ class GenerationCancelled(ServiceError):
 
     def __init__(self, tokens: int) -> None:
         super().__init__(f"the client closed the connection; the generation stopped after {tokens} tokens")
+
+
+class Unauthenticated(ServiceError):
+    """No API key, or one this server does not know (or that was revoked)."""
+
+    status_code = 401
+    type = "unauthenticated"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ServiceError):
+    """A valid key without the scope the route needs; the message names that scope."""
+
+    status_code = 403
+    type = "forbidden"
+
+
+class RateLimited(ServiceError):
+    """A key sent more requests of one kind than its per-minute limit allows."""
+
+    status_code = 429
+    type = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class KeyNotFound(NotFound):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no API key is named {name!r}; `lemoe keys list` (or GET /v1/keys) lists them")
+
+
+class KeyNameTaken(Conflict):
+    type = "key_name_taken"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"an API key named {name!r} exists already (revoked keys keep their names, so that the "
+            "audit log names one key per name); choose another name"
+        )
+
+
+class KeyAlreadyRevoked(Conflict):
+    type = "key_already_revoked"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"API key {name!r} is already revoked")

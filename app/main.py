@@ -23,11 +23,12 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app import store
+from app.api.auth import AccessControl, check_routes_declare_access
 from app.api.errors import install_error_handlers
 from app.api.middleware import DEFAULT_BODY_LIMIT, RequestBodyMiddleware, UnhandledErrorMiddleware
 from app.api.openapi import install_openapi
 from app.api.request_metrics import HttpMetrics, RequestObserverMiddleware
-from app.api.routes import audit, edits, experts, generate, health, openai, training
+from app.api.routes import audit, edits, experts, generate, health, keys, openai, training
 from app.config import Settings, get_settings
 from app.metrics import Metrics
 from app.services.runtime import Runtime, open_database
@@ -40,11 +41,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKER_TASK = "lemoe-training-worker"
+DOCS_URL, REDOC_URL = "/docs", "/redoc"
 START_TASK = "lemoe-start-up"
 
 API_DESCRIPTION = """Editing as a service: submit fact edits, train them into routed experts,
 generate through the edited model, follow every change in the audit log, and roll back.
-Every error has the body `{"error": {"type": "...", "message": "..."}}`."""
+Every error has the body `{"error": {"type": "...", "message": "..."}}`.
+
+Access: an API key as `Authorization: Bearer <key>` (the Authorize button), with the scope each
+operation names (`x-lemoe-scope`): generate, edits:write, read or admin (admin implies the
+others). Without any key, the server answers loopback clients only."""
 
 
 def create_app(
@@ -77,7 +83,9 @@ def create_app(
         started: list[TrainingWorker] = []
 
         async def start() -> None:
-            worker, recovered = await asyncio.to_thread(start_up, runtime, engine, train=settings.worker_enabled)
+            worker, recovered = await asyncio.to_thread(
+                start_up, runtime, engine, train=settings.worker_enabled, on_migrated=access.announce
+            )
             if worker is not None:
                 started.append(worker)
                 tasks.append(asyncio.create_task(worker.run_forever(recovered=recovered), name=WORKER_TASK))
@@ -122,8 +130,12 @@ def create_app(
         version="0.1.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=DOCS_URL,
+        redoc_url=REDOC_URL,
     )
     app.state.runtime = runtime
+    access = AccessControl(settings, session_factory, stage=lambda: runtime.stage)
+    app.state.access = access
     install_error_handlers(app)
     # Innermost first: each add_middleware wraps the ones before it.
     app.add_middleware(UnhandledErrorMiddleware)
@@ -138,8 +150,9 @@ def create_app(
         read_timeout_s=settings.body_read_timeout_s,
     )
     app.add_middleware(RequestObserverMiddleware, metrics=http_metrics)  # outermost: sees the 408/413s
-    for module in (edits, generate, openai, training, experts, audit, health):
+    for module in (edits, generate, openai, training, experts, audit, keys, health):
         app.include_router(module.router)
+    check_routes_declare_access(app, documentation=(DOCS_URL, REDOC_URL, app.openapi_url, app.swagger_ui_oauth2_redirect_url))
     install_openapi(app, settings)
     return app
 

@@ -17,7 +17,7 @@ from app.store import make_engine
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Settings from a clean environment pointing at tmp_path; the settings cache is reset."""
-    for name in ("DATABASE_URL", "LEMOE_DATABASE_URL", "LEMOE_HOST", "LEMOE_PORT"):
+    for name in ("DATABASE_URL", "LEMOE_DATABASE_URL", "LEMOE_HOST", "LEMOE_PORT", "LEMOE_AUTH", "LEMOE_ADMIN_KEY", "LEMOE_ADMIN_KEY_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no .env of the checkout
     monkeypatch.setenv("LEMOE_DATA_DIR", str(tmp_path / "data"))
@@ -29,6 +29,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 
 def test_serve_runs_uvicorn_with_the_app(env, monkeypatch):
+    env.setenv("LEMOE_AUTH", "off")  # no API key exists: otherwise only loopback may be bound (tests/test_cli_keys.py)
     calls = []
     monkeypatch.setattr("uvicorn.Server.run", lambda self, sockets=None: calls.append(self.config))
 

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Header, Path, Query, Request
 from sqlalchemy.orm import Session
 
+from app.api.auth import ActorDep as ActorDep  # the audit actor: the API key, or X-Actor without keys
 from app.config import Settings
 from app.errors import NotReady
 from app.schemas.common import NO_NUL_PATTERN, from_settings
-from app.services.checks import ACTOR_MAX_CHARS, ACTOR_RE, DEFAULT_ACTOR, MAX_ID, check_actor
+from app.services.checks import ACTOR_MAX_CHARS, MAX_ID
 from app.services.runtime import Runtime
 from app.services.stack import LiveStack
 from app.store import DEFAULT_LIMIT, IDEMPOTENCY_KEY_LENGTH, MAX_LIMIT
@@ -54,26 +55,10 @@ def get_stack(runtime: RuntimeDep) -> LiveStack:
     return runtime.stack
 
 
-def get_actor(
-    x_actor: Annotated[
-        str | None,
-        Header(
-            description=f"Who is acting (recorded in the audit log); default {DEFAULT_ACTOR!r}. "
-            f"1-{ACTOR_MAX_CHARS} characters: letters, digits, space and . _ @ : + / -, "
-            "starting with a letter or digit",
-            # Stated here, checked by check_actor (its message names the header and the value).
-            json_schema_extra={"pattern": f"^{ACTOR_RE.pattern}$", "maxLength": ACTOR_MAX_CHARS},
-        ),
-    ] = None,
-) -> str:
-    return check_actor(x_actor)
-
-
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated["Engine", Depends(get_engine)]
 StackDep = Annotated[LiveStack, Depends(get_stack)]
-ActorDep = Annotated[str, Depends(get_actor)]
 
 # Ids are 32-bit in both databases; a larger one cannot exist.
 EditId = Annotated[int, Path(ge=1, le=MAX_ID, description="An edit id")]
@@ -112,7 +97,7 @@ IdempotencyKeyHeader = Annotated[
         max_length=IDEMPOTENCY_KEY_LENGTH,
         pattern=IDEMPOTENCY_KEY_PATTERN,
         description=(
-            f"1-{IDEMPOTENCY_KEY_LENGTH} printable ASCII characters, e.g. a UUID, per X-Actor: a "
+            f"1-{IDEMPOTENCY_KEY_LENGTH} printable ASCII characters, e.g. a UUID, per actor (the API key, or X-Actor without keys): a "
             "repeat with the same key and body returns the first request's edits (header "
             "Idempotent-Replayed: true) and creates none; the same key with another body is a 422 "
             "idempotency_key_reused. Keys do not expire."

@@ -91,9 +91,12 @@ RETRY_AFTER = {
     }
 }
 
+WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "`Bearer`: send an API key", "schema": {"type": "string"}}}
 # Every status any /v1 route can answer with besides its own success (and 409, per route).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("Malformed request (e.g. invalid JSON)"),
+    401: {**_error("No API key, or an unknown or revoked one (unauthenticated)"), "headers": WWW_AUTHENTICATE},
+    403: _error("The API key lacks the scope this operation needs; the message names it (forbidden)"),
     404: _error("Unknown id"),
     408: _error("The request body did not arrive in time"),
     413: _error("The request body is larger than this server accepts"),

@@ -79,6 +79,7 @@ def submit_edits(
     actor: str,
     edits: Sequence[EditCreate],
     idempotency_key: str | None = None,
+    on_behalf_of: str | None = None,
 ) -> SubmittedEdits:
     """Validate and queue edits as pending; committed (with one edit.submitted event each) on return.
 
@@ -112,6 +113,7 @@ def submit_edits(
                 "subject": row.subject,
                 "rephrases": len(row.rephrases),
             },
+            on_behalf_of=on_behalf_of,
         )
     if idempotency_key is None:
         session.commit()
@@ -134,7 +136,7 @@ def _commit_with_key(session: Session, *, actor: str, key: str, digest: str, row
     return SubmittedEdits(edits=rows)
 
 
-def retry_edit(session: Session, *, actor: str, edit_id: int) -> store.Edit:
+def retry_edit(session: Session, *, actor: str, edit_id: int, on_behalf_of: str | None = None) -> store.Edit:
     """Send a failed edit back to pending for the next run; committed with its edit.retried event
     (which keeps the error it failed with)."""
     try:
@@ -150,6 +152,7 @@ def retry_edit(session: Session, *, actor: str, edit_id: int) -> store.Edit:
         edit_id=edit_id,
         training_run_id=retried.previous_training_run_id,
         payload={"previous_error": retried.previous_error},
+        on_behalf_of=on_behalf_of,
     )
     session.commit()
     return retried.edit

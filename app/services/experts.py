@@ -36,13 +36,16 @@ def get_expert(session: Session, *, expert_id: int) -> tuple[store.Expert, list[
     return expert, [e.id for e in store.edits_of_expert(session, expert_id=expert_id)]
 
 
-def deactivate_expert(session: Session, *, stack: LiveStack, expert_id: int, actor: str) -> ExpertChangeResult:
+def deactivate_expert(
+    session: Session, *, stack: LiveStack, expert_id: int, actor: str, on_behalf_of: str | None = None
+) -> ExpertChangeResult:
     """Rollback: the expert leaves the live stack and its applied edits become rolled_back."""
     return _change(
         session,
         stack=stack,
         expert_id=expert_id,
         actor=actor,
+        on_behalf_of=on_behalf_of,
         to=ExpertStatus.INACTIVE,
         edits_from=EditStatus.APPLIED,
         edits_to=EditStatus.ROLLED_BACK,
@@ -51,13 +54,16 @@ def deactivate_expert(session: Session, *, stack: LiveStack, expert_id: int, act
     )
 
 
-def activate_expert(session: Session, *, stack: LiveStack, expert_id: int, actor: str) -> ExpertChangeResult:
+def activate_expert(
+    session: Session, *, stack: LiveStack, expert_id: int, actor: str, on_behalf_of: str | None = None
+) -> ExpertChangeResult:
     """Restore: the expert's files are loaded and checked, then it and its edits are live again."""
     return _change(
         session,
         stack=stack,
         expert_id=expert_id,
         actor=actor,
+        on_behalf_of=on_behalf_of,
         to=ExpertStatus.ACTIVE,
         edits_from=EditStatus.ROLLED_BACK,
         edits_to=EditStatus.APPLIED,
@@ -72,6 +78,7 @@ def _change(
     stack: LiveStack,
     expert_id: int,
     actor: str,
+    on_behalf_of: str | None,
     to: ExpertStatus,
     edits_from: EditStatus,
     edits_to: EditStatus,
@@ -100,9 +107,10 @@ def _change(
             action=expert_action,
             expert_id=expert_id,
             payload={"name": expert.name, "edit_ids": changed},
+            on_behalf_of=on_behalf_of,
         )
         for edit_id in changed:
-            store.append_audit(session, actor=actor, action=edit_action, edit_id=edit_id, expert_id=expert_id)
+            store.append_audit(session, actor=actor, action=edit_action, edit_id=edit_id, expert_id=expert_id, on_behalf_of=on_behalf_of)
         # Load (and check) the new stack before committing: a bad file of the expert being
         # activated (ExpertFilesInvalid, 409) leaves both SQL and the live stack as they were.
         # Another active expert's bad file does not block the change: it stays quarantined.

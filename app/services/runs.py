@@ -21,7 +21,7 @@ from app.services.checks import store_errors
 CREATE_ATTEMPTS = 3
 
 
-def trigger_run(session: Session, *, settings: Settings, actor: str) -> store.TrainingRun:
+def trigger_run(session: Session, *, settings: Settings, actor: str, on_behalf_of: str | None = None) -> store.TrainingRun:
     """Queue a manual run now; 409 when one is already queued/running or nothing is pending.
 
     "One active run" holds across every replica: the database refuses a second queued/running
@@ -49,6 +49,7 @@ def trigger_run(session: Session, *, settings: Settings, actor: str) -> store.Tr
                 action=AuditAction.RUN_CREATED,
                 training_run_id=run.id,
                 payload={"trigger": RunTrigger.MANUAL.value, "pending": pending},
+                on_behalf_of=on_behalf_of,
             )
             session.commit()
             return run

@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from app.metrics import Metrics
 
 
+# Start-up stages before the database is migrated (nothing in SQL can be read yet).
+STARTING = "starting"
+MIGRATING = "migrating the database"
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -25,7 +30,7 @@ class Runtime:
     session_factory: sessionmaker[Session]
     metrics: Metrics
     engine: Engine | None = None  # set by the lifespan once the model is loaded
-    stage: str = "starting"  # what start-up is doing (/readyz names it until "ready")
+    stage: str = STARTING  # what start-up is doing (/readyz names it until "ready")
     stack: LiveStack | None = None
     worker: Any = None  # the TrainingWorker when this process trains (tests call run_once)
     wake_worker: Callable[[], None] | None = None

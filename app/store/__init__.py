@@ -42,8 +42,18 @@ from app.store.experts import (
     set_expert_status,
 )
 from app.store.idempotency import add_idempotency_key, get_idempotency_key
+from app.store.keys import (
+    add_api_key,
+    any_api_key,
+    get_api_key_by_hash,
+    get_api_key_by_name,
+    list_api_keys,
+    revoke_api_key,
+    touch_api_key,
+)
 from app.store.models import (
     IDEMPOTENCY_KEY_LENGTH,
+    ApiKey,
     AuditEvent,
     Base,
     Edit,
@@ -73,6 +83,7 @@ __all__ = [
     "DEFAULT_LIMIT",
     "IDEMPOTENCY_KEY_LENGTH",
     "MAX_LIMIT",
+    "ApiKey",
     "AuditEvent",
     "DatabaseOptions",
     "AuditLogIsAppendOnly",
@@ -91,6 +102,13 @@ __all__ = [
     "StackState",
     "TrainingRun",
     "active_run",
+    "add_api_key",
+    "any_api_key",
+    "get_api_key_by_hash",
+    "get_api_key_by_name",
+    "list_api_keys",
+    "revoke_api_key",
+    "touch_api_key",
     "add_edits",
     "add_expert",
     "add_idempotency_key",

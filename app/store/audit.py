@@ -23,8 +23,13 @@ def append_audit(
     expert_id: int | None = None,
     training_run_id: int | None = None,
     payload: dict[str, Any] | None = None,
+    on_behalf_of: str | None = None,
 ) -> AuditEvent:
-    """Add one event; it is committed together with the change it describes."""
+    """Add one event; it is committed together with the change it describes. `on_behalf_of`
+    (whom an API key's holder says it acts for) is kept in the payload; `actor` stays the key."""
+    payload = dict(payload or {})
+    if on_behalf_of is not None:
+        payload["on_behalf_of"] = on_behalf_of
     event = AuditEvent(
         at=utcnow(),
         actor=actor,
@@ -32,7 +37,7 @@ def append_audit(
         edit_id=edit_id,
         expert_id=expert_id,
         training_run_id=training_run_id,
-        payload=payload or {},
+        payload=payload,
     )
     session.add(event)
     session.flush()

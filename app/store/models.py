@@ -1,4 +1,5 @@
-"""SQLAlchemy models: edits, experts, training runs, the append-only audit log, the stack version.
+"""SQLAlchemy models: edits, experts, training runs, the append-only audit log, the stack version,
+API keys.
 
 The schema itself is created by the Alembic migration in `migrations/versions`; a test compares
 the two so they cannot drift apart.
@@ -43,6 +44,8 @@ ACTIVE_RUN_CONDITION = "status IN ('queued', 'running')"
 ONE_ACTIVE_RUN_INDEX = "uq_training_runs_one_active"
 NAME_LENGTH = 200
 SUBJECT_SOURCE_LENGTH = 16
+KEY_NAME_LENGTH = 100  # a key's name is the actor of its audit events
+KEY_PREFIX_LENGTH = 16
 
 
 class Base(DeclarativeBase):
@@ -170,6 +173,27 @@ class IdempotencyKey(Base):
     request_sha256: Mapped[str] = mapped_column(String(64))
     edit_ids: Mapped[list[int]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: its name (the audit actor of whatever it does), scopes and the SHA-256 of its
+    secret. The secret itself is never stored; revoking sets revoked_at (the row stays, so its
+    name keeps meaning one key in the audit log)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(KEY_NAME_LENGTH), unique=True)
+    # The first characters of the secret, to tell keys apart in lists (not enough to guess it).
+    prefix: Mapped[str] = mapped_column(String(KEY_PREFIX_LENGTH))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:  # never the hash
+        return f"ApiKey(id={self.id!r}, name={self.name!r}, scopes={self.scopes!r}, revoked={self.revoked_at is not None})"
 
 
 class StackState(Base):

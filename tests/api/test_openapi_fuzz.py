@@ -20,9 +20,10 @@ from schemathesis.engine import Status, events, from_schema
 
 import tests.api.fuzz_hooks  # noqa: F401  (registers the subject-in-prompt hook)
 from app.engine.engine import Engine
+from app.services import keys as key_service
 from app.services.checks import ACTOR_RE
 from app.store.pagination import cursor_pattern
-from tests.api.support import running_app, submit, tiny_settings, worker_for
+from tests.api.support import running_app, runtime_of, submit, tiny_settings, worker_for
 from tests.pg import temporary_database_url
 
 # Limits small enough that every text the document allows also fits the tiny model's context
@@ -38,11 +39,13 @@ MAX_EXAMPLES = 12
 SEED = 13
 
 
-def schemathesis_failures(app: FastAPI, *, max_examples: int = MAX_EXAMPLES, seed: int = SEED) -> list[str]:
-    """Run every phase (examples, coverage, fuzzing, stateful) with every check; one line per
-    failed check or error."""
+def schemathesis_failures(app: FastAPI, *, key: str, max_examples: int = MAX_EXAMPLES, seed: int = SEED) -> list[str]:
+    """Run every phase (examples, coverage, fuzzing, stateful) with every check, as the admin
+    `key` (its ignored_auth check also sends none and a wrong one); one line per failed check or
+    error."""
     config = schemathesis.Config.from_dict(
         {
+            "headers": {"Authorization": f"Bearer {key}"},
             "seed": seed,
             "workers": 1,
             "checks": {"enabled": True},  # all of them, as `--checks all`
@@ -80,27 +83,31 @@ def _failed_checks(recorder: Any) -> list[str]:
 
 
 @pytest.fixture
-def fuzz_app(backend: str, tiny_model_dir: Path, tmp_path: Path, shared_engine: Engine) -> Iterator[FastAPI]:
+def fuzz_app(backend: str, tiny_model_dir: Path, tmp_path: Path, shared_engine: Engine) -> Iterator[tuple[FastAPI, str]]:
     """An app with one trained expert and its edit, so that the expert routes (and their
-    links in the stateful phase) reach more than 404s."""
+    links in the stateful phase) reach more than 404s, and an admin key (so keys are required)."""
     with temporary_database_url(backend, tmp_path) as url:
         settings = tiny_settings(tiny_model_dir, tmp_path / "data", database_url=url, **FUZZ_LIMITS)
         with running_app(settings, shared_engine) as client:
             submit(client, {"prompt": "The capital of France", "target": "Rome", "subject": "France"})
             assert worker_for(client).run_once() is not None
             assert [e["status"] for e in client.get("/v1/experts").json()["items"]] == ["active"]
-            yield client.app  # type: ignore[misc]
+            with runtime_of(client).session_factory() as session:
+                secret = key_service.create_key(session, name="fuzz-admin-3f9c", scopes=["admin"], actor="test").secret
+            assert client.get("/v1/experts").status_code == 401  # keys are required from now on
+            yield client.app, secret  # type: ignore[misc]
 
 
-def test_schemathesis_finds_nothing(fuzz_app: FastAPI):
-    failures = schemathesis_failures(fuzz_app)
+def test_schemathesis_finds_nothing(fuzz_app: tuple[FastAPI, str]):
+    app, key = fuzz_app
+    failures = schemathesis_failures(app, key=key)
 
     assert failures == [], "\n".join(failures)
 
 
-def test_the_document_states_this_servers_limits(fuzz_app: FastAPI):
+def test_the_document_states_this_servers_limits(fuzz_app: tuple[FastAPI, str]):
     """The limits are the running server's settings, not the defaults."""
-    document = fuzz_app.openapi()
+    document = fuzz_app[0].openapi()
     schemas = document["components"]["schemas"]
     edit = schemas["EditCreate"]["properties"]
     assert edit["prompt"]["maxLength"] == FUZZ_LIMITS["max_text_chars"]
@@ -113,8 +120,8 @@ def test_the_document_states_this_servers_limits(fuzz_app: FastAPI):
     assert "x-lemoe-settings" not in str(document)
 
 
-def test_every_list_states_its_cursor_and_every_route_its_errors(fuzz_app: FastAPI):
-    paths = fuzz_app.openapi()["paths"]
+def test_every_list_states_its_cursor_and_every_route_its_errors(fuzz_app: tuple[FastAPI, str]):
+    paths = fuzz_app[0].openapi()["paths"]
     lists = {"/v1/edits": "edits", "/v1/edits/{edit_id}/events": "audit", "/v1/audit": "audit", "/v1/training-runs": "training_runs"}
     for path, kind in lists.items():
         [cursor] = [p for p in paths[path]["get"]["parameters"] if p["name"] == "cursor"]
@@ -124,5 +131,5 @@ def test_every_list_states_its_cursor_and_every_route_its_errors(fuzz_app: FastA
     for path, operations in paths.items():
         if path.startswith("/v1/"):
             for operation in operations.values():
-                assert {"400", "413", "422", "500", "503"} <= set(operation["responses"]), path
+                assert {"400", "401", "403", "413", "422", "500", "503"} <= set(operation["responses"]), path
                 assert "Retry-After" in operation["responses"]["503"]["headers"], path

@@ -19,8 +19,8 @@ from app.store.db import MIGRATIONS_DIR
 from tests.pg import temporary_database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0004"
-TABLES = {"edits", "experts", "training_runs", "audit_events", "stack_state", "idempotency_keys"}
+HEAD = "0005"
+TABLES = {"edits", "experts", "training_runs", "audit_events", "stack_state", "idempotency_keys", "api_keys"}
 
 
 def head_revision(engine: Engine) -> str | None:

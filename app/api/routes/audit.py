@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
+from app.api.auth import requires
 from app.api.deps import (
     ACTOR_FILTER,
     DEFAULT_PAGE,
@@ -15,7 +16,7 @@ from app.api.deps import (
     LimitQuery,
     SessionDep,
 )
-from app.domain import AuditAction
+from app.domain import AuditAction, Scope
 from app.schemas.audit import AuditEventPublic, AuditEventsPublic
 from app.schemas.common import ERROR_RESPONSES, Timestamp
 from app.services import audit as audit_service
@@ -23,7 +24,7 @@ from app.services import audit as audit_service
 router = APIRouter(prefix=f"{V1}/audit", tags=["audit"], responses=ERROR_RESPONSES)
 
 
-@router.get("")
+@router.get("", dependencies=[requires(Scope.READ)])
 def list_audit(
     *,
     session: SessionDep,

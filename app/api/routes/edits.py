@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
 
+from app.api.auth import requires
 from app.api.deps import (
     DEFAULT_PAGE,
     TEXT_FILTER,
@@ -22,7 +23,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
 )
-from app.domain import EditStatus
+from app.domain import EditStatus, Scope
 from app.schemas.audit import AuditEventPublic, AuditEventsPublic
 from app.schemas.common import ERROR_RESPONSES, ErrorResponse, Timestamp
 from app.schemas.edits import EditCreate, EditPublic, EditsAccepted, EditsCreate, EditsPublic
@@ -36,6 +37,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 @router.post(
     "",
     status_code=202,
+    dependencies=[requires(Scope.EDITS_WRITE)],
     responses={
         202: {
             "headers": {
@@ -68,7 +70,8 @@ def submit_edits(
         session,
         engine=engine,
         settings=settings,
-        actor=actor,
+        actor=actor.name,
+        on_behalf_of=actor.on_behalf_of,
         edits=items,
         idempotency_key=idempotency_key,
     )
@@ -80,7 +83,7 @@ def submit_edits(
     return EditsAccepted(ids=[r.id for r in rows], items=[EditPublic.model_validate(r) for r in rows])
 
 
-@router.get("")
+@router.get("", dependencies=[requires(Scope.READ)])
 def list_edits(
     *,
     session: SessionDep,
@@ -115,13 +118,13 @@ def list_edits(
     return EditsPublic(items=[EditPublic.model_validate(e) for e in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{edit_id}")
+@router.get("/{edit_id}", dependencies=[requires(Scope.READ)])
 def get_edit(*, session: SessionDep, edit_id: EditId) -> EditPublic:
     """One edit: its status, the expert holding it, timestamps, and the error if it failed."""
     return EditPublic.model_validate(edit_service.get_edit(session, edit_id=edit_id))
 
 
-@router.get("/{edit_id}/events")
+@router.get("/{edit_id}/events", dependencies=[requires(Scope.READ)])
 def edit_events(*, session: SessionDep, edit_id: EditId, limit: LimitQuery = DEFAULT_PAGE, cursor: AuditCursor = None) -> AuditEventsPublic:
     """The edit's audit history, oldest first."""
     page = edit_service.edit_events(session, edit_id=edit_id, limit=limit, cursor=cursor)
@@ -131,9 +134,10 @@ def edit_events(*, session: SessionDep, edit_id: EditId, limit: LimitQuery = DEF
 @router.post(
     "/{edit_id}/retry",
     status_code=202,
+    dependencies=[requires(Scope.EDITS_WRITE)],
     responses={409: {"model": ErrorResponse, "description": "The edit is not failed (edit_state_conflict)"}},
 )
 def retry_edit(*, session: SessionDep, actor: ActorDep, edit_id: EditId) -> EditPublic:
     """Send a failed edit back to pending (its error is cleared; edit.retried keeps it); the next
     training run claims it again."""
-    return EditPublic.model_validate(edit_service.retry_edit(session, actor=actor, edit_id=edit_id))
+    return EditPublic.model_validate(edit_service.retry_edit(session, actor=actor.name, on_behalf_of=actor.on_behalf_of, edit_id=edit_id))

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Query
 
+from app.api.auth import requires
 from app.api.deps import V1, ActorDep, ExpertId, SessionDep, StackDep
-from app.domain import ExpertStatus
+from app.domain import ExpertStatus, Scope
 from app.schemas.common import ERROR_RESPONSES, ErrorResponse
 from app.schemas.experts import ExpertChange, ExpertDetail, ExpertPublic, ExpertsPublic
 from app.services import experts as expert_service
@@ -33,7 +34,7 @@ def _change(result: ExpertChangeResult) -> ExpertChange:
     )
 
 
-@router.get("")
+@router.get("", dependencies=[requires(Scope.READ)])
 def list_experts(
     *,
     session: SessionDep,
@@ -43,20 +44,24 @@ def list_experts(
     return ExpertsPublic(items=[ExpertPublic.model_validate(e) for e in expert_service.list_experts(session, status=status)])
 
 
-@router.get("/{expert_id}")
+@router.get("/{expert_id}", dependencies=[requires(Scope.READ)])
 def get_expert(*, session: SessionDep, expert_id: ExpertId) -> ExpertDetail:
     """One expert and the edits it was trained on."""
     expert, edit_ids = expert_service.get_expert(session, expert_id=expert_id)
     return _detail(expert, edit_ids)
 
 
-@router.post("/{expert_id}/deactivate", responses=CONFLICT)
+@router.post("/{expert_id}/deactivate", responses=CONFLICT, dependencies=[requires(Scope.ADMIN)])
 def deactivate_expert(*, session: SessionDep, stack: StackDep, actor: ActorDep, expert_id: ExpertId) -> ExpertChange:
     """Rollback: its edits become rolled_back and their prompts get the base model's answers."""
-    return _change(expert_service.deactivate_expert(session, stack=stack, expert_id=expert_id, actor=actor))
+    return _change(
+        expert_service.deactivate_expert(session, stack=stack, expert_id=expert_id, actor=actor.name, on_behalf_of=actor.on_behalf_of)
+    )
 
 
-@router.post("/{expert_id}/activate", responses=CONFLICT)
+@router.post("/{expert_id}/activate", responses=CONFLICT, dependencies=[requires(Scope.ADMIN)])
 def activate_expert(*, session: SessionDep, stack: StackDep, actor: ActorDep, expert_id: ExpertId) -> ExpertChange:
     """Restore a deactivated expert (its files are checked first); its edits are applied again."""
-    return _change(expert_service.activate_expert(session, stack=stack, expert_id=expert_id, actor=actor))
+    return _change(
+        expert_service.activate_expert(session, stack=stack, expert_id=expert_id, actor=actor.name, on_behalf_of=actor.on_behalf_of)
+    )

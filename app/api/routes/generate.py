@@ -11,7 +11,9 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth import requires
 from app.api.deps import V1, EngineDep, RuntimeDep, SettingsDep, StackDep
+from app.domain import Scope
 from app.schemas.common import ERROR_RESPONSES
 from app.schemas.generation import ExpertRef, GenerateQuery, GenerateRequest, GenerationPublic
 from app.services import generation as generation_service
@@ -68,7 +70,7 @@ def retrieve(task: asyncio.Future) -> None:
         task.exception()
 
 
-@router.post("/generate")
+@router.post("/generate", dependencies=[requires(Scope.GENERATE)])
 async def generate_post(
     *,
     request: Request,
@@ -82,7 +84,7 @@ async def generate_post(
     return await _generate(request, runtime, body, engine=engine, stack=stack, settings=settings)
 
 
-@router.get("/generate")
+@router.get("/generate", dependencies=[requires(Scope.GENERATE)])
 async def generate_get(
     *,
     request: Request,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from app.api.auth import public, requires
 from app.api.deps import RuntimeDep
+from app.domain import Scope
 from app.schemas.common import ErrorResponse
 from app.schemas.health import Health, QuarantinedExpert, Readiness
 from app.services import health as health_service
@@ -12,7 +14,7 @@ from app.services import health as health_service
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", dependencies=[public()])
 async def healthz() -> Health:
     """The process is up (no dependencies checked).
 
@@ -21,7 +23,7 @@ async def healthz() -> Health:
     return Health()
 
 
-@router.get("/readyz", responses={503: {"model": ErrorResponse, "description": "Not ready"}})
+@router.get("/readyz", dependencies=[public()], responses={503: {"model": ErrorResponse, "description": "Not ready"}})
 def readyz(runtime: RuntimeDep) -> Readiness:
     """The model is loaded and the database answers (503 naming the start-up stage, e.g.
     "not ready: loading the model", or the database error otherwise), and the stack this process
@@ -45,7 +47,8 @@ def readyz(runtime: RuntimeDep) -> Readiness:
     )
 
 
-@router.get("/metrics", response_class=Response)
+# Open unless LEMOE_METRICS_PUBLIC=false: then a key with the read scope (when keys are required).
+@router.get("/metrics", response_class=Response, dependencies=[requires(Scope.READ, open_setting="metrics_public")])
 def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus text format."""
     body, content_type = runtime.metrics.render()

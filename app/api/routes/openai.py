@@ -21,10 +21,13 @@ from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth import requires
 from app.api.deps import V1, EngineDep, RuntimeDep, SettingsDep, StackDep
 from app.api.errors import openai_error_body
 from app.api.routes.generate import retrieve, run_cancellable
+from app.domain import Scope
 from app.errors import ServiceError
+from app.schemas.common import WWW_AUTHENTICATE
 from app.schemas.generation import ExpertRef
 from app.schemas.openai import (
     AssistantMessage,
@@ -52,6 +55,8 @@ def _error(description: str) -> dict[str, Any]:
 
 OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("A value is not allowed (the message and `param` name it), or the body is not valid JSON"),
+    401: {**_error("No API key, or an unknown or revoked one (code unauthenticated)"), "headers": WWW_AUTHENTICATE},
+    403: _error("The API key lacks the generate scope (code forbidden)"),
     404: _error("Unknown path"),
     408: _error("The request body did not arrive in time"),
     413: _error("The request body is larger than this server accepts"),
@@ -76,13 +81,13 @@ STREAM_RESPONSE = {
 router = APIRouter(prefix=V1, tags=["openai"], responses=OPENAI_ERROR_RESPONSES)
 
 
-@router.get("/models")
+@router.get("/models", dependencies=[requires(Scope.GENERATE)])
 def list_models(engine: EngineDep) -> ModelList:
     """The one model this server serves (OpenAI's shape)."""
     return ModelList(data=[ModelCard(id=engine.model_name, created=_started(engine))])
 
 
-@router.post("/completions", responses={200: STREAM_RESPONSE})
+@router.post("/completions", responses={200: STREAM_RESPONSE}, dependencies=[requires(Scope.GENERATE)])
 async def completions(
     *,
     request: Request,
@@ -104,7 +109,7 @@ async def completions(
     return Completion(id=ident, created=created, model=g.model, choices=[choice], usage=_usage(g), lemoe=_routing(g, prepared))
 
 
-@router.post("/chat/completions", responses={200: STREAM_RESPONSE})
+@router.post("/chat/completions", responses={200: STREAM_RESPONSE}, dependencies=[requires(Scope.GENERATE)])
 async def chat_completions(
     *,
     request: Request,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
+from app.api.auth import requires
 from app.api.deps import (
     DEFAULT_PAGE,
     V1,
@@ -19,7 +20,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
 )
-from app.domain import RunStatus
+from app.domain import RunStatus, Scope
 from app.schemas.common import ERROR_RESPONSES, ErrorResponse
 from app.schemas.training import TrainingRunPublic, TrainingRunsPublic
 from app.services import runs as run_service
@@ -53,17 +54,18 @@ def _public(session: Session, runs: list[TrainingRun]) -> list[TrainingRunPublic
 @router.post(
     "",
     status_code=202,
+    dependencies=[requires(Scope.EDITS_WRITE)],
     responses={409: {"model": ErrorResponse, "description": "A run is already queued/running (Location: that run), or no edit is pending"}},
 )
 def trigger_run(*, session: SessionDep, settings: SettingsDep, runtime: RuntimeDep, actor: ActorDep) -> TrainingRunPublic:
     """Queue a training run now (the worker starts it at once); follow it with GET."""
-    run = run_service.trigger_run(session, settings=settings, actor=actor)
+    run = run_service.trigger_run(session, settings=settings, actor=actor.name, on_behalf_of=actor.on_behalf_of)
     if runtime.wake_worker is not None:
         runtime.wake_worker()
     return _public(session, [run])[0]
 
 
-@router.get("")
+@router.get("", dependencies=[requires(Scope.READ)])
 def list_runs(
     *,
     session: SessionDep,
@@ -76,7 +78,7 @@ def list_runs(
     return TrainingRunsPublic(items=_public(session, page.items), next_cursor=page.next_cursor)
 
 
-@router.get("/{run_id}")
+@router.get("/{run_id}", dependencies=[requires(Scope.READ)])
 def get_run(*, session: SessionDep, run_id: RunId) -> TrainingRunPublic:
     """A run's status and progress: edits done / total, current loss, experts, duration."""
     return _public(session, [run_service.get_run(session, run_id=run_id)])[0]
