@@ -125,6 +125,39 @@ def add_bench_parser(subparsers) -> None:
     ld.add_argument("--no-fail", action="store_true", help="exit 0 even if an edit was lost or a 5xx / connection error happened")
     ld.add_argument("--json", action="store_true")
     ld.set_defaults(handler=_run_load)
+    _add_serve(kinds)
+
+
+def _add_serve(kinds) -> None:
+    sv = kinds.add_parser("serve", help="generation throughput and latency under concurrent clients, with and without many live experts")
+    sv.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per level")
+    sv.add_argument("--experts", type=int, nargs="+", default=[0, 1000], help="live (synthetic) experts per run")
+    sv.add_argument("--requests", type=int, default=32, help="requests per level (at least the concurrency)")
+    sv.add_argument("--max-new-tokens", type=int, default=32)
+    sv.add_argument("--max-batch", type=int, default=16, help="rows decoded together at most (LEMOE_MAX_BATCH_SIZE)")
+    sv.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
+    sv.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
+    sv.add_argument("--device", default="auto")
+    sv.add_argument("--json", action="store_true")
+    sv.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from app.benchmarks.serve import ServeOptions, main
+
+    if min(args.concurrency) < 1 or min(args.experts) < 0 or args.requests < 1 or args.max_new_tokens < 1 or args.max_batch < 1:
+        raise SystemExit("--concurrency, --requests, --max-new-tokens and --max-batch must be at least 1; --experts at least 0")
+    opts = ServeOptions(
+        concurrency=tuple(args.concurrency),
+        experts=tuple(args.experts),
+        requests=args.requests,
+        max_new_tokens=args.max_new_tokens,
+        max_batch=args.max_batch,
+        model_path=args.model,
+        cache_dir=args.cache_dir,
+        device=args.device,
+    )
+    return main(opts, as_json=args.json)
 
 
 def _parse_overrides(pairs: list[str]) -> LemoeConfig:
