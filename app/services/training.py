@@ -548,11 +548,14 @@ class Trainer:
     def retract_pending(self) -> int:
         """Carry out the retractions clients asked for (DELETE on an applied edit), one expert
         at a time, between runs; returns how many experts were replaced or retired."""
+        pending = retractions.pending_retractions(self.session_factory)
+        if not pending:
+            return 0
         done = 0
         with self._run_lock:
             self.training = True
             try:
-                for expert_id in retractions.pending_retractions(self.session_factory):
+                for expert_id in pending:
                     if self.stopping.is_set():
                         break
                     done += retractions.retract_from_expert(
