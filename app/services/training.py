@@ -271,6 +271,10 @@ def fail_batch(
     edits_done: int,
 ) -> None:
     with session_factory() as session:
+        # Only edits still in flight: one a client cancelled meanwhile stays cancelled.
+        in_flight = store.hold_in_status(session, edit_ids=edit_ids, status=EditStatus.TRAINING)
+        in_flight |= store.hold_in_status(session, edit_ids=edit_ids, status=EditStatus.PLANNED)
+        edit_ids = sorted(in_flight)
         store.set_edit_status(session, edit_ids=edit_ids, status=EditStatus.FAILED, error=error)
         for edit_id in edit_ids:
             store.append_audit(

@@ -129,3 +129,19 @@ def test_a_batch_whose_every_edit_is_cancelled_while_training_registers_nothing(
 
 def test_withdrawing_an_unknown_edit_is_404(client):
     assert_error(client.delete("/v1/edits/999"), 404, "not_found", "edit 999 does not exist")
+
+
+def test_an_edit_cancelled_while_its_batch_fails_stays_cancelled(client, monkeypatch):
+    france, fox = submit(client, FRANCE, FOX)
+    worker = worker_for(client)
+
+    def cancel_and_fail(name, edits, progress=None):
+        assert withdraw(client, france).status_code == 200
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(worker.engine, "build_expert", cancel_and_fail)
+    worker.run_once()
+
+    assert client.get(f"/v1/edits/{france}").json()["status"] == "cancelled"
+    assert client.get(f"/v1/edits/{fox}").json()["status"] == "failed"
+    assert actions(client, france)[-1] == "edit.cancelled"
