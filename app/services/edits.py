@@ -158,13 +158,13 @@ def retry_edit(session: Session, *, actor: str, edit_id: int) -> store.Edit:
 # DELETE /v1/edits/{id}: what it does to an edit in each status; any other status is a 409.
 CANCELLABLE = (EditStatus.PENDING, EditStatus.PLANNED, EditStatus.TRAINING)
 WHY_NOT_WITHDRAWN = {
-    EditStatus.CANCELLED: "it was cancelled before training; nothing serves it",
-    EditStatus.RETRACTED: "it was retracted: its expert was retrained without it; nothing serves it",
-    EditStatus.RETRACTING: "it is already being retracted: its expert is retrained without it and "
-    "serves it until the replacement is live; follow it with GET /v1/edits/{id}",
-    EditStatus.FAILED: "it failed, so nothing serves it; POST /v1/edits/{id}/retry queues it again",
-    EditStatus.ROLLED_BACK: "its expert is deactivated (rolled back), so nothing serves it; "
-    "activate the expert first to retract this edit alone",
+    EditStatus.CANCELLED: "cancelled (final): it was withdrawn before training and nothing serves it",
+    EditStatus.RETRACTED: "retracted (final): its expert was retrained without it and nothing serves it",
+    EditStatus.RETRACTING: "already retracting: its expert is being retrained without it and serves it "
+    "until the replacement is live; follow it with GET /v1/edits/{id}",
+    EditStatus.FAILED: "failed: nothing serves it, so there is nothing to cancel or retract; POST /v1/edits/{id}/retry queues it again",
+    EditStatus.ROLLED_BACK: "rolled_back: its expert is deactivated, so nothing serves it; activate the "
+    "expert first to retract this edit alone",
 }
 
 
@@ -197,8 +197,7 @@ def withdraw_edit(session: Session, *, actor: str, edit_id: int) -> Withdrawn:
         elif current is EditStatus.APPLIED:
             to, action = EditStatus.RETRACTING, AuditAction.EDIT_RETRACTION_REQUESTED
         else:
-            why = WHY_NOT_WITHDRAWN[current].replace("{id}", str(edit_id))
-            raise EditStateConflict(f"edit {edit_id} is {current.value} and cannot be cancelled or retracted: {why}")
+            raise EditStateConflict(f"edit {edit_id} is " + WHY_NOT_WITHDRAWN[current].replace("{id}", str(edit_id)))
         changed = store.change_status_if(session, edit_id=edit_id, current=current, to=to)
         if changed is None:
             session.rollback()

@@ -4,6 +4,8 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
+
 from app.domain import RunTrigger
 from tests.api.support import FOX, FRANCE, assert_error, generate, submit, worker_for
 
@@ -97,7 +99,8 @@ def test_an_edit_cancelled_while_its_batch_trains_is_trained_out_of_it(db_client
     assert batches == [sorted([france, fox]), [fox]]
     expert = only_expert(db_client)
     assert expert["edit_ids"] == [fox] and expert["edit_count"] == 1
-    assert sorted(p.name for p in worker.engine.experts_dir.iterdir()) == [expert["name"]]
+    saved = json.loads((worker.engine.experts_dir / expert["name"] / "config.json").read_text())
+    assert saved["edit_ids"] == [str(fox)]  # its files were overwritten by the second training
     edit = db_client.get(f"/v1/edits/{france}").json()
     assert edit["status"] == "cancelled" and edit["expert_id"] is None
     assert db_client.get(f"/v1/edits/{france}/events").json()["items"][-1]["payload"] == {"previous_status": "training"}
@@ -120,7 +123,7 @@ def test_a_batch_whose_every_edit_is_cancelled_while_training_registers_nothing(
     run_id = worker.run_once()
 
     assert client.get("/v1/experts").json()["items"] == []
-    assert list(worker.engine.experts_dir.iterdir()) == []  # its files are removed
+    assert not (worker.engine.experts_dir / f"expert-r{run_id}-b0").exists()  # its files are removed
     assert client.get(f"/v1/edits/{france}").json()["status"] == "cancelled"
     run = client.get(f"/v1/training-runs/{run_id}").json()
     assert run["status"] == "succeeded" and run["experts_created"] == 0 and run["edits_done"] == 1

@@ -50,7 +50,7 @@ def test_retracting_an_edit_retrains_its_expert_without_it(trained):
     # Accepted, not done: the old expert still serves the edit.
     still = generate(client, FRANCE["prompt"])
     assert still["expert"]["id"] == old["id"] and still["text"].strip().startswith("Rome")
-    assert_error(withdraw(client, france), 409, "edit_state_conflict", "already being retracted")
+    assert_error(withdraw(client, france), 409, "edit_state_conflict", f"edit {france} is already retracting")
 
     worker_for(client)._tick(scheduled=False)  # the worker's tick carries retractions out
 
@@ -83,7 +83,7 @@ def test_retracting_an_edit_retrains_its_expert_without_it(trained):
     assert [e["action"] for e in new_events if e["edit_id"] is None] == ["expert.registered", "expert.activated"]
     assert new_events[0]["payload"]["replaces_expert_id"] == old["id"]
     # Terminal, and the old expert cannot come back with the retracted edit in it.
-    assert_error(withdraw(client, france), 409, "edit_state_conflict", f"edit {france} is retracted")
+    assert_error(withdraw(client, france), 409, "edit_state_conflict", f"edit {france} is retracted (final)")
     assert_error(client.post(f"/v1/experts/{old['id']}/activate"), 409, "expert_state_conflict", f"replaced by expert {new['id']}")
 
 
