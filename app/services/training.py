@@ -158,13 +158,6 @@ def record_inferred_subjects(
     return recorded
 
 
-def mark_training(session_factory: sessionmaker[Session], *, edit_ids: Sequence[int]) -> None:
-    """planned -> training for one batch (the run's started event already records the claim)."""
-    with session_factory() as session:
-        store.set_edit_status(session, edit_ids=edit_ids, status=EditStatus.TRAINING)
-        session.commit()
-
-
 class BatchChanged(Exception):
     """Edits of a batch left `training` while it trained (a client cancelled them, or a replica's
     recovery requeued them): the expert is not registered; it is trained again without them."""
