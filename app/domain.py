@@ -13,6 +13,12 @@ class EditStatus(StrEnum):
     APPLIED = "applied"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    # Withdrawn by a client before any expert served it (DELETE /v1/edits/{id}); never trained.
+    CANCELLED = "cancelled"
+    # DELETE on an applied edit: its expert is retrained without it and still serves it until
+    # the replacement is live; then `retracted`.
+    RETRACTING = "retracting"
+    RETRACTED = "retracted"
 
 
 class SubjectSource(StrEnum):
@@ -54,6 +60,11 @@ class AuditAction(StrEnum):
     EDIT_RESTORED = "edit.restored"
     EDIT_SUPERSEDED = "edit.superseded"  # a newer edit of the same fact now wins its prompt
     EDIT_SUBJECT_INFERRED = "edit.subject_inferred"  # the edit named no subject; the server found one
+    EDIT_CANCELLED = "edit.cancelled"
+    EDIT_RETRACTION_REQUESTED = "edit.retraction_requested"
+    EDIT_RETRACTED = "edit.retracted"
+    EDIT_RETRACTION_FAILED = "edit.retraction_failed"  # retraining failed: the edit is applied again
+    EDIT_RETRAINED = "edit.retrained"  # kept by the expert that replaced its own (another edit was retracted)
     RUN_CREATED = "training_run.created"
     RUN_STARTED = "training_run.started"
     RUN_FINISHED = "training_run.finished"
@@ -66,6 +77,7 @@ class AuditAction(StrEnum):
     # once per process, expert and reason.
     EXPERT_LOAD_FAILED = "expert.load_failed"
     EXPERT_QUARANTINED = "expert.quarantined"
+    EXPERT_REPLACED = "expert.replaced"  # retrained without retracted edits; the new one took its place
     KEY_CREATED = "key.created"
     KEY_REVOKED = "key.revoked"
 

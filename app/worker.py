@@ -1,6 +1,6 @@
 """The training schedule: when to ask the training service for a run. `run_forever()` is an
 asyncio loop that elects this process trainer (the store's trainer lock), then runs queued runs at
-once and a scheduled one every worker_interval_s when enough edits are pending, each in a thread
+once (after any retraction clients asked for) and a scheduled one every worker_interval_s when enough edits are pending, each in a thread
 (`app.services.training.Trainer` executes it) so the API keeps serving meanwhile."""
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ class TrainingWorker:
         self.trainer_lock.release()
 
     def _tick(self, scheduled: bool) -> None:
-        """Run queued runs (manual triggers, possibly from other processes), then the schedule."""
+        """Carry out requested retractions, run queued runs (manual triggers, possibly from
+        other processes), then the schedule."""
+        self.trainer.retract_pending()
         while not self.trainer.stopping.is_set():
             run = training.next_queued_run(self.session_factory)
             if run is None:

@@ -92,3 +92,34 @@ def test_edit_ask_roll_back_and_restart_on_the_real_model(tmp_path):
         statuses = {e["status"] for e in client.get("/v1/edits").json()["items"]}
     assert after_restart == before_restart
     assert statuses == {"applied"}
+
+
+def test_retract_one_edit_of_an_expert_on_the_real_model(tmp_path):
+    # Records 10 and 11 state one fact in two wordings: retracting either leaves the other
+    # answering (another live edit covers it). Record 12 stands alone.
+    records = zsre_records(10, 3)
+    settings = real_settings(tmp_path / "data")
+
+    with running_app(settings, Engine.from_settings(settings)) as client:
+        base = {r["src"]: ask(client, r["src"])["text"] for r in records}
+        edits = [{"prompt": r["src"], "target": r["alt"], "subject": r["subject"]} for r in records]
+        ids = client.post("/v1/edits", json=edits).json()["ids"]
+        run, _ = train_now(client, keep_asking=UNRELATED)
+        assert run["status"] == "succeeded", run
+        [old] = client.get("/v1/experts").json()["items"]
+
+        assert client.delete(f"/v1/edits/{ids[2]}", headers={"X-Actor": "e2e"}).status_code == 202
+        deadline = time.monotonic() + 600
+        while client.get(f"/v1/edits/{ids[2]}").json()["status"] == "retracting":
+            assert time.monotonic() < deadline, "the retraction did not finish"
+            time.sleep(0.2)
+
+        assert client.get(f"/v1/edits/{ids[2]}").json()["status"] == "retracted"
+        _, new = client.get("/v1/experts").json()["items"]
+        assert new["status"] == "active" and new["id"] == client.get(f"/v1/experts/{old['id']}").json()["replaced_by_id"]
+        gone = ask(client, records[2]["src"])
+        assert gone["expert"] is None and gone["text"] == base[records[2]["src"]]
+        for record in records[:2]:  # retrained with the same seed: the kept edits keep their answers
+            answer = ask(client, record["src"])
+            assert answer["expert"]["id"] == new["id"]
+            assert answer["text"].strip().startswith(record["alt"]), (record, answer)

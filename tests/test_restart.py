@@ -343,3 +343,46 @@ def test_experts_made_at_another_adaptor_layer_are_quarantined_not_served_there(
     with fresh_app(settings) as client:  # the setting restored: it serves again
         assert client.get("/readyz").json()["active_experts"] == before["active"]
         assert answers(client) == before["answers"]
+
+
+def test_kill_9_mid_retraction_keeps_the_old_expert_serving_then_finishes(tiny_model_dir: Path, tmp_path: Path):
+    data_dir, log = tmp_path / "data", tmp_path / "server.log"
+    fast = Server(tiny_model_dir, data_dir, log, LEMOE_TRAIN_MAX_STEPS="60")
+    client = fast.start()
+    try:
+        base = client.post("/v1/generate", json={"prompt": FRANCE["prompt"]}).json()["text"]
+        france, fox = client.post("/v1/edits", json=[FRANCE, FOX]).json()["ids"]
+        run_id = client.post("/v1/training-runs").json()["id"]
+        poll_until(lambda: client.get(f"/v1/training-runs/{run_id}").json()["status"] == "succeeded", what="the run")
+        [old] = client.get("/v1/experts").json()["items"]
+    finally:
+        client.close()
+        fast.stop()
+
+    # Retraining that never converges, so the process surely dies in the middle of it.
+    slow = Server(tiny_model_dir, data_dir, log, LEMOE_TRAIN_MAX_STEPS="1000000", LEMOE_TRAIN_LOSS_THRESHOLD="0")
+    client = slow.start()
+    try:
+        assert client.delete(f"/v1/edits/{france}", headers={"X-Actor": "judy"}).status_code == 202
+        poll_until(lambda: client.get("/readyz").json()["worker"] == "training", what="the retraining")
+        served = client.post("/v1/generate", json={"prompt": FRANCE["prompt"]}).json()
+        assert served["expert"]["id"] == old["id"]  # while its replacement trains
+    finally:
+        slow.kill9()
+        client.close()
+
+    fast = Server(tiny_model_dir, data_dir, log, LEMOE_TRAIN_MAX_STEPS="60")
+    client = fast.start()
+    try:
+        # Resumed by the trainer at start-up, whichever state the kill left.
+        poll_until(lambda: client.get(f"/v1/edits/{france}").json()["status"] == "retracted", what="the retraction")
+        old_row, new = client.get("/v1/experts").json()["items"]
+        assert (old_row["status"], old_row["replaced_by_id"], new["status"]) == ("inactive", new["id"], "active")
+        assert client.get(f"/v1/edits/{fox}").json()["expert_id"] == new["id"]
+        assert client.post("/v1/generate", json={"prompt": FRANCE["prompt"]}).json()["text"] == base
+        assert client.post("/v1/generate", json={"prompt": FOX["prompt"]}).json()["expert"]["id"] == new["id"]
+        actions = [e["action"] for e in client.get(f"/v1/edits/{france}/events").json()["items"]]
+        assert actions[-2:] == ["edit.retraction_requested", "edit.retracted"]
+    finally:
+        client.close()
+        assert fast.stop() in (0, -signal.SIGTERM), log.read_text()[-3000:]

@@ -72,7 +72,11 @@ EditsCreate = Annotated[
 
 class EditPublic(PublicModel):
     id: int
-    status: EditStatus
+    status: EditStatus = Field(
+        description="pending -> planned -> training -> applied | failed; applied -> rolled_back -> applied "
+        "(expert deactivated / activated); DELETE: pending | planned | training -> cancelled, applied -> "
+        "retracting -> retracted"
+    )
     prompt: str
     target: str
     subject: str | None
@@ -84,7 +88,7 @@ class EditPublic(PublicModel):
     rephrases: list[str]
     expert_id: int | None = Field(description="The expert that holds (or held) this edit")
     training_run_id: int | None = Field(description="The run that last claimed this edit")
-    error: str | None = Field(description="Why training failed, when status is failed")
+    error: str | None = Field(description="Why training failed, when status is failed (or why its retraction failed)")
     created_at: datetime
     updated_at: datetime
     applied_at: datetime | None

@@ -22,10 +22,16 @@ class ExpertPublic(PublicModel):
     created_at: datetime
     activated_at: datetime | None
     deactivated_at: datetime | None
+    replaced_by_id: int | None = Field(
+        description="The expert that replaced this one when some of its edits were retracted (it "
+        "holds the others and stands in this one's place in the stack); null otherwise"
+    )
 
 
 class ExpertDetail(ExpertPublic):
-    edit_ids: list[int] = Field(description="The edits this expert was trained on")
+    edit_ids: list[int] = Field(
+        description="The edits this expert holds: those it was trained on, less those moved to the expert that replaced it"
+    )
 
 
 class ExpertsPublic(BaseModel):

@@ -158,6 +158,68 @@ def retry_edit(session: Session, *, actor: str, edit_id: int, on_behalf_of: str 
     return retried.edit
 
 
+# DELETE /v1/edits/{id}: what it does to an edit in each status; any other status is a 409.
+CANCELLABLE = (EditStatus.PENDING, EditStatus.PLANNED, EditStatus.TRAINING)
+WHY_NOT_WITHDRAWN = {
+    EditStatus.CANCELLED: "cancelled (final): it was withdrawn before training and nothing serves it",
+    EditStatus.RETRACTED: "retracted (final): its expert was retrained without it and nothing serves it",
+    EditStatus.RETRACTING: "already retracting: its expert is being retrained without it and serves it "
+    "until the replacement is live; follow it with GET /v1/edits/{id}",
+    EditStatus.FAILED: "failed: nothing serves it, so there is nothing to cancel or retract; POST /v1/edits/{id}/retry queues it again",
+    EditStatus.ROLLED_BACK: "rolled_back: its expert is deactivated, so nothing serves it; activate the "
+    "expert first to retract this edit alone",
+}
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    edit: store.Edit
+    previous_status: EditStatus
+
+    @property
+    def cancelled(self) -> bool:
+        return self.edit.status is EditStatus.CANCELLED
+
+
+def withdraw_edit(session: Session, *, actor: str, edit_id: int, on_behalf_of: str | None = None) -> Withdrawn:
+    """DELETE /v1/edits/{id}, committed with its audit event: a pending, planned or training
+    edit is cancelled (no expert will serve it; a run that claimed it drops it), an applied one
+    becomes retracting (the trainer retrains its expert without it, swaps the replacement in,
+    then marks it retracted). EditStateConflict for any other status, saying why.
+
+    Each change is one conditional UPDATE, so a race with the trainer (planned -> training,
+    training -> applied) is decided by the database; the loser reads the edit again."""
+    for _ in range(5):
+        edit = store.get_edit(session, edit_id=edit_id)
+        if edit is None:
+            raise EditNotFound(edit_id)
+        session.refresh(edit)
+        current = edit.status
+        if current in CANCELLABLE:
+            to, action = EditStatus.CANCELLED, AuditAction.EDIT_CANCELLED
+        elif current is EditStatus.APPLIED:
+            to, action = EditStatus.RETRACTING, AuditAction.EDIT_RETRACTION_REQUESTED
+        else:
+            raise EditStateConflict(f"edit {edit_id} is " + WHY_NOT_WITHDRAWN[current].replace("{id}", str(edit_id)))
+        changed = store.change_status_if(session, edit_id=edit_id, current=current, to=to)
+        if changed is None:
+            session.rollback()
+            continue
+        store.append_audit(
+            session,
+            actor=actor,
+            action=action,
+            edit_id=edit_id,
+            expert_id=changed.expert_id,
+            training_run_id=changed.training_run_id,
+            payload={"previous_status": current.value},
+            on_behalf_of=on_behalf_of,
+        )
+        session.commit()
+        return Withdrawn(edit=changed, previous_status=current)
+    raise EditStateConflict(f"edit {edit_id} kept changing status while it was being withdrawn; try again")
+
+
 def get_edit(session: Session, *, edit_id: int) -> store.Edit:
     edit = store.get_edit(session, edit_id=edit_id)
     if edit is None:

@@ -97,8 +97,10 @@ def _change(
             raise ExpertStateConflict(
                 f"expert {expert_id} ({expert.name!r}) is {expert.status.value}, not active; activate it once its files are restored"
             )
-        store.set_expert_status(session, expert_id=expert_id, status=to)
         edits = store.edits_of_expert(session, expert_id=expert_id)
+        if to is ExpertStatus.ACTIVE:
+            _refuse_retracted(expert, edits)
+        store.set_expert_status(session, expert_id=expert_id, status=to)
         changed = [e.id for e in edits if e.status is edits_from]
         store.set_edit_status(session, edit_ids=changed, status=edits_to)
         store.append_audit(
@@ -137,6 +139,23 @@ def _change(
             changed_edit_ids=changed,
             edit_status=edits_to,
             active_experts=stack.active_names(),
+        )
+
+
+def _refuse_retracted(expert: store.Expert, edits: list[store.Edit]) -> None:
+    """An expert holding retracted edits still has their anchors: activating it would serve
+    them again (and its kept edits twice, beside the expert that replaced it)."""
+    retracted = [e.id for e in edits if e.status is EditStatus.RETRACTED]
+    if expert.replaced_by_id is not None:
+        raise ExpertStateConflict(
+            f"expert {expert.id} ({expert.name!r}) was replaced by expert {expert.replaced_by_id} when edits "
+            f"{retracted} were retracted; activating it would serve them again (expert {expert.replaced_by_id} "
+            "holds its other edits)"
+        )
+    if retracted:
+        raise ExpertStateConflict(
+            f"expert {expert.id} ({expert.name!r}) was deactivated when its edits {retracted} were retracted; "
+            "activating it would serve them again"
         )
 
 

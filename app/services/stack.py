@@ -1,4 +1,4 @@
-"""The live expert stack, kept equal to the active experts in SQL (ordered by id, oldest first)
+"""The live expert stack, kept equal to the active experts in SQL (in stack order, oldest first)
 less those whose files this process cannot load (quarantined here, retried, reported)."""
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class LiveStack:
             return False
 
     def apply(self, experts: Sequence[store.Expert], *, required: int | None = None) -> None:
-        """Make the engine's stack `experts` (already in id order) less those whose files are bad.
+        """Make the engine's stack `experts` (already in stack order) less those whose files are bad.
 
         A bad file of expert id `required` (the one being activated) raises ExpertFilesInvalid
         naming it, and nothing changes.

@@ -9,6 +9,7 @@ about runs is `app.services.runs`'s.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from app.config import Settings
 from app.domain import AuditAction, EditStatus, ExpertStatus, RunStatus, RunTrigger
 from app.errors import Conflict
 from app.lemoe.types import Edit
+from app.services import retractions
 from app.services.checks import SCHEDULER_ACTOR, SYSTEM_ACTOR
 from app.services.runs import get_run
 from app.services.stack import LiveStack, stored_path
@@ -156,11 +158,31 @@ def record_inferred_subjects(
     return recorded
 
 
-def mark_training(session_factory: sessionmaker[Session], *, edit_ids: Sequence[int]) -> None:
-    """planned -> training for one batch (the run's started event already records the claim)."""
+class BatchChanged(Exception):
+    """Edits of a batch left `training` while it trained (a client cancelled them, or a replica's
+    recovery requeued them): the expert is not registered; it is trained again without them."""
+
+    def __init__(self, edit_ids: Sequence[int]) -> None:
+        super().__init__(f"edits {list(edit_ids)} are no longer training")
+        self.edit_ids = tuple(edit_ids)
+
+
+def start_batch(session_factory: sessionmaker[Session], *, edit_ids: Sequence[int]) -> set[int]:
+    """planned -> training for one batch, less the edits cancelled since the run claimed them
+    (they are left out: never trained); returns the ids that train."""
     with session_factory() as session:
-        store.set_edit_status(session, edit_ids=edit_ids, status=EditStatus.TRAINING)
+        started = store.move_planned_to_training(session, edit_ids=edit_ids)
         session.commit()
+        return started
+
+
+def require_still_training(session: Session, *, edit_ids: Sequence[int]) -> None:
+    """Inside the transaction that registers a batch's expert: its edits are held in `training`
+    until the commit, or BatchChanged names those that left it (the transaction rolls back)."""
+    gone = sorted(set(edit_ids) - store.hold_in_status(session, edit_ids=edit_ids, status=EditStatus.TRAINING))
+    if gone:
+        session.rollback()
+        raise BatchChanged(gone)
 
 
 def record_progress(
@@ -184,8 +206,10 @@ def register_expert(
     built: BuiltExpert,
     edits_done: int,
 ) -> store.Expert:
-    """The trained expert becomes an active row and its edits applied, all in one commit."""
+    """The trained expert becomes an active row and its edits applied, all in one commit;
+    BatchChanged (nothing written) when some of them were cancelled meanwhile."""
     with session_factory() as session:
+        require_still_training(session, edit_ids=built.edit_ids)
         expert = store.add_expert(
             session,
             name=built.name,
@@ -240,6 +264,10 @@ def fail_batch(
     edits_done: int,
 ) -> None:
     with session_factory() as session:
+        # Only edits still in flight: one a client cancelled meanwhile stays cancelled.
+        in_flight = store.hold_in_status(session, edit_ids=edit_ids, status=EditStatus.TRAINING)
+        in_flight |= store.hold_in_status(session, edit_ids=edit_ids, status=EditStatus.PLANNED)
+        edit_ids = sorted(in_flight)
         store.set_edit_status(session, edit_ids=edit_ids, status=EditStatus.FAILED, error=error)
         for edit_id in edit_ids:
             store.append_audit(
@@ -327,12 +355,13 @@ def _audit_recovery(session: Session, report: store.RecoveryReport, *, actor: st
 class _Tally:
     applied: int = 0
     failed: int = 0
+    cancelled: int = 0  # left out of their batch: cancelled by a client after the run claimed them
     experts: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
     def done(self) -> int:
-        return self.applied + self.failed
+        return self.applied + self.failed + self.cancelled
 
 
 class Trainer:
@@ -415,6 +444,7 @@ class Trainer:
                 "experts_created": tally.experts,
                 "edits_applied": tally.applied,
                 "edits_failed": tally.failed,
+                "edits_cancelled": tally.cancelled,
                 "seconds": round(seconds, 3),
             },
         )
@@ -447,9 +477,18 @@ class Trainer:
         return [replace(e, subject=recorded[e.edit_id]) if e.edit_id in recorded else e for e in edits]
 
     def _train_batch(self, run: StartedRun, index: int, count: int, batch, tally: _Tally) -> None:
-        """Train, register and make live one expert; a training error fails only this batch."""
+        """Train, register and make live one expert; a training error fails only this batch.
+        Edits cancelled since the run claimed them are left out, never trained."""
+        started = start_batch(self.session_factory, edit_ids=[e.edit_id for e in batch])
+        batch = self._without_cancelled(run, batch, started, tally)
+        if batch:
+            self._train_started_batch(run, index, count, batch, tally)
+
+    def _train_started_batch(self, run: StartedRun, index: int, count: int, batch: list[Edit], tally: _Tally) -> None:
+        """The batch's edits are training: build its expert, register it, make it live. An edit
+        cancelled meanwhile (BatchChanged at registration) makes it train again without it:
+        an expert never holds, so never serves, a cancelled edit's anchors."""
         ids = [e.edit_id for e in batch]
-        mark_training(self.session_factory, edit_ids=ids)
         # Deterministic (the editor seeds its augmentation by name); run ids never repeat.
         name = f"expert-r{run.run_id}-b{index}"
         log.info("run %s batch %d/%d: training %s on edits %s", run.run_id, index + 1, count, name, ids)
@@ -473,18 +512,60 @@ class Trainer:
             built.final_loss,
             built.seconds,
         )
-        register_expert(
-            self.session_factory,
-            settings=self.settings,
-            run=run,
-            built=built,
-            edits_done=tally.done + len(ids),
-        )
+        try:
+            register_expert(
+                self.session_factory,
+                settings=self.settings,
+                run=run,
+                built=built,
+                edits_done=tally.done + len(ids),
+            )
+        except BatchChanged as changed:
+            batch = self._without_cancelled(run, batch, set(ids) - set(changed.edit_ids), tally)
+            if batch:  # the same name: its files are overwritten
+                self._train_started_batch(run, index, count, batch, tally)
+            else:
+                shutil.rmtree(built.path, ignore_errors=True)  # no row names these files
+            return
         for new_id, old_id in built.superseded:
             log.info("run %s: edit %s supersedes edit %s", run.run_id, new_id, old_id)
         tally.applied += len(ids)
         tally.experts += 1
         self.stack.sync()  # the new expert goes live atomically, between requests
+
+    def _without_cancelled(self, run: StartedRun, batch: list[Edit], still: set[int], tally: _Tally) -> list[Edit]:
+        """`batch` less the edits not in `still` (cancelled by a client since the run claimed them)."""
+        dropped = [e.edit_id for e in batch if e.edit_id not in still]
+        if dropped:
+            log.info("run %s: edits %s were cancelled (or requeued); they are left out of their batch", run.run_id, dropped)
+            tally.cancelled += len(dropped)
+            record_progress(self.session_factory, run_id=run.run_id, edits_done=tally.done)
+        return [e for e in batch if e.edit_id in still]
+
+    def retract_pending(self) -> int:
+        """Carry out the retractions clients asked for (DELETE on an applied edit), one expert
+        at a time, between runs; returns how many experts were replaced or retired."""
+        pending = retractions.pending_retractions(self.session_factory)
+        if not pending:
+            return 0
+        done = 0
+        with self._run_lock:
+            self.training = True
+            try:
+                for expert_id in pending:
+                    if self.stopping.is_set():
+                        break
+                    done += retractions.retract_from_expert(
+                        self.session_factory,
+                        settings=self.settings,
+                        engine=self.engine,
+                        stack=self.stack,
+                        expert_id=expert_id,
+                        stopping=self.stopping,
+                    )
+            finally:
+                self.training = False
+        return done
 
     def _fail_leftovers(self, run: StartedRun, message: str) -> None:
         """Edits of the run not yet applied or failed are marked failed (best effort)."""

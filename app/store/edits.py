@@ -9,9 +9,9 @@ from datetime import datetime
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.domain import EditStatus, SubjectSource
+from app.domain import EditStatus, ExpertStatus, SubjectSource
 from app.store.errors import InvalidTransition, RecordNotFound
-from app.store.models import Edit, TrainingRun
+from app.store.models import Edit, Expert, TrainingRun
 from app.store.pagination import DEFAULT_LIMIT, Page, paginate
 from app.store.runs import ACTIVE_RUN_STATUSES
 from app.store.types import coerce_enum, require_aware, utcnow
@@ -209,6 +209,63 @@ def set_inferred_subject(session: Session, *, edit_id: int, subject: str) -> Edi
         .returning(Edit)
         .execution_options(populate_existing=True)
     ).one_or_none()
+
+
+def change_status_if(session: Session, *, edit_id: int, current: EditStatus, to: EditStatus, error: str | None = None) -> Edit | None:
+    """`current` -> `to` (and `error`, None clearing it) in one conditional UPDATE; None when
+    the edit is no longer `current` (another request or the trainer changed it first), and
+    nothing changes."""
+    return session.scalars(
+        update(Edit)
+        .where(Edit.id == edit_id, Edit.status == current)
+        .values(status=to, error=error, updated_at=utcnow())
+        .returning(Edit)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
+def hold_in_status(session: Session, *, edit_ids: Sequence[int], status: EditStatus) -> set[int]:
+    """Which of `edit_ids` still have `status`, holding them there until the transaction ends: a
+    touching UPDATE takes their row locks (PostgreSQL) and the write lock (SQLite), so a
+    concurrent status change waits and then sees what this transaction commits."""
+    if not edit_ids:
+        return set()
+    held = session.scalars(
+        update(Edit)
+        .where(Edit.id.in_(sorted(set(edit_ids))), Edit.status == status)
+        .values(updated_at=utcnow())
+        .returning(Edit.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(held)
+
+
+def move_planned_to_training(session: Session, *, edit_ids: Sequence[int]) -> set[int]:
+    """planned -> training for those of `edit_ids` still planned (a client may have cancelled
+    some); returns their ids."""
+    if not edit_ids:
+        return set()
+    moved = session.scalars(
+        update(Edit)
+        .where(Edit.id.in_(sorted(set(edit_ids))), Edit.status == EditStatus.PLANNED)
+        .values(status=EditStatus.TRAINING, updated_at=utcnow())
+        .returning(Edit.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(moved)
+
+
+def experts_with_retractions(session: Session) -> list[int]:
+    """Ids of the active experts holding a retracting edit, oldest request first (an inactive
+    expert's retractions wait until it is active again: nothing serves them meanwhile)."""
+    stmt = (
+        select(Edit.expert_id, func.min(Edit.updated_at))
+        .join(Expert, Expert.id == Edit.expert_id)
+        .where(Edit.status == EditStatus.RETRACTING, Expert.status == ExpertStatus.ACTIVE)
+        .group_by(Edit.expert_id)
+        .order_by(func.min(Edit.updated_at), Edit.expert_id)
+    )
+    return [expert_id for expert_id, _ in session.execute(stmt)]
 
 
 def edits_of_expert(session: Session, *, expert_id: int) -> list[Edit]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.domain import ExpertStatus
@@ -44,8 +44,10 @@ def add_expert(
     steps: int | None = None,
     metrics: dict[str, Any] | None = None,
     status: ExpertStatus | str = ExpertStatus.INACTIVE,
+    stack_order: int | None = None,
 ) -> Expert:
-    """Register a trained expert whose files are already on disk; ACTIVE also activates it."""
+    """Register a trained expert whose files are already on disk; ACTIVE also activates it.
+    `stack_order`: its place in the stack (None: its own id, after every expert so far)."""
     name = _check_name(name)
     status = coerce_enum(ExpertStatus, status)
     if not isinstance(path, str) or not path:
@@ -70,6 +72,8 @@ def add_expert(
     )
     session.add(expert)
     session.flush()
+    expert.stack_order = expert.id if stack_order is None else stack_order
+    session.flush()
     if status is ExpertStatus.ACTIVE:
         bump_stack_version(session)
     return expert
@@ -84,8 +88,9 @@ def get_expert_by_name(session: Session, *, name: str) -> Expert | None:
 
 
 def list_experts(session: Session, *, status: ExpertStatus | str | None = None) -> list[Expert]:
-    """Experts, oldest first (the order the engine stacks them in)."""
-    stmt = select(Expert).order_by(Expert.id)
+    """Experts in stack order, oldest first (the order the engine stacks them in; an expert that
+    replaced another stands in its place)."""
+    stmt = select(Expert).order_by(Expert.stack_order, Expert.id)
     if status is not None:
         stmt = stmt.where(Expert.status == coerce_enum(ExpertStatus, status))
     return list(session.scalars(stmt))
@@ -110,4 +115,20 @@ def set_expert_status(session: Session, *, expert_id: int, status: ExpertStatus 
         expert.deactivated_at = now
     session.flush()
     bump_stack_version(session)
+    return expert
+
+
+def deactivate_if_active(session: Session, *, expert_id: int) -> Expert | None:
+    """Active -> inactive in one conditional UPDATE (it takes the row's lock, and SQLite's write
+    lock, before anything is read), bumping the stack version; None when the expert is not
+    active (any more), and nothing changes."""
+    expert = session.scalars(
+        update(Expert)
+        .where(Expert.id == expert_id, Expert.status == ExpertStatus.ACTIVE)
+        .values(status=ExpertStatus.INACTIVE, deactivated_at=utcnow())
+        .returning(Expert)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if expert is not None:
+        bump_stack_version(session)
     return expert

@@ -53,7 +53,8 @@ class Base(DeclarativeBase):
 
 
 class Edit(Base):
-    """One requested fact edit and where it stands (pending -> ... -> applied | failed | rolled_back)."""
+    """One requested fact edit and where it stands (pending -> ... -> applied | failed | rolled_back |
+    cancelled | retracting -> retracted)."""
 
     __tablename__ = "edits"
     __table_args__ = (
@@ -95,6 +96,12 @@ class Expert(Base):
     final_loss: Mapped[float | None] = mapped_column(Float)
     steps: Mapped[int | None] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # Its place in the live stack (later wins among near-equal anchors): its own id, or the place
+    # of the expert it replaced (retrained without a retracted edit), so superseding still holds.
+    stack_order: Mapped[int | None] = mapped_column(Integer)
+    # The expert that replaced it. A plain integer, like the audit log's ids: an SQLite table
+    # that other tables reference cannot take a new foreign key without being rebuilt.
+    replaced_by_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     deactivated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -33,6 +33,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Scope | str] = {
     ("GET", "/v1/edits/{edit_id}"): Scope.READ,
     ("GET", "/v1/edits/{edit_id}/events"): Scope.READ,
     ("POST", "/v1/edits/{edit_id}/retry"): Scope.EDITS_WRITE,
+    ("DELETE", "/v1/edits/{edit_id}"): Scope.EDITS_WRITE,
     ("POST", "/v1/generate"): Scope.GENERATE,
     ("GET", "/v1/generate"): Scope.GENERATE,
     ("GET", "/v1/models"): Scope.GENERATE,

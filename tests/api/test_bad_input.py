@@ -124,7 +124,7 @@ CASES = [  # one case per row: the table reads better unwrapped
     ("put audit", "PUT", "/v1/audit", {"json": {}}, 405, "method_not_allowed", ["PUT"]),
     ("patch audit", "PATCH", "/v1/audit", {"json": {}}, 405, "method_not_allowed", ["PATCH"]),
     ("delete events", "DELETE", "/v1/edits/1/events", {}, 405, "method_not_allowed", []),
-    ("delete an edit", "DELETE", "/v1/edits/1", {}, 405, "method_not_allowed", []),
+    ("put an edit", "PUT", "/v1/edits/1", {"json": {}}, 405, "method_not_allowed", ["PUT", "DELETE", "GET"]),
     ("put generate", "PUT", "/v1/generate", {}, 405, "method_not_allowed", ["GET, POST"]),
 ]
 # fmt: on

@@ -116,7 +116,7 @@ def test_openapi_documents_the_v1_contract(client):
 
     for path, methods in {
         "/v1/edits": {"get", "post"},
-        "/v1/edits/{edit_id}": {"get"},
+        "/v1/edits/{edit_id}": {"delete", "get"},
         "/v1/edits/{edit_id}/events": {"get"},
         "/v1/generate": {"get", "post"},
         "/v1/training-runs": {"get", "post"},

@@ -37,7 +37,7 @@ def test_recover_requeues_claimed_edits_with_audit(sessions):
         sessions, settings=Settings(_env_file=None, worker_max_batch=2), trigger=RunTrigger.SCHEDULE, actor="scheduler"
     )
     assert started is not None and [e.edit_id for e in started.edits] == ids[:2]
-    training.mark_training(sessions, edit_ids=ids[:1])
+    assert training.start_batch(sessions, edit_ids=ids[:1]) == {ids[0]}
 
     report = training.recover(sessions)  # as at start-up after a crash
 

@@ -19,7 +19,7 @@ from app.store.db import MIGRATIONS_DIR
 from tests.pg import temporary_database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0005"
+HEAD = "0006"
 TABLES = {"edits", "experts", "training_runs", "audit_events", "stack_state", "idempotency_keys", "api_keys"}
 
 
@@ -127,5 +127,28 @@ def test_upgrade_backfills_subject_source_of_existing_edits(backend: str, tmp_pa
             with Session(engine) as s:  # and the model reads them
                 sources = s.scalars(select(Edit.subject_source).order_by(Edit.id)).all()
             assert sources == [SubjectSource.CLIENT, None]
+        finally:
+            engine.dispose()
+
+
+def test_upgrade_backfills_the_stack_order_of_existing_experts(backend: str, tmp_path: Path) -> None:
+    """0006 on a database with experts: each keeps its place (its id); none was replaced."""
+    with temporary_database_url(backend, tmp_path, migrated=False) as url:
+        engine = make_engine(url)
+        try:
+            migrate(engine, revision="0004")
+            with engine.begin() as conn:
+                for name in ("expert-r1-b0", "expert-r2-b0"):
+                    conn.execute(
+                        text(
+                            "INSERT INTO experts (name, path, sha256, status, edit_count, created_at) VALUES (:n, :p, :s, 'active', 1, :t)"
+                        ),
+                        {"n": name, "p": f"experts/{name}", "s": "0" * 64, "t": "2026-01-01 00:00:00"},
+                    )
+            migrate(engine)
+            assert head_revision(engine) == HEAD
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT id, stack_order, replaced_by_id FROM experts ORDER BY id")).all()
+            assert [tuple(r) for r in rows] == [(1, 1, None), (2, 2, None)]
         finally:
             engine.dispose()

@@ -1,4 +1,4 @@
-"""POST/GET /v1/edits, GET /v1/edits/{id}, GET /v1/edits/{id}/events, POST /v1/edits/{id}/retry."""
+"""POST/GET /v1/edits, GET/DELETE /v1/edits/{id}, GET /v1/edits/{id}/events, POST /v1/edits/{id}/retry."""
 
 from __future__ import annotations
 
@@ -141,3 +141,30 @@ def retry_edit(*, session: SessionDep, actor: ActorDep, edit_id: EditId) -> Edit
     """Send a failed edit back to pending (its error is cleared; edit.retried keeps it); the next
     training run claims it again."""
     return EditPublic.model_validate(edit_service.retry_edit(session, actor=actor.name, on_behalf_of=actor.on_behalf_of, edit_id=edit_id))
+
+
+@router.delete(
+    "/{edit_id}",
+    status_code=202,
+    dependencies=[requires(Scope.EDITS_WRITE)],
+    responses={
+        200: {"model": EditPublic, "description": "Cancelled: the edit was not yet applied and never will be (status `cancelled`)"},
+        202: {
+            "description": "Retraction accepted (status `retracting`): the trainer retrains the edit's expert without it; "
+            "the expert serves it until the replacement is live, then the edit is `retracted`"
+        },
+        409: {
+            "model": ErrorResponse,
+            "description": "The edit is cancelled, retracting, retracted, failed or rolled_back (edit_state_conflict)",
+        },
+    },
+)
+def withdraw_edit(*, session: SessionDep, runtime: RuntimeDep, actor: ActorDep, edit_id: EditId, response: Response) -> EditPublic:
+    """Cancel an edit not yet applied (200), or retract an applied one (202): its expert is
+    retrained without it and swapped in; its prompt then gets the unedited model's answer."""
+    withdrawn = edit_service.withdraw_edit(session, actor=actor.name, on_behalf_of=actor.on_behalf_of, edit_id=edit_id)
+    if withdrawn.cancelled:
+        response.status_code = 200
+    elif runtime.wake_worker is not None:
+        runtime.wake_worker()
+    return EditPublic.model_validate(withdrawn.edit)

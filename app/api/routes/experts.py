@@ -40,7 +40,7 @@ def list_experts(
     session: SessionDep,
     status: Annotated[ExpertStatus | None, Query(description="Only experts in this status")] = None,
 ) -> ExpertsPublic:
-    """All experts, oldest first (the order they stack in)."""
+    """All experts in stack order, oldest first (an expert that replaced another stands in its place)."""
     return ExpertsPublic(items=[ExpertPublic.model_validate(e) for e in expert_service.list_experts(session, status=status)])
 
 
