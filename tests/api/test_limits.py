@@ -4,10 +4,16 @@ per route, and an access log that never shows a query string."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import pytest
 from sqlalchemy import text
 
+from app.engine.scheduler import Scheduler
+from app.lemoe.batching import RowRequest
+from app.lemoe.stopping import StopSignal
+from app.lemoe.types import SamplingParams
 from app.main import generate_body_bytes, max_body_bytes
 from app.store import make_engine
 from app.store.db import DatabaseOptions, _postgres_connect_args, normalize_url
@@ -39,6 +45,40 @@ def test_a_generation_within_its_deadline_answers(client):
 
     assert response.status_code == 200, response.text
     assert response.json()["completion_tokens"] == 5
+
+
+def test_past_the_batch_and_its_queue_a_generation_is_429_overloaded_at_once(tiny_model_dir, tmp_path, shared_engine):
+    """One place in the batch, none to wait in: while a generation holds it, the next request is
+    refused at once (on the OpenAI routes in OpenAI's error shape); then it is served again."""
+    hold = threading.Event()
+    own = shared_engine.scheduler
+    shared_engine.scheduler = Scheduler(shared_engine.editor, max_batch=1, max_waiting=0)
+    holder = threading.Thread(
+        target=shared_engine.scheduler.run,
+        args=(RowRequest(LONG_PROMPT, SamplingParams(max_new_tokens=100_000), (), stop=StopSignal(event=hold)),),
+    )
+    try:
+        with running_app(tiny_settings(tiny_model_dir, tmp_path / "data"), shared_engine) as client:
+            holder.start()
+            deadline = time.monotonic() + 120
+            while shared_engine.scheduler.running < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            refused = client.post("/v1/generate", json={"prompt": LONG_PROMPT, "max_new_tokens": 5})
+            openai = client.post("/v1/completions", json={"model": "m", "prompt": LONG_PROMPT, "max_tokens": 5})
+            metrics = client.get("/metrics").text
+            hold.set()
+            holder.join(120)
+            served = client.post("/v1/generate", json={"prompt": LONG_PROMPT, "max_new_tokens": 5})
+    finally:
+        hold.set()
+        shared_engine.scheduler.close()
+        shared_engine.scheduler = own
+
+    assert_error(refused, 429, "overloaded", "at capacity", "LEMOE_MAX_WAITING_GENERATIONS")
+    assert refused.headers["Retry-After"] == "1"
+    assert openai.status_code == 429 and openai.json()["error"]["code"] == "overloaded"
+    assert _sample(metrics, "lemoe_generations_stopped_total", reason="overloaded") == 2
+    assert served.status_code == 200 and served.json()["completion_tokens"] == 5
 
 
 # --- database timeouts ------------------------------------------------------------------------
