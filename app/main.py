@@ -76,6 +76,7 @@ def create_app(
     metrics = Metrics(session_factory, registry=http_metrics.registry)
     runtime = Runtime(settings=settings, database=database, session_factory=session_factory, metrics=metrics)
     metrics.track_stack(lambda: runtime.stack)
+    metrics.track_batch(lambda: None if runtime.engine is None else runtime.engine.scheduler)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

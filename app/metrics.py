@@ -78,6 +78,27 @@ class _StackCollector(Collector):
         yield version
 
 
+class _BatchCollector(Collector):
+    """How full the generation batch is, read at each scrape from the engine's scheduler."""
+
+    def __init__(self, scheduler: Callable[[], Any]) -> None:
+        self.scheduler = scheduler
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        scheduler = self.scheduler()
+        if scheduler is None:
+            return
+        running = GaugeMetricFamily("lemoe_generation_batch_rows", "Generations decoding together in the batch now")
+        running.add_metric([], scheduler.running)
+        waiting = GaugeMetricFamily("lemoe_generations_waiting", "Generations waiting for a place in the batch")
+        waiting.add_metric([], scheduler.waiting)
+        yield running
+        yield waiting
+
+
 class Metrics:
     """The service's metrics on `registry` (a new one when not given; the app passes the one its
     HTTP metrics are on, so /metrics renders both)."""
@@ -100,7 +121,7 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        for reason in ("cancelled", "deadline"):
+        for reason in ("cancelled", "deadline", "overloaded"):
             self.generations_stopped.labels(reason)  # present at 0 from the start
         self.edits_submitted = Counter("lemoe_edits_submitted", "Edits accepted", registry=r)
         self.training_runs = Counter("lemoe_training_runs", "Finished training runs", ["status"], registry=r)
@@ -117,6 +138,10 @@ class Metrics:
     def track_stack(self, stack: Callable[[], Any]) -> None:
         """Report the stack that `stack()` returns (the app's LiveStack once it is loaded)."""
         self.registry.register(_StackCollector(stack))
+
+    def track_batch(self, scheduler: Callable[[], Any]) -> None:
+        """Report the generation scheduler that `scheduler()` returns (None until the model is loaded)."""
+        self.registry.register(_BatchCollector(scheduler))
 
     def observe_generation(self, seconds: float, *, routed: bool, tokens: int) -> None:
         self.generation_latency.labels("true" if routed else "false").observe(seconds)

@@ -78,6 +78,7 @@ def test_past_the_batch_and_its_queue_a_generation_is_429_overloaded_at_once(tin
     assert refused.headers["Retry-After"] == "1"
     assert openai.status_code == 429 and openai.json()["error"]["code"] == "overloaded"
     assert _sample(metrics, "lemoe_generations_stopped_total", reason="overloaded") == 2
+    assert _sample(metrics, "lemoe_generation_batch_rows") == 1 and _sample(metrics, "lemoe_generations_waiting") == 0
     assert served.status_code == 200 and served.json()["completion_tokens"] == 5
 
 
