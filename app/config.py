@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     train_augmentations: int | None = Field(default=None, ge=0)
     train_loss_threshold: float | None = Field(default=None, ge=0)
 
+    # The check before an expert goes live (docs/API.md): greedy answers of its own edits, a
+    # fixed locality sample and the `check_others` live edits nearest to it, through the stack
+    # with and without it. Below any minimum its edits fail (with the figures) and it never
+    # serves. Off: every trained expert goes live.
+    check_enabled: bool = True
+    check_min_edit_rate: float = Field(default=0.75, ge=0, le=1)  # its edits answered (target in the output)
+    check_min_locality: float = Field(default=1.0, ge=0, le=1)  # locality prompts answered as before
+    check_min_others_kept: float = Field(default=0.9, ge=0, le=1)  # nearest live edits answered as before
+    check_others: int = Field(default=16, ge=0, le=256)
+
     # Worker schedule.
     worker_enabled: bool = True
     worker_interval_s: float = Field(default=30.0, gt=0)
@@ -75,6 +85,11 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     sqlite_busy_timeout_s: float = Field(default=30.0, ge=0)  # wait for SQLite's write lock
+
+    # GET /v1/events: how often a stream looks for new audit events and run progress, and how
+    # long it may stay quiet before a keep-alive comment.
+    events_poll_interval_s: float = Field(default=0.5, gt=0)
+    events_keepalive_s: float = Field(default=15.0, gt=0)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

@@ -173,6 +173,10 @@ class LemoeEditor:
             raise ValueError(f"expert {entry.name!r} is already in the stack")
         self._stack = self._stack + (self._prepared(entry),)
 
+    def prepared(self, entry: ExpertEntry) -> ExpertEntry:
+        """`entry` as it would serve in this editor's stack (see `_prepared`), without adding it."""
+        return self._prepared(entry)
+
     def _prepared(self, entry: ExpertEntry) -> ExpertEntry:
         """`entry` on this editor's device, as it serves here.
 
@@ -461,6 +465,19 @@ class LemoeEditor:
             states, mask = self.subject_states(texts)
             relation_mask = self.relation_mask(texts, mask)
         return self.router.route(self.queries(texts), stack, states, mask, relation_mask)
+
+    def route_under(self, texts: Sequence[str], stacks: Sequence[Sequence[ExpertEntry]]) -> list[list[RouteDecision]]:
+        """The route each text takes under each of `stacks` (one list per stack), as `route` decides
+        it; the texts' queries and subject states are read once for all the stacks."""
+        if not texts:
+            return [[] for _ in stacks]
+        stacks = [tuple(s) for s in stacks]
+        queries = self.queries(texts)
+        states = mask = relation_mask = None
+        if self.subject_layer is not None and any(_keyed(e) for s in stacks for e in s):
+            states, mask = self.subject_states(texts)
+            relation_mask = self.relation_mask(texts, mask)
+        return [self.router.route(queries, s, states, mask, relation_mask) for s in stacks]
 
     def generate_routed_on(
         self,

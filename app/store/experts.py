@@ -43,6 +43,7 @@ def add_expert(
     final_loss: float | None = None,
     steps: int | None = None,
     metrics: dict[str, Any] | None = None,
+    live_check: dict[str, Any] | None = None,
     status: ExpertStatus | str = ExpertStatus.INACTIVE,
 ) -> Expert:
     """Register a trained expert whose files are already on disk; ACTIVE also activates it."""
@@ -65,6 +66,7 @@ def add_expert(
         final_loss=final_loss,
         steps=steps,
         metrics=metrics,
+        live_check=live_check,
         created_at=now,
         activated_at=now if status is ExpertStatus.ACTIVE else None,
     )
