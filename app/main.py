@@ -27,7 +27,7 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import DEFAULT_BODY_LIMIT, RequestBodyMiddleware, UnhandledErrorMiddleware
 from app.api.openapi import install_openapi
 from app.api.request_metrics import HttpMetrics, RequestObserverMiddleware
-from app.api.routes import audit, edits, experts, generate, health, openai, training
+from app.api.routes import audit, edits, events, experts, generate, health, openai, training
 from app.config import Settings, get_settings
 from app.metrics import Metrics
 from app.services.runtime import Runtime, open_database
@@ -138,7 +138,7 @@ def create_app(
         read_timeout_s=settings.body_read_timeout_s,
     )
     app.add_middleware(RequestObserverMiddleware, metrics=http_metrics)  # outermost: sees the 408/413s
-    for module in (edits, generate, openai, training, experts, audit, health):
+    for module in (edits, generate, openai, training, experts, audit, events, health):
         app.include_router(module.router)
     install_openapi(app, settings)
     return app
