@@ -142,7 +142,8 @@ def test_a_client_waits_for_applied_while_another_app_on_the_database_trains(db_
     progress = [e.json() for e in seen if e.event == "training_run.progress"]
     assert progress and {p["id"] for p in progress} == {run_id}
     assert all(p["status"] == "running" and p["edits_total"] == 2 for p in progress)
-    assert max(p["steps_done"] for p in progress) >= 1 and all(p["steps_planned"] for p in progress)
+    # steps_planned is null only before the run has planned its batches.
+    assert max(p["steps_done"] for p in progress) >= 1 and progress[-1]["steps_planned"] >= progress[-1]["steps_done"]
     assert first != second
 
 
