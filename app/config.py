@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # long it may stay quiet before a keep-alive comment.
     events_poll_interval_s: float = Field(default=0.5, gt=0)
     events_keepalive_s: float = Field(default=15.0, gt=0)
+    # A stream ends after this however it was asked (an EventSource reconnects by itself, resuming
+    # with Last-Event-ID): no connection is held forever.
+    events_max_stream_s: float = Field(default=3600.0, gt=0)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -581,16 +581,19 @@ class Trainer:
         tally.experts += 1
         self.stack.sync()  # the new expert goes live atomically, between requests
 
-    def _check_before_live(self, run: StartedRun, built: BuiltExpert, batch: Sequence[Edit]) -> tuple[ExpertCheck | None, str | None]:
+    def _check_before_live(
+        self, run: StartedRun, built: BuiltExpert, batch: Sequence[Edit], *, replacing: Collection[str] = ()
+    ) -> tuple[ExpertCheck | None, str | None]:
         """The expert's check figures, and why it must not go live (None: it may). Off
         (LEMOE_CHECK_ENABLED=false): no figures, it goes live. A check that cannot run keeps it
-        out: nothing unmeasured serves."""
+        out: nothing unmeasured serves. `replacing`: live experts it takes the place of (left out
+        of the stack with it, and of the live edits whose answers it must keep)."""
         if not self.settings.check_enabled:
             return None, None
         try:
-            nearest = self.engine.nearest_live_edits(built, limit=self.settings.check_others)
+            nearest = self.engine.nearest_live_edits(built, limit=self.settings.check_others, without=replacing)
             others = live_edits(self.session_factory, edit_ids=nearest)
-            check = self.engine.check_expert(built, batch, others)
+            check = self.engine.check_expert(built, batch, others, without=replacing)
         except RunStopped:
             raise
         except Exception as exc:

@@ -63,7 +63,10 @@ async def stream_events(
         Query(ge=0, le=MAX_ID, description="Start after this audit id (0: the whole log); default: events from now on"),
     ] = None,
     limit: Annotated[int | None, Query(ge=1, le=MAX_EVENTS, description="End the stream after this many audit events")] = None,
-    timeout_s: Annotated[float | None, Query(gt=0, le=MAX_STREAM_S, description="End the stream after this many seconds")] = None,
+    timeout_s: Annotated[
+        float | None,
+        Query(gt=0, le=MAX_STREAM_S, description="End the stream after this many seconds (at most LEMOE_EVENTS_MAX_STREAM_S, 1 h)"),
+    ] = None,
     last_event_id: Annotated[
         str | None,
         Header(
@@ -79,7 +82,7 @@ async def stream_events(
     quiet. Filter by edit, run or action; resume with Last-Event-ID or `?after=`."""
     start = _resume_after(last_event_id, after)
     feed = EventFeed(runtime.session_factory, EventFilter(edit_id=edit_id, training_run_id=training_run_id, action=action), after=start)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    deadline = time.monotonic() + min(timeout_s or settings.events_max_stream_s, settings.events_max_stream_s)
     return EventSourceResponse(
         _events(feed, poll_s=settings.events_poll_interval_s, limit=limit, deadline=deadline),
         ping=max(1, round(settings.events_keepalive_s)),
@@ -96,7 +99,7 @@ def _resume_after(last_event_id: str | None, after: int | None) -> int | None:
     return int(value)
 
 
-async def _events(feed: EventFeed, *, poll_s: float, limit: int | None, deadline: float | None) -> AsyncIterator[ServerSentEvent]:
+async def _events(feed: EventFeed, *, poll_s: float, limit: int | None, deadline: float) -> AsyncIterator[ServerSentEvent]:
     """Poll the feed until the limit or deadline; a database that does not answer is retried at
     the next poll (the stream stays open). A hang-up or the server stopping cancels this."""
     sent = 0
@@ -116,9 +119,7 @@ async def _events(feed: EventFeed, *, poll_s: float, limit: int | None, deadline
             elapsed = None if run.started_at is None else (now - run.started_at).total_seconds()
             progress = TrainingRunProgress.model_validate(run).model_copy(update={"eta_s": eta_seconds(run, elapsed)})
             yield ServerSentEvent(data=progress.model_dump_json(), event=PROGRESS_EVENT)
-        wait = poll_s
-        if deadline is not None:
-            wait = min(wait, deadline - time.monotonic())
-            if wait <= 0:
-                return
+        wait = min(poll_s, deadline - time.monotonic())
+        if wait <= 0:
+            return
         await anyio.sleep(wait)
