@@ -2,29 +2,38 @@
 does it answer its own edits, leave a fixed locality sample alone and keep the answers of the live
 edits nearest to it? Pure ML (no SQL): the trainer decides what the figures mean.
 
-Cost is bounded: greedy generation of (target length + a few) tokens, and outputs are generated
-only where the candidate changes a prompt's route. Elsewhere they are equal by construction, not
-by chance: a prompt routed to the same expert (or to none) under both stacks runs exactly the same
-computation, since the adaptor adds an expert's output only to the rows routed to it.
+Cost is bounded. Its own edits are read in one teacher-forced pass: greedy decoding starts with
+the target exactly when every target token is the model's top choice after the ones before it,
+so that pass answers "does greedy generation give the target" without generating. Other prompts
+are generated only where the candidate changes their route. Elsewhere outputs are equal by
+construction, not by chance: a prompt routed to the same expert (or to none) under both stacks
+runs exactly the same computation, since the adaptor adds an expert's output only to the rows
+routed to it. What routing reads of the fixed locality sample does not depend on the stack: it is
+read once per editor.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
-from app.lemoe.editor import LemoeEditor
+from app.lemoe.editor import LemoeEditor, RouteInputs
 from app.lemoe.expert import ExpertEntry
 from app.lemoe.reference import LOCALITY_PROMPTS
 from app.lemoe.routing import anchor_edit_ids
 from app.lemoe.text import encode_pair
 from app.lemoe.types import Edit, SamplingParams
 
-EXTRA_TOKENS = 3  # generated past the target's length: room for a leading space or punctuation
+EXTRA_TOKENS = 3  # a live edit's answer is compared on its target's length and this many more tokens
 LOCALITY_TOKENS = 8  # a locality prompt has no target: this many tokens are compared
+
+_read_locality: weakref.WeakKeyDictionary[LemoeEditor, tuple[tuple[str, ...], RouteInputs]] = weakref.WeakKeyDictionary()
+_read_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -50,11 +59,6 @@ class ExpertCheck:
 
 def _rate(kept: int, total: int) -> float:
     return round(kept / total, 4) if total else 1.0
-
-
-def answers(text: str, target: str) -> bool:
-    """Greedy output answers an edit when its target appears in it."""
-    return target.strip() in text
 
 
 def target_tokens(editor: LemoeEditor, prompt: str, target: str) -> int:
@@ -102,14 +106,16 @@ def check_candidate(
     before = tuple(editor.stack)
     after = tuple(e for e in before if e.name not in without and e.name != candidate.name) + (editor.prepared(candidate),)
 
-    # Its own edits, greedy through the stack with it.
-    own = _generate(editor, [e.prompt for e in edits], [target_tokens(editor, e.prompt, e.target) + extra_tokens for e in edits], after)
-    missed = [e.edit_id for e, text in zip(edits, own, strict=True) if not answers(text, e.target)]
+    # Its own edits: would greedy decoding through the stack with it start with their targets?
+    forced = editor.teacher_forced([e.prompt for e in edits], [e.target for e in edits], stack=after) if edits else []
+    missed = [e.edit_id for e, (predicted, target, _) in zip(edits, forced, strict=True) if predicted != target]
 
     # The locality sample and the other live edits: equal outputs with and without it.
-    prompts = list(locality_prompts) + [e.prompt for e in others]
-    tokens = [LOCALITY_TOKENS] * len(locality_prompts) + [target_tokens(editor, e.prompt, e.target) + extra_tokens for e in others]
-    changed = _changed(editor, prompts, tokens, before, after)
+    changed = _changed(
+        editor, list(locality_prompts), [LOCALITY_TOKENS] * len(locality_prompts), before, after, _locality(editor, locality_prompts)
+    )
+    tokens = [target_tokens(editor, e.prompt, e.target) + extra_tokens for e in others]
+    changed += [len(locality_prompts) + i for i in _changed(editor, [e.prompt for e in others], tokens, before, after)]
     locality_changed = sum(1 for i in changed if i < len(locality_prompts))
     changed_ids = [others[i - len(locality_prompts)].edit_id for i in changed if i >= len(locality_prompts)]
     return ExpertCheck(
@@ -128,14 +134,34 @@ def check_candidate(
     )
 
 
+def _locality(editor: LemoeEditor, prompts: Sequence[str]) -> RouteInputs | None:
+    """What routing reads of the locality sample, read once per editor (None: no prompts)."""
+    if not prompts:
+        return None
+    key = tuple(prompts)
+    with _read_lock:
+        cached = _read_locality.get(editor)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    read = editor.read_routes(list(prompts))
+    with _read_lock:
+        _read_locality[editor] = (key, read)
+    return read
+
+
 def _changed(
-    editor: LemoeEditor, prompts: list[str], tokens: list[int], before: tuple[ExpertEntry, ...], after: tuple[ExpertEntry, ...]
+    editor: LemoeEditor,
+    prompts: list[str],
+    tokens: list[int],
+    before: tuple[ExpertEntry, ...],
+    after: tuple[ExpertEntry, ...],
+    read: RouteInputs | None = None,
 ) -> list[int]:
     """Indices of the prompts whose greedy output differs between the two stacks. Only those
     routed differently are generated (twice); the others cannot differ."""
     if not prompts:
         return []
-    routes_before, routes_after = editor.route_under(prompts, [before, after])
+    routes_before, routes_after = editor.route_under(read if read is not None else prompts, [before, after])
     moved = [i for i, (b, a) in enumerate(zip(routes_before, routes_after, strict=True)) if b.expert_name != a.expert_name]
     if not moved:
         return []
@@ -152,15 +178,12 @@ def _generate(
     lengths: list[int],
     stack: tuple[ExpertEntry, ...],
     *,
-    forced: list[int | None] | None = None,
+    forced: list[int | None],
     batch_size: int = 16,
 ) -> list[str]:
-    """Greedy text of each prompt, batched by similar length: a batch generates as many tokens as
-    its longest needs (the same batches, hence the same outputs, for the same prompts and lengths)."""
-    if not prompts:
-        return []
-    if forced is None:
-        forced = [d.expert_index for d in editor.route_under(prompts, [stack])[0]]
+    """Greedy text of each prompt on the route given, batched by similar length: a batch generates
+    as many tokens as its longest needs (the same batches, so comparable outputs, for the same
+    prompts and lengths under another stack)."""
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     texts = [""] * len(prompts)
     for k in range(0, len(order), batch_size):

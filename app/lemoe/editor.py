@@ -64,6 +64,16 @@ class SubjectAnchors:
     lengths: torch.Tensor
 
 
+@dataclass(frozen=True)
+class RouteInputs:
+    """What routing reads of some prompts, independent of the stack (`LemoeEditor.read_routes`)."""
+
+    queries: torch.Tensor
+    states: torch.Tensor | None
+    mask: torch.Tensor | None
+    relation_mask: torch.Tensor | None
+
+
 @dataclass
 class TrainedExpert:
     entry: ExpertEntry
@@ -466,18 +476,22 @@ class LemoeEditor:
             relation_mask = self.relation_mask(texts, mask)
         return self.router.route(self.queries(texts), stack, states, mask, relation_mask)
 
-    def route_under(self, texts: Sequence[str], stacks: Sequence[Sequence[ExpertEntry]]) -> list[list[RouteDecision]]:
-        """The route each text takes under each of `stacks` (one list per stack), as `route` decides
-        it; the texts' queries and subject states are read once for all the stacks."""
-        if not texts:
-            return [[] for _ in stacks]
-        stacks = [tuple(s) for s in stacks]
-        queries = self.queries(texts)
+    def read_routes(self, texts: Sequence[str]) -> RouteInputs:
+        """What routing reads of `texts` (their queries and subject states), whatever the stack:
+        read once, routed under any stack by `route_under`."""
         states = mask = relation_mask = None
-        if self.subject_layer is not None and any(_keyed(e) for s in stacks for e in s):
+        if self.subject_layer is not None:
             states, mask = self.subject_states(texts)
             relation_mask = self.relation_mask(texts, mask)
-        return [self.router.route(queries, s, states, mask, relation_mask) for s in stacks]
+        return RouteInputs(self.queries(texts), states, mask, relation_mask)
+
+    def route_under(self, texts: Sequence[str] | RouteInputs, stacks: Sequence[Sequence[ExpertEntry]]) -> list[list[RouteDecision]]:
+        """The route each text takes under each of `stacks` (one list per stack), as `route` decides
+        it; the texts are read once (or were, given as `read_routes`' result) for all the stacks."""
+        if not isinstance(texts, RouteInputs) and not texts:
+            return [[] for _ in stacks]
+        read = texts if isinstance(texts, RouteInputs) else self.read_routes(texts)
+        return [self.router.route(read.queries, tuple(s), read.states, read.mask, read.relation_mask) for s in stacks]
 
     def generate_routed_on(
         self,

@@ -14,7 +14,6 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import V1, IdFilter, RuntimeDep, SettingsDep
 from app.domain import AuditAction
-from app.errors import InvalidInput
 from app.schemas.audit import AuditEventPublic
 from app.schemas.common import ERROR_RESPONSES
 from app.schemas.events import PROGRESS_EVENT, TrainingRunProgress
@@ -71,8 +70,8 @@ async def stream_events(
         str | None,
         Header(
             alias="Last-Event-ID",
-            description="Sent by a reconnecting EventSource: resume after this audit id (wins over ?after=)",
-            json_schema_extra={"pattern": "^[0-9]{1,10}$"},
+            description="Sent by a reconnecting EventSource: resume after this audit id (wins over ?after=; "
+            "a value that is no audit id is ignored)",
         ),
     ] = None,
 ) -> EventSourceResponse:
@@ -91,12 +90,12 @@ async def stream_events(
 
 
 def _resume_after(last_event_id: str | None, after: int | None) -> int | None:
-    if last_event_id is None:
-        return after
-    value = last_event_id.strip()
-    if not value.isascii() or not value.isdigit() or int(value) > MAX_ID:
-        raise InvalidInput(f"Last-Event-ID must be an audit event id (an integer 0-{MAX_ID}), got {last_event_id!r}")
-    return int(value)
+    """Last-Event-ID when it is an audit id (what this server sends as `id`), else `after`: a
+    reconnecting client may carry an id another server sent, which says nothing here."""
+    value = (last_event_id or "").strip()
+    if value.isascii() and value.isdigit():
+        return min(int(value), MAX_ID)
+    return after
 
 
 async def _events(feed: EventFeed, *, poll_s: float, limit: int | None, deadline: float) -> AsyncIterator[ServerSentEvent]:
