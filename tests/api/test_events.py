@@ -148,6 +148,33 @@ def test_a_client_waits_for_applied_while_another_app_on_the_database_trains(db_
     assert first != second
 
 
+def test_a_stream_stops_reading_the_log_when_its_client_hangs_up(settings, shared_engine, monkeypatch):
+    from app.services.events import EventFeed
+
+    polls: list[float] = []
+    original = EventFeed.poll
+
+    def counted(self):
+        polls.append(time.monotonic())
+        return original(self)
+
+    monkeypatch.setattr(EventFeed, "poll", counted)
+    app = create_app(settings.model_copy(update={"events_poll_interval_s": 0.05}), engine=shared_engine)
+    with live_server(app) as server:
+        with httpx.Client(base_url=server.url, timeout=DEADLINE_S) as http:
+            with http.stream("GET", "/v1/events") as response:
+                assert response.status_code == 200
+                wait_for(lambda: len(polls) >= 3, "the stream to poll")
+        # Hung up: polling stops (it would go on 20 times a second otherwise).
+
+        def settled() -> bool:
+            seen = len(polls)
+            time.sleep(0.5)
+            return len(polls) == seen
+
+        wait_for(settled, "the stream to stop polling after the hang-up")
+
+
 def test_the_server_stops_promptly_with_a_stream_open(tiny_model_dir, tmp_path):
     from tests.test_restart import Server
 
