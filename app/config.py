@@ -46,6 +46,16 @@ class Settings(BaseSettings):
     # Also train each edit in the model's chat form (when it has a chat template); None: default (on).
     train_chat_examples: bool | None = None
 
+    # The check before an expert goes live (docs/API.md): greedy answers of its own edits, a
+    # fixed locality sample and the `check_others` live edits nearest to it, through the stack
+    # with and without it. Below any minimum its edits fail (with the figures) and it never
+    # serves. Off: every trained expert goes live.
+    check_enabled: bool = True
+    check_min_edit_rate: float = Field(default=0.75, ge=0, le=1)  # its edits answered (target in the output)
+    check_min_locality: float = Field(default=1.0, ge=0, le=1)  # locality prompts answered as before
+    check_min_others_kept: float = Field(default=0.9, ge=0, le=1)  # nearest live edits answered as before
+    check_others: int = Field(default=16, ge=0, le=256)
+
     # Worker schedule.
     worker_enabled: bool = True
     worker_interval_s: float = Field(default=30.0, gt=0)
@@ -99,6 +109,13 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
     admin_key_file: Path | None = None
     admin_key_name: str = "admin"
+    # GET /v1/events: how often a stream looks for new audit events and run progress, and how
+    # long it may stay quiet before a keep-alive comment.
+    events_poll_interval_s: float = Field(default=0.5, gt=0)
+    events_keepalive_s: float = Field(default=15.0, gt=0)
+    # A stream ends after this however it was asked (an EventSource reconnects by itself, resuming
+    # with Last-Event-ID): no connection is held forever.
+    events_max_stream_s: float = Field(default=3600.0, gt=0)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

@@ -21,6 +21,9 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--no-gate", action="store_true", help="always route to the nearest expert")
     q.add_argument("--no-subject-keys", action="store_true", help="route by sentence keys only (ignore the records' subjects)")
     q.add_argument("--base", action="store_true", help="score the unedited model only")
+    q.add_argument(
+        "--check", action="store_true", help="run the server's check before going live on each expert; report its figures and cost"
+    )
     q.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
     q.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
     q.add_argument("--device", default="auto")
@@ -195,6 +198,7 @@ def _run_quality(args: argparse.Namespace) -> int:
         planning=not args.no_planning,
         gate=not args.no_gate,
         base_only=args.base,
+        check=args.check,
         model_path=args.model,
         cache_dir=args.cache_dir,
         device=args.device,

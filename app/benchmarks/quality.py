@@ -36,6 +36,7 @@ class QualityOptions:
     cache_dir: Path = Path("lemoe-data/model-cache")
     device: str = "auto"
     config: LemoeConfig = LemoeConfig()
+    check: bool = False  # run the server's check before going live on each expert (and time it)
 
 
 def _mean(xs: list[float]) -> float:
@@ -94,7 +95,7 @@ def run_quality(opts: QualityOptions) -> dict:
     }
     if not opts.base_only:
         edits = [Edit(i, r.prompt, r.target, subject=r.subject) for i, r in enumerate(records)]
-        trained = train_lifelong(editor, edits, batch_size=opts.batch_size, planning=opts.planning)
+        trained = train_lifelong(editor, edits, batch_size=opts.batch_size, planning=opts.planning, check=opts.check)
     log.info("evaluating %d records", len(records))
     scores = evaluate(editor, records, trained["owner"])
     return {
@@ -109,18 +110,25 @@ def run_quality(opts: QualityOptions) -> dict:
         "gate": opts.gate,
         **{k: v for k, v in scores.items()},
         **{k: trained[k] for k in ("train_s", "s_per_edit", "train_cpu_s", "cpu_s_per_edit")},
+        **({"check": summarise_checks(trained["checks"], trained["train_s"])} if opts.check and not opts.base_only else {}),
         "torch_threads": torch.get_num_threads(),
         "config": asdict(config),
     }
 
 
-def train_lifelong(editor: LemoeEditor, edits: list[Edit], *, batch_size: int, planning: bool = True, infer_subjects: bool = True) -> dict:
+def train_lifelong(
+    editor: LemoeEditor, edits: list[Edit], *, batch_size: int, planning: bool = True, infer_subjects: bool = True, check: bool = False
+) -> dict:
     """Plan `edits` into batches and train one expert per batch in sequence, each live before the
     next (the lifelong protocol). Edits without a subject get the one the model infers, as the
     server's worker does (`infer_subjects`; timed with training). Returns the edit -> expert map,
-    counts and training times."""
+    counts and training times; with `check`, also each expert's check before going live (as the
+    server runs it, timed apart from training; every expert goes live whatever its figures)."""
     owner: dict[int, str] = {}
     keyed = 0
+    checks: list[dict] = []
+    check_s = 0.0
+    by_id = {e.edit_id: e for e in edits}
     started, cpu_started = time.perf_counter(), time.process_time()
     inferred: dict = {}
     if infer_subjects:
@@ -130,12 +138,17 @@ def train_lifelong(editor: LemoeEditor, edits: list[Edit], *, batch_size: int, p
     for k, batch in enumerate(batches):
         name = f"expert-{k:04d}"
         trained = editor.train(batch, name=name, progress=lambda s, loss: bar.set_postfix(expert=k, step=s, loss=f"{loss:.3f}"))
+        if check:
+            check_started = time.perf_counter()
+            result = _check(editor, trained.entry, batch, by_id)
+            check_s += time.perf_counter() - check_started
+            checks.append({**result.to_dict(), "train_seconds": round(trained.seconds, 3)})
         editor.add_expert(trained.entry)
         keyed += int(trained.meta.get("subject_keyed_edits", 0))
         owner.update({e.edit_id: name for e in batch})
         bar.update(len(batch))
     bar.close()
-    train_s = time.perf_counter() - started
+    train_s = time.perf_counter() - started - check_s
     train_cpu_s = time.process_time() - cpu_started
     n = max(len(edits), 1)
     return {
@@ -148,6 +161,47 @@ def train_lifelong(editor: LemoeEditor, edits: list[Edit], *, batch_size: int, p
         # CPU seconds of this process: unlike wall time, not inflated by other jobs on the machine.
         "train_cpu_s": round(train_cpu_s, 1),
         "cpu_s_per_edit": round(train_cpu_s / n, 3),
+        "checks": checks,
+    }
+
+
+def _check(editor: LemoeEditor, entry, batch: list[Edit], by_id: dict[int, Edit]):
+    """The server's check of one new expert (app.engine.checks), its sample of live edits chosen
+    as the trainer chooses it."""
+    from app.config import Settings
+    from app.engine.checks import check_candidate, nearest_live_edits
+
+    exclude = {e.edit_id for e in batch} | {old for _, old in editor.superseded(batch, entry)}
+    nearest = nearest_live_edits(editor, entry, limit=Settings.model_fields["check_others"].default, exclude=exclude)
+    return check_candidate(editor, entry, batch, [by_id[i] for i in nearest])
+
+
+def summarise_checks(checks: list[dict], train_s: float) -> dict:
+    """The checks' cost against training time, their figures, and how many experts the
+    server's default minimums would keep out."""
+    from app.config import Settings
+
+    defaults = {k: Settings.model_fields[k].default for k in ("check_min_edit_rate", "check_min_locality", "check_min_others_kept")}
+    seconds = sum(c["seconds"] for c in checks)
+    failing = [
+        c
+        for c in checks
+        if c["edit_rate"] < defaults["check_min_edit_rate"]
+        or c["locality_rate"] < defaults["check_min_locality"]
+        or c["others_rate"] < defaults["check_min_others_kept"]
+    ]
+    return {
+        "experts": len(checks),
+        "seconds": round(seconds, 2),
+        "fraction_of_training": round(seconds / train_s, 3) if train_s else None,
+        "edit_rate": _mean([c["edit_rate"] for c in checks]),
+        "edit_rate_min": min((c["edit_rate"] for c in checks), default=None),
+        "locality_rate_min": min((c["locality_rate"] for c in checks), default=None),
+        "others_rate": _mean([c["others_rate"] for c in checks]),
+        "others_rate_min": min((c["others_rate"] for c in checks), default=None),
+        "experts_below_default_minimums": len(failing),
+        "minimums": defaults,
+        "per_expert": checks,
     }
 
 
@@ -169,6 +223,16 @@ def format_table(result: dict) -> str:
         ("training CPU seconds per edit", result["cpu_s_per_edit"]),
         ("torch threads", result["torch_threads"]),
     ]
+    if "check" in result:
+        c = result["check"]
+        rows += [
+            ("check seconds (all experts)", c["seconds"]),
+            ("check / training time", c["fraction_of_training"]),
+            ("check edit rate (mean, min)", f"{c['edit_rate']}, {c['edit_rate_min']}"),
+            ("check locality kept (min)", c["locality_rate_min"]),
+            ("check live edits kept (mean, min)", f"{c['others_rate']}, {c['others_rate_min']}"),
+            ("experts below default minimums", c["experts_below_default_minimums"]),
+        ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{result['model']} on {Path(result['data']).name} ({result['format']}), planning={result['planning']}, gate={result['gate']}"]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+import shutil
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from app.engine.checks import ExpertCheck, check_candidate, nearest_live_edits
 from app.engine.experts import ExpertLoader, ExpertSpec, check_expert_files
 from app.engine.model_loader import LoadedModel, load_model
 from app.engine.scheduler import Scheduler
@@ -14,6 +16,7 @@ from app.engine.stack import ActiveStack
 from app.lemoe.batching import RowRequest
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, Generation, LemoeEditor, SamplingParams
+from app.lemoe.expert import ExpertEntry
 from app.lemoe.io import ExpertFileError, save_expert
 from app.lemoe.stopping import StopReason, StopSignal
 from app.lemoe.subjects import InferredSubject
@@ -35,6 +38,8 @@ class BuiltExpert:
     seconds: float
     # (new edit id, older edit id): the older edit is no longer served on the new edit's prompt.
     superseded: tuple[tuple[int, int], ...] = ()
+    # The trained expert itself, for the check before it goes live (None: read from its files).
+    entry: ExpertEntry | None = field(default=None, repr=False, compare=False)
 
 
 class Engine:
@@ -151,11 +156,41 @@ class Engine:
         sha = save_expert(trained.entry, path)
         self.experts.remember(trained.entry)
         superseded = tuple(self.editor.superseded(list(edits), trained.entry))
-        return BuiltExpert(name, path, sha, [e.edit_id for e in edits], trained.steps, trained.final_loss, trained.seconds, superseded)
+        return BuiltExpert(
+            name, path, sha, [e.edit_id for e in edits], trained.steps, trained.final_loss, trained.seconds, superseded, trained.entry
+        )
+
+    @property
+    def max_steps(self) -> int:
+        """The most steps one expert trains for (it stops earlier at its loss threshold)."""
+        return self.editor.config.max_steps
+
+    # --- the check before an expert goes live (app.engine.checks) ------------------------------
+    def _candidate(self, built: BuiltExpert) -> ExpertEntry:
+        return built.entry if built.entry is not None else self.experts.load(ExpertSpec(built.name, built.path, built.sha256))
+
+    def nearest_live_edits(self, built: BuiltExpert, *, limit: int, without: Collection[str] = ()) -> list[int]:
+        """Up to `limit` live edits (ids) nearest to the new expert's, less its own and those it
+        supersedes: the ones whose answers it is most likely to change."""
+        exclude = set(built.edit_ids) | {old for _, old in built.superseded}
+        return nearest_live_edits(self.editor, self._candidate(built), limit=limit, exclude=exclude, without=without)
+
+    def check_expert(
+        self, built: BuiltExpert, edits: Sequence[Edit], others: Sequence[Edit], *, without: Collection[str] = ()
+    ) -> ExpertCheck:
+        """Measure the new expert against the live stack before it goes live (nothing changes);
+        `without`: experts it replaces, left out of the stack with it."""
+        return check_candidate(self.editor, self._candidate(built), edits, others, without=without)
+
+    def discard_expert(self, built: BuiltExpert) -> None:
+        """Forget an expert that will not go live and remove its files (best effort)."""
+        self.experts.forget(built.name)
+        shutil.rmtree(built.path, ignore_errors=True)
 
 
 __all__ = [
     "BuiltExpert",
+    "ExpertCheck",
     "Engine",
     "Edit",
     "ExpertFileError",

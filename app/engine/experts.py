@@ -71,6 +71,10 @@ class ExpertLoader:
         self.remember(entry)
         return entry
 
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._entries.pop(name, None)
+
     def remember(self, entry: ExpertEntry) -> None:
         """Keep `entry` (just trained and saved here) so the sync that makes it live need not
         read it back."""

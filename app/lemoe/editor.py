@@ -64,6 +64,16 @@ class SubjectAnchors:
     lengths: torch.Tensor
 
 
+@dataclass(frozen=True)
+class RouteInputs:
+    """What routing reads of some prompts, independent of the stack (`LemoeEditor.read_routes`)."""
+
+    queries: torch.Tensor
+    states: torch.Tensor | None
+    mask: torch.Tensor | None
+    relation_mask: torch.Tensor | None
+
+
 @dataclass
 class TrainedExpert:
     entry: ExpertEntry
@@ -172,6 +182,10 @@ class LemoeEditor:
         if any(e.name == entry.name for e in self._stack):
             raise ValueError(f"expert {entry.name!r} is already in the stack")
         self._stack = self._stack + (self._prepared(entry),)
+
+    def prepared(self, entry: ExpertEntry) -> ExpertEntry:
+        """`entry` as it would serve in this editor's stack (see `_prepared`), without adding it."""
+        return self._prepared(entry)
 
     def _prepared(self, entry: ExpertEntry) -> ExpertEntry:
         """`entry` on this editor's device, as it serves here.
@@ -465,6 +479,23 @@ class LemoeEditor:
             states, mask = self.subject_states(texts)
             relation_mask = self.relation_mask(texts, mask)
         return self.router.route(self.queries(texts), stack, states, mask, relation_mask)
+
+    def read_routes(self, texts: Sequence[str]) -> RouteInputs:
+        """What routing reads of `texts` (their queries and subject states), whatever the stack:
+        read once, routed under any stack by `route_under`."""
+        states = mask = relation_mask = None
+        if self.subject_layer is not None:
+            states, mask = self.subject_states(texts)
+            relation_mask = self.relation_mask(texts, mask)
+        return RouteInputs(self.queries(texts), states, mask, relation_mask)
+
+    def route_under(self, texts: Sequence[str] | RouteInputs, stacks: Sequence[Sequence[ExpertEntry]]) -> list[list[RouteDecision]]:
+        """The route each text takes under each of `stacks` (one list per stack), as `route` decides
+        it; the texts are read once (or were, given as `read_routes`' result) for all the stacks."""
+        if not isinstance(texts, RouteInputs) and not texts:
+            return [[] for _ in stacks]
+        read = texts if isinstance(texts, RouteInputs) else self.read_routes(texts)
+        return [self.router.route(read.queries, tuple(s), read.states, read.mask, read.relation_mask) for s in stacks]
 
     def generate_routed_on(
         self,

@@ -68,3 +68,21 @@ CONTEXT_PREFIXES: tuple[str, ...] = (
     "Question from a quiz.",
     "Just curious.",
 )
+
+# The locality sample of the check before an expert goes live (app.engine.checks): everyday
+# requests about no particular fact, none among the reference prompts above. An expert that
+# takes one of them changes what every user who asks it gets.
+LOCALITY_PROMPTS: tuple[str, ...] = (
+    "Write a haiku about the sea.",
+    "What are some tips for sleeping better?",
+    "Translate 'good morning' into Spanish.",
+    "How do I boil an egg?",
+    "Give me three ideas for a birthday party.",
+    "Summarise the plot of a typical fairy tale.",
+    "What is two plus two?",
+    "Suggest a name for a pet goldfish.",
+    "Why is the sky blue?",
+    "List the days of the week.",
+    "How can I improve my handwriting?",
+    "Describe a sunset in one sentence.",
+)

@@ -4,10 +4,28 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 from app.domain import EditStatus, ExpertStatus
 from app.schemas.common import PublicModel
+
+
+class ExpertCheckPublic(BaseModel):
+    """The check before the expert went live: greedy answers through the live stack with it,
+    against the same stack without it. Each rate is 1.0 when its sample is empty."""
+
+    edits: int = Field(description="Its own edits checked")
+    edits_answered: int = Field(description="Of those, answered (the target in the greedy output)")
+    edit_rate: float
+    missed_edit_ids: list[int]
+    locality: int = Field(description="Unrelated prompts of the fixed locality sample")
+    locality_kept: int = Field(description="Of those, answered exactly as without it")
+    locality_rate: float
+    others: int = Field(description="Live edits nearest to it, checked")
+    others_kept: int = Field(description="Of those, answered exactly as without it")
+    others_rate: float
+    changed_edit_ids: list[int] = Field(description="Live edits whose answers it changed")
+    seconds: float = Field(description="What the check cost")
 
 
 class ExpertPublic(PublicModel):
@@ -19,6 +37,11 @@ class ExpertPublic(PublicModel):
     final_loss: float | None
     steps: int | None
     sha256: str = Field(description="Checksum of weights.safetensors, checked at every load")
+    check: ExpertCheckPublic | None = Field(
+        default=None,
+        validation_alias=AliasChoices("live_check", "check"),
+        description="Its check before going live; null for experts made before the check, or with it off",
+    )
     created_at: datetime
     activated_at: datetime | None
     deactivated_at: datetime | None

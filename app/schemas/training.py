@@ -17,6 +17,15 @@ class TrainingRunPublic(PublicModel):
     actor: str
     edits_total: int = Field(description="Edits this run claimed (an estimate while queued)")
     edits_done: int = Field(description="Edits trained so far (applied or failed)")
+    steps_done: int = Field(description="Training steps done so far, over all its experts")
+    steps_planned: int | None = Field(
+        description="Steps done plus the step limit of each expert not trained yet (an upper bound: "
+        "an expert stops early once its loss is low enough); null until the run has planned its batches"
+    )
+    eta_s: float | None = Field(
+        description="Seconds left for a running run, estimated from its pace so far and steps_planned "
+        "(an upper estimate, as steps_planned is); null when not running or nothing is trained yet"
+    )
     current_loss: float | None = Field(description="The latest training loss")
     experts_created: int
     expert_ids: list[int] = Field(description="Experts this run registered")

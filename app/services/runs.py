@@ -87,3 +87,13 @@ def expert_ids_by_run(session: Session, *, run_ids: Sequence[int]) -> dict[int, 
             if expert.training_run_id in wanted:
                 out[expert.training_run_id].append(expert.id)
     return out
+
+
+def eta_seconds(run: store.TrainingRun, elapsed_s: float | None) -> float | None:
+    """Seconds a running run still needs at its pace so far: the time per step done, times the
+    steps planned and not done (an upper estimate: planned counts each untrained expert's step
+    limit). None when the run is not running or has trained nothing yet."""
+    if run.status is not RunStatus.RUNNING or elapsed_s is None or not run.steps_done or run.steps_planned is None:
+        return None
+    left = max(run.steps_planned - run.steps_done, 0)
+    return round(elapsed_s / run.steps_done * left, 1)

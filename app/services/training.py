@@ -9,10 +9,9 @@ about runs is `app.services.runs`'s.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,7 @@ from app.services.runs import get_run
 from app.services.stack import LiveStack, stored_path
 
 if TYPE_CHECKING:
-    from app.engine.engine import BuiltExpert, Engine, InferredSubject
+    from app.engine.engine import BuiltExpert, Engine, ExpertCheck, InferredSubject
     from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -191,10 +190,19 @@ def record_progress(
     run_id: int,
     edits_done: int | None = None,
     current_loss: float | None = None,
+    steps_done: int | None = None,
+    steps_planned: int | None = None,
 ) -> None:
     """Progress and a heartbeat (the run is alive); no audit event: it is not a change of state."""
     with session_factory() as session:
-        store.update_run_progress(session, run_id=run_id, edits_done=edits_done, current_loss=current_loss)
+        store.update_run_progress(
+            session,
+            run_id=run_id,
+            edits_done=edits_done,
+            current_loss=current_loss,
+            steps_done=steps_done,
+            steps_planned=steps_planned,
+        )
         session.commit()
 
 
@@ -205,9 +213,11 @@ def register_expert(
     run: StartedRun,
     built: BuiltExpert,
     edits_done: int,
+    check: ExpertCheck | None = None,
 ) -> store.Expert:
     """The trained expert becomes an active row and its edits applied, all in one commit;
-    BatchChanged (nothing written) when some of them were cancelled meanwhile."""
+    BatchChanged (nothing written) when some of them were cancelled meanwhile.
+    `check`: the figures of its check before going live (stored on it, and in its event)."""
     with session_factory() as session:
         require_still_training(session, edit_ids=built.edit_ids)
         expert = store.add_expert(
@@ -220,6 +230,7 @@ def register_expert(
             final_loss=built.final_loss,
             steps=built.steps,
             metrics={"train_seconds": round(built.seconds, 3)},
+            live_check=None if check is None else check.to_dict(),
             status=ExpertStatus.ACTIVE,
         )
         store.set_edit_status(session, edit_ids=built.edit_ids, status=EditStatus.APPLIED, expert_id=expert.id)
@@ -234,6 +245,7 @@ def register_expert(
                 "steps": built.steps,
                 "final_loss": built.final_loss,
                 "train_seconds": round(built.seconds, 3),
+                "check": expert.live_check,
             },
             **common,
         )
@@ -255,6 +267,81 @@ def register_expert(
         return expert
 
 
+def check_shortfall(settings: Settings, check: ExpertCheck) -> str | None:
+    """Why the expert must not go live (each figure below its minimum), or None."""
+    problems = []
+    if check.edit_rate < settings.check_min_edit_rate:
+        problems.append(
+            f"it answered {check.edits_answered} of its {check.edits} edits ({check.edit_rate:.2f} < "
+            f"LEMOE_CHECK_MIN_EDIT_RATE {settings.check_min_edit_rate}; missed edit ids {check.missed_edit_ids})"
+        )
+    if check.locality_rate < settings.check_min_locality:
+        problems.append(
+            f"it changed {check.locality - check.locality_kept} of {check.locality} unrelated prompts' answers "
+            f"({check.locality_rate:.2f} < LEMOE_CHECK_MIN_LOCALITY {settings.check_min_locality})"
+        )
+    if check.others_rate < settings.check_min_others_kept:
+        problems.append(
+            f"it changed the answers of live edits {check.changed_edit_ids} ({check.others_kept} of {check.others} kept, "
+            f"{check.others_rate:.2f} < LEMOE_CHECK_MIN_OTHERS_KEPT {settings.check_min_others_kept})"
+        )
+    if not problems:
+        return None
+    return "the check before going live failed: " + "; ".join(problems)
+
+
+def live_edits(session_factory: sessionmaker[Session], *, edit_ids: Sequence[int]) -> list[Edit]:
+    """The edits of `edit_ids` that are applied now, in that order (the others' answers the
+    check keeps)."""
+    if not edit_ids:
+        return []
+    with session_factory() as session:
+        try:
+            rows = {e.id: e for e in store.edits_by_ids(session, edit_ids=edit_ids)}
+        except store.RecordNotFound:  # an expert of another database's ids: check none of them
+            rows = {}
+    return [
+        Edit(e.id, e.prompt, e.target, tuple(e.rephrases or ()), e.subject)
+        for i in edit_ids
+        if (e := rows.get(i)) is not None and e.status is EditStatus.APPLIED
+    ]
+
+
+def reject_expert(
+    session_factory: sessionmaker[Session],
+    *,
+    run: StartedRun,
+    built: BuiltExpert,
+    check: ExpertCheck | None,
+    reason: str,
+    edits_done: int,
+) -> None:
+    """The expert failed its check (or the check could not run): it never goes live, and its
+    edits fail with the reason; each edit.failed event carries the expert's name and figures."""
+    figures = None if check is None else check.to_dict()
+    with session_factory() as session:
+        edit_ids = sorted(_in_flight(session, built.edit_ids))
+        store.set_edit_status(session, edit_ids=edit_ids, status=EditStatus.FAILED, error=reason)
+        for edit_id in edit_ids:
+            store.append_audit(
+                session,
+                actor=run.actor,
+                action=AuditAction.EDIT_FAILED,
+                edit_id=edit_id,
+                training_run_id=run.run_id,
+                payload={"error": reason, "expert": built.name, "check": figures},
+            )
+        store.update_run_progress(session, run_id=run.run_id, edits_done=edits_done, current_loss=built.final_loss)
+        session.commit()
+
+
+def _in_flight(session: Session, edit_ids: Sequence[int]) -> set[int]:
+    """Those of `edit_ids` still planned or training (locked): one a client cancelled meanwhile
+    stays cancelled, never failed."""
+    held = store.hold_in_status(session, edit_ids=edit_ids, status=EditStatus.TRAINING)
+    return held | store.hold_in_status(session, edit_ids=edit_ids, status=EditStatus.PLANNED)
+
+
 def fail_batch(
     session_factory: sessionmaker[Session],
     *,
@@ -264,10 +351,7 @@ def fail_batch(
     edits_done: int,
 ) -> None:
     with session_factory() as session:
-        # Only edits still in flight: one a client cancelled meanwhile stays cancelled.
-        in_flight = store.hold_in_status(session, edit_ids=edit_ids, status=EditStatus.TRAINING)
-        in_flight |= store.hold_in_status(session, edit_ids=edit_ids, status=EditStatus.PLANNED)
-        edit_ids = sorted(in_flight)
+        edit_ids = sorted(_in_flight(session, edit_ids))
         store.set_edit_status(session, edit_ids=edit_ids, status=EditStatus.FAILED, error=error)
         for edit_id in edit_ids:
             store.append_audit(
@@ -358,6 +442,8 @@ class _Tally:
     cancelled: int = 0  # left out of their batch: cancelled by a client after the run claimed them
     experts: int = 0
     errors: list[str] = field(default_factory=list)
+    steps: int = 0  # training steps of the batches done
+    steps_planned: int = 0  # those, plus the step limit of each batch not done yet
 
     @property
     def done(self) -> int:
@@ -418,6 +504,8 @@ class Trainer:
             edits = self._with_inferred_subjects(run, list(run.edits))
             batches = self.engine.plan(edits, batch_size=self.settings.edits_per_expert, planning=self.settings.planning) if edits else []
             log.info("run %s: %d batches of up to %d edits", run.run_id, len(batches), self.settings.edits_per_expert)
+            tally.steps_planned = len(batches) * self.engine.max_steps
+            record_progress(self.session_factory, run_id=run.run_id, steps_done=0, steps_planned=tally.steps_planned)
             for index, batch in enumerate(batches):
                 self._check_stop()
                 self._train_batch(run, index, len(batches), batch, tally)
@@ -493,7 +581,7 @@ class Trainer:
         name = f"expert-r{run.run_id}-b{index}"
         log.info("run %s batch %d/%d: training %s on edits %s", run.run_id, index + 1, count, name, ids)
         try:
-            built = self.engine.build_expert(name, batch, progress=self._progress(run, tally.done))
+            built = self.engine.build_expert(name, batch, progress=self._progress(run, tally.done, tally))
         except RunStopped:
             raise
         except Exception as exc:
@@ -502,6 +590,7 @@ class Trainer:
             tally.failed += len(ids)
             tally.errors.append(f"batch {index + 1}: {message}")
             fail_batch(self.session_factory, run=run, edit_ids=ids, error=message, edits_done=tally.done)
+            self._batch_steps(run, tally, steps=self.engine.max_steps)
             return
         log.info(
             "run %s batch %d: %s trained in %d steps (loss %.4f, %.1f s)",
@@ -512,6 +601,15 @@ class Trainer:
             built.final_loss,
             built.seconds,
         )
+        self._batch_steps(run, tally, steps=built.steps)
+        check, shortfall = self._check_before_live(run, built, batch)
+        if shortfall is not None:
+            log.warning("run %s batch %d: %s does not go live: %s", run.run_id, index + 1, name, shortfall)
+            self.engine.discard_expert(built)
+            tally.failed += len(ids)
+            tally.errors.append(f"batch {index + 1}: {shortfall}")
+            reject_expert(self.session_factory, run=run, built=built, check=check, reason=shortfall, edits_done=tally.done)
+            return
         try:
             register_expert(
                 self.session_factory,
@@ -519,13 +617,14 @@ class Trainer:
                 run=run,
                 built=built,
                 edits_done=tally.done + len(ids),
+                check=check,
             )
         except BatchChanged as changed:
             batch = self._without_cancelled(run, batch, set(ids) - set(changed.edit_ids), tally)
             if batch:  # the same name: its files are overwritten
                 self._train_started_batch(run, index, count, batch, tally)
             else:
-                shutil.rmtree(built.path, ignore_errors=True)  # no row names these files
+                self.engine.discard_expert(built)  # no row names these files
             return
         for new_id, old_id in built.superseded:
             log.info("run %s: edit %s supersedes edit %s", run.run_id, new_id, old_id)
@@ -567,6 +666,45 @@ class Trainer:
                 self.training = False
         return done
 
+    def _check_before_live(
+        self, run: StartedRun, built: BuiltExpert, batch: Sequence[Edit], *, replacing: Collection[str] = ()
+    ) -> tuple[ExpertCheck | None, str | None]:
+        """The expert's check figures, and why it must not go live (None: it may). Off
+        (LEMOE_CHECK_ENABLED=false): no figures, it goes live. A check that cannot run keeps it
+        out: nothing unmeasured serves. `replacing`: live experts it takes the place of (left out
+        of the stack with it, and of the live edits whose answers it must keep)."""
+        if not self.settings.check_enabled:
+            return None, None
+        try:
+            nearest = self.engine.nearest_live_edits(built, limit=self.settings.check_others, without=replacing)
+            others = live_edits(self.session_factory, edit_ids=nearest)
+            check = self.engine.check_expert(built, batch, others, without=replacing)
+        except RunStopped:
+            raise
+        except Exception as exc:
+            log.exception("run %s: the check of %s could not run", run.run_id, built.name)
+            return None, f"the check before going live could not run: {type(exc).__name__}: {exc}"
+        log.info(
+            "run %s: %s check: edits %d/%d, locality %d/%d, live edits kept %d/%d (%.2f s, training %.2f s)",
+            run.run_id,
+            built.name,
+            check.edits_answered,
+            check.edits,
+            check.locality_kept,
+            check.locality,
+            check.others_kept,
+            check.others,
+            check.seconds,
+            built.seconds,
+        )
+        return check, check_shortfall(self.settings, check)
+
+    def _batch_steps(self, run: StartedRun, tally: _Tally, *, steps: int) -> None:
+        """A batch is trained in `steps` (of its limit): the run's steps done and planned."""
+        tally.steps += steps
+        tally.steps_planned -= self.engine.max_steps - steps
+        record_progress(self.session_factory, run_id=run.run_id, steps_done=tally.steps, steps_planned=tally.steps_planned)
+
     def _fail_leftovers(self, run: StartedRun, message: str) -> None:
         """Edits of the run not yet applied or failed are marked failed (best effort)."""
         in_flight = (EditStatus.PLANNED, EditStatus.TRAINING)
@@ -591,8 +729,9 @@ class Trainer:
         except Exception:
             log.exception("run %s: could not mark its unfinished edits failed; recovery at the next start requeues them", run.run_id)
 
-    def _progress(self, run: StartedRun, edits_done: int) -> Callable[[int, float], None]:
-        """The build's progress hook: stops on shutdown, writes progress at most every 2 s."""
+    def _progress(self, run: StartedRun, edits_done: int, tally: _Tally | None = None) -> Callable[[int, float], None]:
+        """The build's progress hook: stops on shutdown, writes progress (with the run's steps
+        done when given its `tally`) at most every 2 s."""
         last = [0.0]
 
         def progress(step: int, loss: float) -> None:
@@ -600,7 +739,8 @@ class Trainer:
             now = time.monotonic()
             if now - last[0] >= PROGRESS_WRITE_INTERVAL_S:
                 last[0] = now
-                record_progress(self.session_factory, run_id=run.run_id, edits_done=edits_done, current_loss=loss)
+                steps_done = None if tally is None else tally.steps + step
+                record_progress(self.session_factory, run_id=run.run_id, edits_done=edits_done, current_loss=loss, steps_done=steps_done)
                 log.info("run %s: step %d, loss %.4f", run.run_id, step, loss)
 
         return progress

@@ -4,7 +4,7 @@ Queries add and flush but never commit: the service layer commits once, so a cha
 audit event land together.
 """
 
-from app.store.audit import append_audit, list_audit
+from app.store.audit import append_audit, audit_after, latest_audit_id, list_audit
 from app.store.db import (
     DatabaseOptions,
     alembic_config,
@@ -139,6 +139,8 @@ __all__ = [
     "get_stack_version",
     "is_second_active_run",
     "list_audit",
+    "audit_after",
+    "latest_audit_id",
     "list_edits",
     "list_experts",
     "list_runs",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.domain import AuditAction
@@ -78,3 +79,18 @@ def list_audit(
     if until is not None:
         stmt = stmt.where(AuditEvent.at < require_aware(until, name="until"))
     return paginate(session, stmt, AuditEvent.id, kind="audit", order=order, limit=limit, cursor=cursor)
+
+
+def latest_audit_id(session: Session) -> int:
+    """The id of the newest audit event; 0 when the log is empty."""
+    return session.scalar(select(func.max(AuditEvent.id))) or 0
+
+
+def audit_after(session: Session, *, after: int, also: Collection[int] = (), limit: int = DEFAULT_LIMIT) -> list[AuditEvent]:
+    """Up to `limit` events with id > `after`, and those of the ids `also` (ids a reader saw
+    missing: on PostgreSQL a transaction can commit after another that took a later id), oldest
+    first."""
+    condition = AuditEvent.id > after
+    if also:
+        condition = or_(condition, AuditEvent.id.in_(list(also)))
+    return list(session.scalars(select(AuditEvent).where(condition).order_by(AuditEvent.id).limit(limit)))

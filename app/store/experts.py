@@ -43,6 +43,7 @@ def add_expert(
     final_loss: float | None = None,
     steps: int | None = None,
     metrics: dict[str, Any] | None = None,
+    live_check: dict[str, Any] | None = None,
     status: ExpertStatus | str = ExpertStatus.INACTIVE,
     stack_order: int | None = None,
 ) -> Expert:
@@ -67,6 +68,7 @@ def add_expert(
         final_loss=final_loss,
         steps=steps,
         metrics=metrics,
+        live_check=live_check,
         created_at=now,
         activated_at=now if status is ExpertStatus.ACTIVE else None,
     )

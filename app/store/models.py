@@ -102,6 +102,9 @@ class Expert(Base):
     # The expert that replaced it. A plain integer, like the audit log's ids: an SQLite table
     # that other tables reference cannot take a new foreign key without being rebuilt.
     replaced_by_id: Mapped[int | None] = mapped_column(Integer)
+    # The check before going live: how it answered its own edits, a fixed locality sample and
+    # the nearest live edits (app.engine.checks); null for experts made before the check.
+    live_check: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     deactivated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -131,6 +134,10 @@ class TrainingRun(Base):
     actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
     edits_total: Mapped[int] = mapped_column(Integer, default=0)
     edits_done: Mapped[int] = mapped_column(Integer, default=0)
+    # Training steps done, and planned: the steps of the experts trained so far plus each
+    # remaining expert's step limit (an upper bound: training stops early at its loss threshold).
+    steps_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    steps_planned: Mapped[int | None] = mapped_column(Integer)
     current_loss: Mapped[float | None] = mapped_column(Float)
     experts_created: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)

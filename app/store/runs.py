@@ -26,6 +26,7 @@ def create_run(session: Session, *, trigger: RunTrigger | str, actor: str, edits
         actor=actor,
         edits_total=edits_total,
         edits_done=0,
+        steps_done=0,
         experts_created=0,
         created_at=utcnow(),
     )
@@ -97,6 +98,8 @@ def update_run_progress(
     run_id: int,
     edits_done: int | None = None,
     current_loss: float | None = None,
+    steps_done: int | None = None,
+    steps_planned: int | None = None,
     heartbeat: bool = True,
 ) -> TrainingRun:
     """Record progress of a running run; `heartbeat` stamps heartbeat_at (the run is alive)."""
@@ -104,6 +107,10 @@ def update_run_progress(
     _require_status(run, (RunStatus.RUNNING,), "update progress of")
     if edits_done is not None:
         run.edits_done = edits_done
+    if steps_done is not None:
+        run.steps_done = steps_done
+    if steps_planned is not None:
+        run.steps_planned = steps_planned
     if current_loss is not None:
         run.current_loss = current_loss
     if heartbeat:

@@ -65,6 +65,13 @@ def live_server(app: FastAPI) -> Iterator[LiveServer]:
     finally:
         server.should_exit = True
         thread.join(DEADLINE_S)
+        # Tasks the app left on the loop (sse-starlette's shutdown watcher, while a stream was
+        # served) end with it rather than being destroyed pending.
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending and not thread.is_alive():
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
         sock.close()
 

@@ -34,6 +34,7 @@ FUZZ_LIMITS = {
     "max_edits_per_request": 3,
     "max_rephrases": 2,
     "max_chat_messages": 2,
+    "events_max_stream_s": 0.3,  # GET /v1/events ends by itself
 }
 MAX_EXAMPLES = 12
 SEED = 13

@@ -19,7 +19,7 @@ from app.store.db import MIGRATIONS_DIR
 from tests.pg import temporary_database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0006"
+HEAD = "0007"
 TABLES = {"edits", "experts", "training_runs", "audit_events", "stack_state", "idempotency_keys", "api_keys"}
 
 

@@ -39,12 +39,14 @@ def _public(session: Session, runs: list[TrainingRun]) -> list[TrainingRunPublic
         duration = None
         if run.started_at is not None:
             duration = ((run.finished_at or now) - run.started_at).total_seconds()
+        eta = run_service.eta_seconds(run, duration)
         out.append(
             TrainingRunPublic.model_validate(
                 {
                     **{k: getattr(run, k) for k in TrainingRunPublic.model_fields if hasattr(run, k)},
                     "expert_ids": expert_ids.get(run.id, []),
                     "duration_s": duration,
+                    "eta_s": eta,
                 }
             )
         )
