@@ -21,8 +21,8 @@ a shutdown leaves them `retracting`, resumed at the next start.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,11 @@ from app.services.checks import SYSTEM_ACTOR
 from app.services.stack import LiveStack, stored_path
 
 if TYPE_CHECKING:
-    from app.engine.engine import BuiltExpert, Engine
+    from app.engine.engine import BuiltExpert, Engine, ExpertCheck
+
+# (replacement, the edits it keeps, the name of the expert it replaces) -> (figures, why it must
+# not go live or None): the trainer's check before going live.
+LiveCheck = Callable[["BuiltExpert", Sequence[Edit], str], "tuple[ExpertCheck | None, str | None]"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +160,7 @@ def replace_expert(
     settings: Settings,
     retraction: Retraction,
     built: BuiltExpert,
+    check: ExpertCheck | None = None,
 ) -> store.Expert | None:
     """The swap, ONE commit: the old expert inactive and replaced, the new one active in its
     place, the kept edits moved to it, the retracting ones retracted, with their events. None
@@ -182,6 +187,7 @@ def replace_expert(
             },
             status=ExpertStatus.ACTIVE,
             stack_order=retraction.stack_order,
+            live_check=None if check is None else check.to_dict(),
         )
         old.replaced_by_id = new.id
         moved = [e for e in store.edits_of_expert(session, expert_id=old.id) if e.id not in retraction.retracted]
@@ -214,6 +220,7 @@ def replace_expert(
                 "final_loss": built.final_loss,
                 "train_seconds": round(built.seconds, 3),
                 "replaces_expert_id": old.id,
+                "check": new.live_check,
             },
             **common,
         )
@@ -259,9 +266,12 @@ def retract_from_expert(
     stack: LiveStack,
     expert_id: int,
     stopping: threading.Event,
+    check: LiveCheck | None = None,
 ) -> bool:
     """Carry out the retraction of expert `expert_id` (steps 1-5 above); True when it is done.
-    `stopping` set (shutdown) abandons it: the edits stay retracting, resumed at the next start."""
+    `stopping` set (shutdown) abandons it: the edits stay retracting, resumed at the next start.
+    `check` measures the replacement before it goes live (with the old expert left out): below
+    its minimums the retraction fails as a failed training does (the old expert keeps serving)."""
     retraction = plan_retraction(session_factory, expert_id=expert_id)
     if retraction is None:
         return False
@@ -293,10 +303,18 @@ def retract_from_expert(
         log.exception("retracting edits %s failed", list(retraction.retracted))
         fail_retraction(session_factory, retraction=retraction, error=f"retraction failed: {type(exc).__name__}: {exc}")
         return False
-    new = replace_expert(session_factory, settings=settings, retraction=retraction, built=built)
+    figures = None
+    if check is not None:
+        figures, shortfall = check(built, retraction.kept, retraction.expert_name)
+        if shortfall is not None:
+            log.warning("retracting edits %s: the replacement %s does not go live: %s", list(retraction.retracted), name, shortfall)
+            engine.discard_expert(built)
+            fail_retraction(session_factory, retraction=retraction, error=f"retraction failed: {shortfall}")
+            return False
+    new = replace_expert(session_factory, settings=settings, retraction=retraction, built=built, check=figures)
     if new is None:
         log.warning("expert %s changed while it was retrained; its retraction is planned again", retraction.expert_name)
-        shutil.rmtree(built.path, ignore_errors=True)  # no row names these files
+        engine.discard_expert(built)  # no row names these files
         return False
     stack.sync()  # old out, new in, in one swap between requests
     log.info("expert %s replaced by %s: edits %s retracted", retraction.expert_name, new.name, list(retraction.retracted))

@@ -602,7 +602,7 @@ class Trainer:
             built.seconds,
         )
         self._batch_steps(run, tally, steps=built.steps)
-        check, shortfall = self._check_before_live(run, built, batch)
+        check, shortfall = self._check_before_live(f"run {run.run_id}", built, batch)
         if shortfall is not None:
             log.warning("run %s batch %d: %s does not go live: %s", run.run_id, index + 1, name, shortfall)
             self.engine.discard_expert(built)
@@ -661,15 +661,17 @@ class Trainer:
                         stack=self.stack,
                         expert_id=expert_id,
                         stopping=self.stopping,
+                        check=lambda built, kept, old: self._check_before_live("retraction", built, kept, replacing={old}),
                     )
             finally:
                 self.training = False
         return done
 
     def _check_before_live(
-        self, run: StartedRun, built: BuiltExpert, batch: Sequence[Edit], *, replacing: Collection[str] = ()
+        self, who: str, built: BuiltExpert, batch: Sequence[Edit], *, replacing: Collection[str] = ()
     ) -> tuple[ExpertCheck | None, str | None]:
-        """The expert's check figures, and why it must not go live (None: it may). Off
+        """The expert's check figures, and why it must not go live (None: it may); `who` names
+        what made it in the log ("run 7", "retraction"). Off
         (LEMOE_CHECK_ENABLED=false): no figures, it goes live. A check that cannot run keeps it
         out: nothing unmeasured serves. `replacing`: live experts it takes the place of (left out
         of the stack with it, and of the live edits whose answers it must keep)."""
@@ -682,11 +684,11 @@ class Trainer:
         except RunStopped:
             raise
         except Exception as exc:
-            log.exception("run %s: the check of %s could not run", run.run_id, built.name)
+            log.exception("%s: the check of %s could not run", who, built.name)
             return None, f"the check before going live could not run: {type(exc).__name__}: {exc}"
         log.info(
-            "run %s: %s check: edits %d/%d, locality %d/%d, live edits kept %d/%d (%.2f s, training %.2f s)",
-            run.run_id,
+            "%s: %s check: edits %d/%d, locality %d/%d, live edits kept %d/%d (%.2f s, training %.2f s)",
+            who,
             built.name,
             check.edits_answered,
             check.edits,

@@ -3,6 +3,8 @@ for the old one in one transaction; the old one serves until then. SQLite and Po
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from app.domain import RunTrigger
@@ -219,3 +221,33 @@ def test_two_edits_of_one_expert_retracted_together(client):
     assert {edit(client, i)["status"] for i in (france, fox)} == {"retracted"}
     assert {p: generate(client, p)["text"] for p in base} == base
     assert runtime_of(client).stack.active_names() == [new["name"]]
+
+
+def test_a_replacement_is_checked_before_it_goes_live(trained):
+    client, _, france, fox, old = trained
+    assert withdraw(client, france).status_code == 202
+    worker_for(client)._tick(scheduled=False)
+
+    _, new = experts(client)
+    assert new["check"]["edits"] == 1 and new["check"]["edits_answered"] == 1 and new["check"]["edit_rate"] == 1.0
+    registered = [e for e in client.get("/v1/audit", params={"expert_id": new["id"]}).json()["items"] if e["action"] == "expert.registered"]
+    assert registered[0]["payload"]["check"] == new["check"]
+
+
+def test_a_replacement_below_the_check_minimums_never_serves(client, monkeypatch):
+    france, fox = submit(client, FRANCE, FOX)
+    worker = worker_for(client)
+    worker.run_once()
+    [expert] = experts(client)
+    assert withdraw(client, france).status_code == 202
+    # One training step: the replacement has not learned the edit it keeps.
+    engine = worker.engine
+    monkeypatch.setattr(engine.editor, "config", dataclasses.replace(engine.editor.config, max_steps=1))
+
+    assert worker.trainer.retract_pending() == 0
+
+    after = edit(client, france)
+    assert after["status"] == "applied" and after["error"].startswith("retraction failed: the check before going live failed")
+    assert experts(client) == [expert]  # no replacement row; the old expert serves both edits
+    assert generate(client, FOX["prompt"])["expert"]["id"] == expert["id"]
+    assert sorted(p.name for p in engine.experts_dir.iterdir()) == [expert["name"]]  # its files are gone
