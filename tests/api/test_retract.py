@@ -251,4 +251,4 @@ def test_a_replacement_below_the_check_minimums_never_serves(client, monkeypatch
     assert after["status"] == "applied" and after["error"].startswith("retraction failed: the check before going live failed")
     assert experts(client) == [expert]  # no replacement row; the old expert serves both edits
     assert generate(client, FOX["prompt"])["expert"]["id"] == expert["id"]
-    assert set(engine.experts_dir.iterdir()) == files_before  # the replacement's files are gone
+    assert set(engine.experts_dir.iterdir()) <= files_before  # no replacement files are left
