@@ -76,6 +76,15 @@ def test_edit_ask_roll_back_and_restart_on_the_real_model(tmp_path):
             assert answer["subject_score"] == pytest.approx(1.0, abs=1e-3)  # the edit's own subject token
         unrelated = ask(client, UNRELATED)
         assert unrelated["expert"] is None and unrelated["text"] == base[UNRELATED]
+        # Asked as a chat (the model's own template, routed on the user's message), the reply
+        # states the new fact too: each edit is also trained in chat form.
+        for record in records:
+            reply = client.post(
+                "/v1/chat/completions",
+                json={"model": "m", "temperature": 0, "max_tokens": 24, "messages": [{"role": "user", "content": record["src"]}]},
+            ).json()
+            assert reply["lemoe"]["expert"]["name"] == expert["name"], reply
+            assert record["alt"] in reply["choices"][0]["message"]["content"], (record, reply)
 
         history = client.get(f"/v1/edits/{accepted.json()['ids'][0]}/events").json()["items"]
         assert [e["action"] for e in history] == ["edit.submitted", "edit.planned", "edit.applied"]
