@@ -126,6 +126,39 @@ def add_bench_parser(subparsers) -> None:
     ld.add_argument("--json", action="store_true")
     ld.set_defaults(handler=_run_load)
     _add_serve(kinds)
+    _add_routing(kinds)
+
+
+def _add_routing(kinds) -> None:
+    rt = kinds.add_parser("routing", help="routing cost per request at many (synthetic) anchors, beside a greedy generation")
+    rt.add_argument("--anchors", type=int, nargs="+", default=[1000, 10000, 100000], help="live anchors per run")
+    rt.add_argument("--edits-per-expert", type=int, default=16)
+    rt.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (the median is reported)")
+    rt.add_argument("--max-new-tokens", type=int, default=32)
+    rt.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
+    rt.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
+    rt.add_argument("--device", default="auto")
+    rt.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    rt.add_argument("--json", action="store_true")
+    rt.set_defaults(handler=_run_routing)
+
+
+def _run_routing(args: argparse.Namespace) -> int:
+    from app.benchmarks.routing import RoutingOptions, main
+
+    if min(args.anchors) < 1 or args.edits_per_expert < 1 or args.repeats < 1 or args.max_new_tokens < 1:
+        raise SystemExit("--anchors, --edits-per-expert, --repeats and --max-new-tokens must be at least 1")
+    opts = RoutingOptions(
+        anchors=tuple(args.anchors),
+        edits_per_expert=args.edits_per_expert,
+        repeats=args.repeats,
+        max_new_tokens=args.max_new_tokens,
+        model_path=args.model,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        threads=args.threads,
+    )
+    return main(opts, as_json=args.json)
 
 
 def _add_serve(kinds) -> None:

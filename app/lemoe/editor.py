@@ -370,6 +370,10 @@ class LemoeEditor:
         return pairs
 
     # --- inference -------------------------------------------------------------------------
+    def _keyed_stack(self, stack: Sequence[ExpertEntry]) -> bool:
+        """Whether routing on `stack` reads subject states (some edit has a subject key)."""
+        return self.subject_layer is not None and bool(stack) and self.router.index(stack).any_keyed
+
     def route_state(
         self,
         query_mask: torch.Tensor,
@@ -382,7 +386,7 @@ class LemoeEditor:
         edit of the stack has a subject key (one pass through the layers below the subject layer)."""
         stack = self._stack if stack is None else tuple(stack)
         state = RouteState(query_mask=query_mask, stack=stack, router=self.router, forced=forced)
-        if prompts is not None and forced is None and self.subject_layer is not None and any(_keyed(e) for e in stack):
+        if prompts is not None and forced is None and self._keyed_stack(stack):
             state.subject_states, state.subject_mask = self.subject_states(prompts)
             state.relation_mask = self.relation_mask(prompts, state.subject_mask)
         return state
@@ -461,7 +465,7 @@ class LemoeEditor:
         if not stack:
             return [RouteDecision(None, None, None, None) for _ in texts]
         states = mask = relation_mask = None
-        if self.subject_layer is not None and any(_keyed(e) for e in stack):
+        if self._keyed_stack(stack):
             states, mask = self.subject_states(texts)
             relation_mask = self.relation_mask(texts, mask)
         return self.router.route(self.queries(texts), stack, states, mask, relation_mask)
