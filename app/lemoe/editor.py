@@ -31,7 +31,7 @@ from app.lemoe.routing import (
 )
 from app.lemoe.stopping import StopOnSignal, StopReason, StopSignal
 from app.lemoe.subjects import InferredSubject, infer_subjects
-from app.lemoe.text import SubjectView, chat_prompt, encode_pair, has_chat_template, subject_token_span, subject_view
+from app.lemoe.text import SubjectView, chat_prompt, check_text, encode_pair, has_chat_template, subject_token_span, subject_view
 from app.lemoe.trainer import (
     ProgressFn,
     TrainingExample,
@@ -222,6 +222,30 @@ class LemoeEditor:
         total = len(pair.prompt_ids) + len(pair.target_ids) + self._prefix_room
         if self.max_positions is not None and total > self.max_positions:
             raise ValueError(f"prompt + target is {total} tokens; the model's context is {self.max_positions}")
+
+    def validate_edits(self, pairs: Sequence[tuple[str, str]]) -> list[str | None]:
+        """`validate_edit` for many (prompt, target) pairs with two tokenizer calls in all: per
+        pair, None or why the model cannot learn it (the ValueError's message)."""
+        problems: list[str | None] = [None] * len(pairs)
+        texts = []
+        for i, (prompt, target) in enumerate(pairs):
+            try:  # what encode_pair checks before it tokenises
+                check_text("prompt", prompt)
+                check_text("target", target)
+            except ValueError as exc:
+                problems[i] = str(exc)
+                continue
+            texts.append((i, prompt, ("" if prompt[-1].isspace() or target[0].isspace() else " ") + target))
+        if not texts or self.max_positions is None:
+            return problems
+        prompt_ids = self.tokenizer([t[1] for t in texts])["input_ids"]
+        target_ids = self.tokenizer([t[2] for t in texts], add_special_tokens=False)["input_ids"]
+        eos = 1 if self.config.train_eos and self.tokenizer.eos_token_id is not None else 0
+        for (i, _, _), p, t in zip(texts, prompt_ids, target_ids, strict=True):
+            total = len(p) + len(t) + eos + self._prefix_room
+            if total > self.max_positions:
+                problems[i] = f"prompt + target is {total} tokens; the model's context is {self.max_positions}"
+        return problems
 
     def validate_subject(self, prompt: str, subject: str) -> None:
         """A subject keys routing, so it must be in the prompt (any case); the caller has checked
