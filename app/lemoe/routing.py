@@ -188,20 +188,42 @@ class AnchorIndex:
     owners: torch.Tensor  # (n,) the stack index of each anchor's expert
     edit_ids: list[int | None]
     keyed: torch.Tensor  # (n,) which anchors have a subject key
-    subject: torch.Tensor | None  # (n, d) standardised unit subject keys (None: no anchor has one)
-    relation: torch.Tensor | None  # (n, d) relation keys, NaN rows where there is none
-    relation_keyed: torch.Tensor | None  # (n,) which anchors have a relation key
-    lengths: torch.Tensor | None  # (n,) subject lengths in tokens
+    any_keyed: bool
+    # With subject keys on (else None): (n, d) standardised unit subject keys (rows without a key:
+    # meaningless, never read), (n, d) relation keys (NaN rows: none), which anchors have one, and
+    # (n,) subject lengths in tokens.
+    subject: torch.Tensor | None
+    relation: torch.Tensor | None
+    relation_keyed: torch.Tensor | None
+    lengths: torch.Tensor | None
 
     @property
-    def any_keyed(self) -> bool:
-        return self.subject is not None
+    def size(self) -> int:
+        return len(self.edit_ids)
 
     @property
     def nbytes(self) -> int:
         """Bytes this index holds beyond the experts' own tensors."""
         tensors = (self.sentence, self.owners, self.keyed, self.subject, self.relation, self.relation_keyed, self.lengths)
         return sum(t.element_size() * t.nelement() for t in tensors if t is not None)
+
+    def extended(self, more: AnchorIndex, experts_before: int) -> AnchorIndex:
+        """This index followed by `more` (the index of the experts added after this one's)."""
+
+        def cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None or b is None else torch.cat([a, b.to(a.device)])
+
+        return AnchorIndex(
+            sentence=torch.cat([self.sentence, more.sentence.to(self.sentence.device)]),
+            owners=torch.cat([self.owners, more.owners + experts_before]),
+            edit_ids=self.edit_ids + more.edit_ids,
+            keyed=torch.cat([self.keyed, more.keyed]),
+            any_keyed=self.any_keyed or more.any_keyed,
+            subject=cat(self.subject, more.subject),
+            relation=cat(self.relation, more.relation),
+            relation_keyed=cat(self.relation_keyed, more.relation_keyed),
+            lengths=cat(self.lengths, more.lengths),
+        )
 
 
 class AnchorRouter:
@@ -229,32 +251,41 @@ class AnchorRouter:
         return torch.nn.functional.normalize(q.float() - self.center.to(q.device), dim=-1)
 
     def index(self, stack: Sequence[ExpertEntry]) -> AnchorIndex:
-        """The anchor index of `stack`, built on its first use and kept while it is recent."""
-        for known, index in self._indexes:
-            if known is stack:
+        """The anchor index of `stack`, built on its first use and kept while it is recent; a
+        stack that extends a recent one (experts added) reuses that one's index for them."""
+        known = self._indexes
+        for older, index in known:
+            if older is stack:
                 return index
-        index = self.build_index(stack)
+        index = None
+        for older, older_index in known:
+            if 0 < len(older) < len(stack) and all(a is b for a, b in zip(older, stack, strict=False)):
+                index = older_index.extended(self.build_index(stack[len(older) :]), len(older))
+                break
+        if index is None:
+            index = self.build_index(stack)
         with self._lock:
             self._indexes = ((stack, index),) + tuple(p for p in self._indexes if p[0] is not stack)[: self.INDEXES_KEPT - 1]
         return index
 
     def build_index(self, stack: Sequence[ExpertEntry]) -> AnchorIndex:
         anchors = torch.cat([e.anchors for e in stack])
-        owners = anchor_owners(stack)
-        dims = [e.subject_anchors.shape[1] for e in stack if e.subject_anchors is not None]
-        subject_rows = subject_anchor_matrix(stack, dims[0]) if dims else None
-        keyed = torch.zeros(len(anchors), dtype=torch.bool) if subject_rows is None else ~torch.isnan(subject_rows).any(dim=1)
+        keyed = torch.zeros(len(anchors), dtype=torch.bool)
         subject = relation = relation_keyed = lengths = None
-        if self.subject is not None and subject_rows is not None and bool(keyed.any()):
-            subject = self.subject.normalise(torch.nan_to_num(subject_rows))
-            relation = relation_anchor_matrix(stack, dims[0])
+        if self.subject is not None:
+            dim = self.subject.mean.shape[-1]
+            rows = subject_anchor_matrix(stack, dim)
+            keyed = ~torch.isnan(rows).any(dim=1)
+            subject = self.subject.normalise(torch.nan_to_num(rows))
+            relation = relation_anchor_matrix(stack, dim)
             relation_keyed = ~torch.isnan(relation).any(dim=1)
             lengths = subject_lengths(stack)
         return AnchorIndex(
             sentence=self.normalise(anchors),
-            owners=owners,
+            owners=anchor_owners(stack),
             edit_ids=anchor_edit_ids(stack),
             keyed=keyed,
+            any_keyed=bool(keyed.any()),
             subject=subject,
             relation=relation,
             relation_keyed=relation_keyed,
@@ -279,11 +310,12 @@ class AnchorRouter:
         sims = self.normalise(queries) @ index.sentence.to(queries.device).T
         eligible = sims >= self.threshold
         subject_sims = relation_sims = None
-        if self.subject is not None and subject_states is not None and index.subject is not None:
-            match = self.subject.scores_normalised(subject_states, query_mask, index.subject, index.keyed)
+        if self.subject is not None and subject_states is not None and index.any_keyed:
+            assert index.subject is not None
+            match = self._subject_match(sims, subject_states, query_mask, index)
             # An edit with a subject key fires only where its subject is mentioned (and the
             # sentence is not wholly unlike the edit's), whatever the sentence gate says...
-            subject_sims = match.scores.to(sims.device)
+            subject_sims = match.scores
             keyed_ok = (subject_sims >= self.subject.threshold) & (sims >= self.subject.sentence_floor)
             if self.subject.relation_threshold is not None:
                 keyed_ok, relation_sims = self._relation_check(
@@ -291,6 +323,25 @@ class AnchorRouter:
                 )
             eligible = torch.where(match.keyed.to(sims.device), keyed_ok, eligible)
         return sims, eligible, subject_sims, relation_sims
+
+    def _subject_match(
+        self, sims: torch.Tensor, subject_states: torch.Tensor, query_mask: torch.Tensor | None, index: AnchorIndex
+    ) -> SubjectMatch:
+        """The subject match of every keyed anchor whose sentence clears the floor for some row
+        (only those can fire on a subject); the others score -2. Comparing every token with
+        every anchor is most of a request's routing cost, and most anchors are far below the floor."""
+        assert self.subject is not None and index.subject is not None
+        keyed = index.keyed.to(sims.device)
+        candidates = ((sims >= self.subject.sentence_floor) & keyed).any(dim=0).nonzero().flatten()
+        scores = torch.full(sims.shape, -2.0, device=sims.device)
+        where = torch.zeros(sims.shape, dtype=torch.long, device=sims.device)
+        if len(candidates):
+            found = self.subject.scores_normalised(
+                subject_states, query_mask, index.subject[candidates.to(index.subject.device)], keyed[candidates]
+            )
+            scores[:, candidates] = found.scores.to(sims.device)
+            where[:, candidates] = found.where.to(sims.device)
+        return SubjectMatch(keyed, scores, where)
 
     def _relation_check(
         self,

@@ -49,7 +49,12 @@ def test_scores_are_exactly_those_of_the_per_request_computation(editor):
     expected_sims = router.normalise(queries) @ router.normalise(torch.cat([e.anchors for e in stack])).T
     expected_subject = keys.scores(states, mask, subject_anchor_matrix(stack, states.shape[-1]))
     assert torch.equal(sims, expected_sims)
-    assert torch.equal(subject_sims, expected_subject.scores)
+    # Subject keys are compared where the sentence clears the floor for some prompt (only those
+    # can fire): exactly as before there, -2 (never a match) elsewhere.
+    candidates = ((sims >= keys.sentence_floor) & expected_subject.keyed).any(dim=0)
+    assert 0 < int(candidates.sum()) < sims.shape[1]
+    assert torch.equal(subject_sims[:, candidates], expected_subject.scores[:, candidates])
+    assert bool((subject_sims[:, ~candidates] == -2.0).all())
     assert relation_anchor_matrix(stack, states.shape[-1]).shape == (sims.shape[1], states.shape[-1])
     # The stack exercises every path: routed by subject and relation keys, and by a sentence key alone.
     decisions = editor.route(PROMPTS)
@@ -93,3 +98,18 @@ def test_a_stack_without_subject_keys_reads_no_subject_states(editor):
     assert state.subject_states is None
     [d] = editor.route(["The capital of Spain is"])
     assert d.expert_name == "plain" and d.subject_score is None
+
+
+def test_an_index_extended_by_new_experts_equals_one_built_afresh(editor):
+    editor.router.index(editor.stack)
+    newest = editor.keyed_entry("newest", Expert(editor.hidden_size, 8), [Edit(500, "The capital of Spain is", "z", subject="Spain")], {})
+    unkeyed = editor.keyed_entry("plain", Expert(editor.hidden_size, 8), [Edit(501, "The quick brown fox sleeps", "w")], {})
+    editor.add_expert(newest)
+    editor.add_expert(unkeyed)
+    extended = editor.router.index(editor.stack)  # from the previous stack's index, two experts on
+    fresh = editor.router.build_index(editor.stack)
+    for name in ("sentence", "owners", "keyed", "subject", "relation_keyed", "lengths"):
+        assert torch.equal(getattr(extended, name), getattr(fresh, name)), name
+    assert torch.equal(torch.nan_to_num(extended.relation, 7.0), torch.nan_to_num(fresh.relation, 7.0))
+    assert extended.edit_ids == fresh.edit_ids and extended.edit_ids[-2:] == [500, 501] and extended.any_keyed
+    assert [d.expert_name for d in editor.route(["The capital of Spain is", "The quick brown fox sleeps"])] == ["newest", "plain"]
