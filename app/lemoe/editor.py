@@ -85,6 +85,7 @@ class LemoeEditor:
         self.tokenizer = tokenizer
         self.config = config or LemoeConfig()
         self.device = device or next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
         n_layers = len(decoder_layers(model))
         self.layer = self.config.resolved_layer(n_layers)
         self.route_layer = self.config.resolved_route_layer(n_layers)
@@ -180,7 +181,7 @@ class LemoeEditor:
         keyed the bare prompt) cannot be compared with this editor's request states: such an
         expert routes by its sentence keys alone (the 0.55 gate) until its edits are trained again.
         """
-        entry.module.to(self.device).eval().requires_grad_(False)
+        entry.module.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)  # served in the model's dtype
         entry.anchors = entry.anchors.to(self.device)
         if entry.subject_anchors is not None:
             entry.subject_anchors = entry.subject_anchors.to(self.device)

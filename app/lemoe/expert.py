@@ -23,6 +23,18 @@ class Expert(nn.Module):
             nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(self.up.weight)
 
+    @classmethod
+    def from_weights(cls, down: torch.Tensor, up: torch.Tensor, kind: ExpertKind = "ffn", *, dtype: torch.dtype = torch.float32) -> Expert:
+        """A frozen expert holding these weights (converted to `dtype`), without drawing an
+        initialisation first: loading many experts should cost the reading of their files."""
+        if down.dim() != 2 or up.dim() != 2 or up.shape != down.shape[::-1]:
+            raise ValueError(f"down {tuple(down.shape)} and up {tuple(up.shape)} are not an expert's weights")
+        with torch.device("meta"):
+            expert = cls(down.shape[1], down.shape[0], kind)
+        expert.down.weight = nn.Parameter(down.to(dtype), requires_grad=False)
+        expert.up.weight = nn.Parameter(up.to(dtype), requires_grad=False)
+        return expert.eval()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.down(x)
         if self.kind == "ffn":
