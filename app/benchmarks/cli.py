@@ -127,6 +127,26 @@ def add_bench_parser(subparsers) -> None:
     ld.set_defaults(handler=_run_load)
     _add_serve(kinds)
     _add_routing(kinds)
+    _add_expert_files(kinds)
+
+
+def _add_expert_files(kinds) -> None:
+    ex = kinds.add_parser("experts", help="bytes per edit on disk and in memory, and the time to load a stack of (synthetic) experts")
+    ex.add_argument("--experts", type=int, default=625, help="experts in the stack (625 of 16: 10,000 edits)")
+    ex.add_argument("--edits-per-expert", type=int, default=16)
+    ex.add_argument("--directory", type=Path, default=None, help="write the files here and keep them (default: a temporary dir)")
+    ex.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(handler=_run_expert_files)
+
+
+def _run_expert_files(args: argparse.Namespace) -> int:
+    from app.benchmarks.expert_files import ExpertFilesOptions, main
+
+    if args.experts < 1 or args.edits_per_expert < 1:
+        raise SystemExit("--experts and --edits-per-expert must be at least 1")
+    opts = ExpertFilesOptions(experts=args.experts, edits_per_expert=args.edits_per_expert, directory=args.directory, threads=args.threads)
+    return main(opts, as_json=args.json)
 
 
 def _add_routing(kinds) -> None:
