@@ -259,8 +259,10 @@ class AnchorRouter:
                 return index
         index = None
         for older, older_index in known:
-            if 0 < len(older) < len(stack) and all(a is b for a, b in zip(older, stack, strict=False)):
-                index = older_index.extended(self.build_index(stack[len(older) :]), len(older))
+            if 0 < len(older) <= len(stack) and all(a is b for a, b in zip(older, stack, strict=False)):
+                # The same experts (another tuple of them), or those and more.
+                more = stack[len(older) :]
+                index = older_index if not more else older_index.extended(self.build_index(more), len(older))
                 break
         if index is None:
             index = self.build_index(stack)

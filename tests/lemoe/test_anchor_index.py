@@ -83,11 +83,12 @@ def test_one_index_per_stack_snapshot_and_a_new_stack_gets_its_own(editor):
     assert grown is not index and grown.sentence.shape[0] == index.sentence.shape[0] + 1
     [d] = editor.route(["The capital of Spain is"])
     assert d.expert_name == "newest"
-    # A bounded cache: stacks older than the last few are dropped, and rebuilt if used again.
+    # A bounded cache: stacks older than the last few are dropped; the same experts again (the
+    # newest removed) get the index they had, whichever tuple holds them.
     editor.set_stack(editor.stack[:-1])
-    editor.router.index(editor.stack)
+    assert editor.router.index(editor.stack) is index
     assert all(known is not stack for known, _ in editor.router._indexes)
-    assert editor.router.index(stack) is not index
+    assert editor.router.index(stack) is index
 
 
 def test_a_stack_without_subject_keys_reads_no_subject_states(editor):
@@ -113,3 +114,9 @@ def test_an_index_extended_by_new_experts_equals_one_built_afresh(editor):
     assert torch.equal(torch.nan_to_num(extended.relation, 7.0), torch.nan_to_num(fresh.relation, 7.0))
     assert extended.edit_ids == fresh.edit_ids and extended.edit_ids[-2:] == [500, 501] and extended.any_keyed
     assert [d.expert_name for d in editor.route(["The capital of Spain is", "The quick brown fox sleeps"])] == ["newest", "plain"]
+
+
+def test_another_tuple_of_the_same_experts_shares_their_index(editor):
+    index = editor.router.index(editor.stack)
+    assert editor.router.index(list(editor.stack)) is index
+    assert editor.route(PROMPTS, stack=list(editor.stack)) == editor.route(PROMPTS)
