@@ -173,6 +173,7 @@ class LemoeEditor:
         if any(e.name == entry.name for e in self._stack):
             raise ValueError(f"expert {entry.name!r} is already in the stack")
         self._stack = self._stack + (self._prepared(entry),)
+        self._index_stack()
 
     def _prepared(self, entry: ExpertEntry) -> ExpertEntry:
         """`entry` on this editor's device, as it serves here.
@@ -205,10 +206,19 @@ class LemoeEditor:
         if not found:
             raise KeyError(f"expert {name!r} is not in the stack")
         self._stack = tuple(e for e in self._stack if e.name != name)
+        self._index_stack()
         return found[0]
 
     def set_stack(self, entries: Sequence[ExpertEntry]) -> None:
         self._stack = tuple(self._prepared(e) for e in entries)
+        self._index_stack()
+
+    def _index_stack(self) -> None:
+        """Build the new live stack's anchor index now, in the thread that swaps it in, rather
+        than in the first request that routes on it (seconds at 100K anchors unless it only
+        gained experts: then the previous index is extended)."""
+        if self._stack:
+            self.router.index(self._stack)
 
     def serving_mismatch(self, entry: ExpertEntry) -> str | None:
         """Why `entry` cannot serve in this editor (trained at another adaptor layer, route
