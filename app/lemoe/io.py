@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.lemoe.expert import Expert, ExpertEntry
+from app.lemoe.expert import Expert, ExpertEntry, converted
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -46,8 +46,8 @@ def save_expert(entry: ExpertEntry, directory: Path, *, weights_dtype: torch.dty
     directory.mkdir(parents=True, exist_ok=True)
     module = entry.module
     tensors = {
-        "down.weight": module.down.weight.detach().cpu().to(weights_dtype).contiguous(),
-        "up.weight": module.up.weight.detach().cpu().to(weights_dtype).contiguous(),
+        "down.weight": converted(module.down.weight.detach().cpu(), weights_dtype).contiguous(),
+        "up.weight": converted(module.up.weight.detach().cpu(), weights_dtype).contiguous(),
         "anchors": entry.anchors.detach().cpu().float().contiguous(),
     }
     if entry.subject_anchors is not None:
