@@ -48,3 +48,18 @@ def test_expert_files_bench_from_the_command_line(tmp_path, capsys):
     assert [r["experts"] for r in json.loads(out[-1])["rows"]] == [2, 2]
     with pytest.raises(SystemExit, match="at least 1"):
         cli_main(["bench", "experts", "--experts", "0"])
+
+
+def test_routing_bench_worst_case_puts_every_anchor_above_the_floor(tiny_model_dir, tmp_path):  # noqa: F811
+    opts = RoutingOptions(
+        anchors=(40,),
+        repeats=1,
+        max_new_tokens=2,
+        model_path=tiny_model_dir,
+        cache_dir=tmp_path,
+        device="cpu",
+        every_anchor_a_candidate=True,
+    )
+    result = run_routing(opts)
+    assert result["rows"][0]["anchors"] == 48 and result["rows"][0]["search_ms"] > 0
+    assert "worst case" in format_routing_table(result)

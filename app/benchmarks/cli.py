@@ -159,6 +159,11 @@ def _add_routing(kinds) -> None:
     rt.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
     rt.add_argument("--device", default="auto")
     rt.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    rt.add_argument(
+        "--every-anchor-a-candidate",
+        action="store_true",
+        help="worst case: a sentence floor of -1, so every request compares its tokens with every subject key",
+    )
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(handler=_run_routing)
 
@@ -177,6 +182,7 @@ def _run_routing(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         device=args.device,
         threads=args.threads,
+        every_anchor_a_candidate=args.every_anchor_a_candidate,
     )
     return main(opts, as_json=args.json)
 

@@ -37,6 +37,9 @@ class RoutingOptions:
     cache_dir: Path = Path("lemoe-data/model-cache")
     device: str = "auto"
     threads: int | None = None  # torch threads (None: torch's default)
+    # The worst case: a sentence floor of -1 puts every anchor above it, so each request compares
+    # its tokens with every subject key (random synthetic anchors are otherwise all far below it).
+    every_anchor_a_candidate: bool = False
     seed: int = 0
 
 
@@ -72,7 +75,8 @@ def key_bytes(stack: tuple[ExpertEntry, ...]) -> int:
 
 def run_routing(opts: RoutingOptions) -> dict:
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
-    editor = LemoeEditor(loaded.model, loaded.tokenizer, LemoeConfig(), device=loaded.device)
+    config = LemoeConfig(subject_sentence_floor=-1.0) if opts.every_anchor_a_candidate else LemoeConfig()
+    editor = LemoeEditor(loaded.model, loaded.tokenizer, config, device=loaded.device)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     params = SamplingParams(max_new_tokens=opts.max_new_tokens)
@@ -130,7 +134,8 @@ def run_routing(opts: RoutingOptions) -> dict:
 def format_table(result: dict) -> str:
     lines = [
         f"{result['model']} on {result['device']} ({result['torch_threads']} threads); one prompt, greedy "
-        f"{result['completion_tokens']} tokens; median of {result['options']['repeats']} runs",
+        f"{result['completion_tokens']} tokens; median of {result['options']['repeats']} runs"
+        + ("; every anchor above the sentence floor (worst case)" if result["options"]["every_anchor_a_candidate"] else ""),
         f"  {'anchors':>7} {'experts':>7} {'search ms':>9} {'% of gen':>8} {'route ms':>8} {'gen ms':>7} {'gen+stack ms':>12} "
         f"{'index ms':>8} {'keys MB/10K':>11} {'index MB/10K':>12} {'same text':>9}",
     ]
