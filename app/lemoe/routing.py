@@ -334,7 +334,12 @@ class AnchorRouter:
         every anchor is most of a request's routing cost, and most anchors are far below the floor."""
         assert self.subject is not None and index.subject is not None
         keyed = index.keyed.to(sims.device)
-        candidates = ((sims >= self.subject.sentence_floor) & keyed).any(dim=0).nonzero().flatten()
+        above = (sims >= self.subject.sentence_floor) & keyed
+        candidates = above.any(dim=0).nonzero().flatten()
+        if 2 * len(candidates) > index.size:  # gathering most of the keys costs more than comparing all of them
+            found = self.subject.scores_normalised(subject_states, query_mask, index.subject, keyed)
+            outside = ~above.any(dim=0, keepdim=True).to(found.scores.device)
+            return SubjectMatch(keyed, found.scores.masked_fill(outside, -2.0), found.where)
         scores = torch.full(sims.shape, -2.0, device=sims.device)
         where = torch.zeros(sims.shape, dtype=torch.long, device=sims.device)
         if len(candidates):

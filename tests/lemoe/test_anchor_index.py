@@ -120,3 +120,16 @@ def test_another_tuple_of_the_same_experts_shares_their_index(editor):
     index = editor.router.index(editor.stack)
     assert editor.router.index(list(editor.stack)) is index
     assert editor.route(PROMPTS, stack=list(editor.stack)) == editor.route(PROMPTS)
+
+
+@pytest.mark.parametrize("floor", [-1.0, 0.0, 0.9])  # every anchor a candidate, some, few or none
+def test_subject_scores_are_exact_wherever_the_floor_lets_anchors_through(editor, floor):
+    editor.router.subject.sentence_floor = floor
+    queries, states, mask, relation_mask = _inputs(editor, PROMPTS)
+    sims, _, subject_sims, _ = editor.router.eligibility(queries, editor.stack, states, mask, relation_mask)
+    expected = editor.router.subject.scores(states, mask, subject_anchor_matrix(editor.stack, states.shape[-1]))
+    candidates = ((sims >= floor) & expected.keyed).any(dim=0)
+    assert torch.equal(subject_sims[:, candidates], expected.scores[:, candidates])
+    assert bool((subject_sims[:, ~candidates] == -2.0).all())
+    if floor == -1.0:
+        assert bool(candidates[expected.keyed].all())
