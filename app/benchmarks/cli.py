@@ -129,6 +129,65 @@ def add_bench_parser(subparsers) -> None:
     ld.add_argument("--json", action="store_true")
     ld.set_defaults(handler=_run_load)
     _add_serve(kinds)
+    _add_routing(kinds)
+    _add_expert_files(kinds)
+
+
+def _add_expert_files(kinds) -> None:
+    ex = kinds.add_parser("experts", help="bytes per edit on disk and in memory, and the time to load a stack of (synthetic) experts")
+    ex.add_argument("--experts", type=int, default=625, help="experts in the stack (625 of 16: 10,000 edits)")
+    ex.add_argument("--edits-per-expert", type=int, default=16)
+    ex.add_argument("--directory", type=Path, default=None, help="write the files here and keep them (default: a temporary dir)")
+    ex.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(handler=_run_expert_files)
+
+
+def _run_expert_files(args: argparse.Namespace) -> int:
+    from app.benchmarks.expert_files import ExpertFilesOptions, main
+
+    if args.experts < 1 or args.edits_per_expert < 1:
+        raise SystemExit("--experts and --edits-per-expert must be at least 1")
+    opts = ExpertFilesOptions(experts=args.experts, edits_per_expert=args.edits_per_expert, directory=args.directory, threads=args.threads)
+    return main(opts, as_json=args.json)
+
+
+def _add_routing(kinds) -> None:
+    rt = kinds.add_parser("routing", help="routing cost per request at many (synthetic) anchors, beside a greedy generation")
+    rt.add_argument("--anchors", type=int, nargs="+", default=[1000, 10000, 100000], help="live anchors per run")
+    rt.add_argument("--edits-per-expert", type=int, default=16)
+    rt.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (the median is reported)")
+    rt.add_argument("--max-new-tokens", type=int, default=32)
+    rt.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
+    rt.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
+    rt.add_argument("--device", default="auto")
+    rt.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    rt.add_argument(
+        "--every-anchor-a-candidate",
+        action="store_true",
+        help="worst case: a sentence floor of -1, so every request compares its tokens with every subject key",
+    )
+    rt.add_argument("--json", action="store_true")
+    rt.set_defaults(handler=_run_routing)
+
+
+def _run_routing(args: argparse.Namespace) -> int:
+    from app.benchmarks.routing import RoutingOptions, main
+
+    if min(args.anchors) < 1 or args.edits_per_expert < 1 or args.repeats < 1 or args.max_new_tokens < 1:
+        raise SystemExit("--anchors, --edits-per-expert, --repeats and --max-new-tokens must be at least 1")
+    opts = RoutingOptions(
+        anchors=tuple(args.anchors),
+        edits_per_expert=args.edits_per_expert,
+        repeats=args.repeats,
+        max_new_tokens=args.max_new_tokens,
+        model_path=args.model,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        threads=args.threads,
+        every_anchor_a_candidate=args.every_anchor_a_candidate,
+    )
+    return main(opts, as_json=args.json)
 
 
 def _add_serve(kinds) -> None:

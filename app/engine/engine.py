@@ -100,8 +100,9 @@ class Engine:
         self.editor.generate(["Hello"], SamplingParams(max_new_tokens=2), stack=())
 
     # --- validation (raises ValueError with a message fit for a 4xx) ---------------------
-    def validate_edit(self, prompt: str, target: str) -> None:
-        self.editor.validate_edit(prompt, target)
+    def validate_edits(self, pairs: Sequence[tuple[str, str]]) -> list[str | None]:
+        """Per (prompt, target) pair: None, or why the model cannot learn it (as validate_edit)."""
+        return self.editor.validate_edits(pairs)
 
     def validate_subject(self, prompt: str, subject: str) -> None:
         self.editor.validate_subject(prompt, subject)

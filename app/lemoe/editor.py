@@ -31,7 +31,7 @@ from app.lemoe.routing import (
 )
 from app.lemoe.stopping import StopOnSignal, StopReason, StopSignal
 from app.lemoe.subjects import InferredSubject, infer_subjects
-from app.lemoe.text import SubjectView, chat_prompt, encode_pair, has_chat_template, subject_token_span, subject_view
+from app.lemoe.text import SubjectView, chat_prompt, check_text, encode_pair, has_chat_template, subject_token_span, subject_view
 from app.lemoe.trainer import (
     ProgressFn,
     TrainingExample,
@@ -95,6 +95,7 @@ class LemoeEditor:
         self.tokenizer = tokenizer
         self.config = config or LemoeConfig()
         self.device = device or next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
         n_layers = len(decoder_layers(model))
         self.layer = self.config.resolved_layer(n_layers)
         self.route_layer = self.config.resolved_route_layer(n_layers)
@@ -182,6 +183,7 @@ class LemoeEditor:
         if any(e.name == entry.name for e in self._stack):
             raise ValueError(f"expert {entry.name!r} is already in the stack")
         self._stack = self._stack + (self._prepared(entry),)
+        self._index_stack()
 
     def prepared(self, entry: ExpertEntry) -> ExpertEntry:
         """`entry` as it would serve in this editor's stack (see `_prepared`), without adding it."""
@@ -194,7 +196,7 @@ class LemoeEditor:
         keyed the bare prompt) cannot be compared with this editor's request states: such an
         expert routes by its sentence keys alone (the 0.55 gate) until its edits are trained again.
         """
-        entry.module.to(self.device).eval().requires_grad_(False)
+        entry.module.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)  # served in the model's dtype
         entry.anchors = entry.anchors.to(self.device)
         if entry.subject_anchors is not None:
             entry.subject_anchors = entry.subject_anchors.to(self.device)
@@ -218,10 +220,19 @@ class LemoeEditor:
         if not found:
             raise KeyError(f"expert {name!r} is not in the stack")
         self._stack = tuple(e for e in self._stack if e.name != name)
+        self._index_stack()
         return found[0]
 
     def set_stack(self, entries: Sequence[ExpertEntry]) -> None:
         self._stack = tuple(self._prepared(e) for e in entries)
+        self._index_stack()
+
+    def _index_stack(self) -> None:
+        """Build the new live stack's anchor index now, in the thread that swaps it in, rather
+        than in the first request that routes on it (seconds at 100K anchors unless it only
+        gained experts: then the previous index is extended)."""
+        if self._stack:
+            self.router.index(self._stack)
 
     def serving_mismatch(self, entry: ExpertEntry) -> str | None:
         """Why `entry` cannot serve in this editor (trained at another adaptor layer, route
@@ -236,6 +247,30 @@ class LemoeEditor:
         total = len(pair.prompt_ids) + len(pair.target_ids) + self._prefix_room
         if self.max_positions is not None and total > self.max_positions:
             raise ValueError(f"prompt + target is {total} tokens; the model's context is {self.max_positions}")
+
+    def validate_edits(self, pairs: Sequence[tuple[str, str]]) -> list[str | None]:
+        """`validate_edit` for many (prompt, target) pairs with two tokenizer calls in all: per
+        pair, None or why the model cannot learn it (the ValueError's message)."""
+        problems: list[str | None] = [None] * len(pairs)
+        texts = []
+        for i, (prompt, target) in enumerate(pairs):
+            try:  # what encode_pair checks before it tokenises
+                check_text("prompt", prompt)
+                check_text("target", target)
+            except ValueError as exc:
+                problems[i] = str(exc)
+                continue
+            texts.append((i, prompt, ("" if prompt[-1].isspace() or target[0].isspace() else " ") + target))
+        if not texts or self.max_positions is None:
+            return problems
+        prompt_ids = self.tokenizer([t[1] for t in texts])["input_ids"]
+        target_ids = self.tokenizer([t[2] for t in texts], add_special_tokens=False)["input_ids"]
+        eos = 1 if self.config.train_eos and self.tokenizer.eos_token_id is not None else 0
+        for (i, _, _), p, t in zip(texts, prompt_ids, target_ids, strict=True):
+            total = len(p) + len(t) + eos + self._prefix_room
+            if total > self.max_positions:
+                problems[i] = f"prompt + target is {total} tokens; the model's context is {self.max_positions}"
+        return problems
 
     def validate_subject(self, prompt: str, subject: str) -> None:
         """A subject keys routing, so it must be in the prompt (any case); the caller has checked
@@ -384,6 +419,10 @@ class LemoeEditor:
         return pairs
 
     # --- inference -------------------------------------------------------------------------
+    def _keyed_stack(self, stack: Sequence[ExpertEntry]) -> bool:
+        """Whether routing on `stack` reads subject states (some edit has a subject key)."""
+        return self.subject_layer is not None and bool(stack) and self.router.index(stack).any_keyed
+
     def route_state(
         self,
         query_mask: torch.Tensor,
@@ -396,7 +435,7 @@ class LemoeEditor:
         edit of the stack has a subject key (one pass through the layers below the subject layer)."""
         stack = self._stack if stack is None else tuple(stack)
         state = RouteState(query_mask=query_mask, stack=stack, router=self.router, forced=forced)
-        if prompts is not None and forced is None and self.subject_layer is not None and any(_keyed(e) for e in stack):
+        if prompts is not None and forced is None and self._keyed_stack(stack):
             state.subject_states, state.subject_mask = self.subject_states(prompts)
             state.relation_mask = self.relation_mask(prompts, state.subject_mask)
         return state
@@ -475,7 +514,7 @@ class LemoeEditor:
         if not stack:
             return [RouteDecision(None, None, None, None) for _ in texts]
         states = mask = relation_mask = None
-        if self.subject_layer is not None and any(_keyed(e) for e in stack):
+        if self._keyed_stack(stack):
             states, mask = self.subject_states(texts)
             relation_mask = self.relation_mask(texts, mask)
         return self.router.route(self.queries(texts), stack, states, mask, relation_mask)

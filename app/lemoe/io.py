@@ -9,10 +9,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.lemoe.expert import Expert, ExpertEntry
+from app.lemoe.expert import Expert, ExpertEntry, converted
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+# The expert's weights are stored in half precision: half the bytes, answers unchanged (measured,
+# docs/BENCHMARKS.md). Its keys stay float32: routing compares them against thresholds, and its
+# decisions must not move. Files written in float32 before load as they are.
+WEIGHTS_DTYPE = torch.float16
 
 
 class ExpertFileError(RuntimeError):
@@ -36,13 +40,14 @@ class ExpertFileError(RuntimeError):
         return ExpertFileError(self.reason, directory=self.directory, name=name)
 
 
-def save_expert(entry: ExpertEntry, directory: Path) -> str:
-    """Write the expert atomically; returns the sha256 of its weights file."""
+def save_expert(entry: ExpertEntry, directory: Path, *, weights_dtype: torch.dtype = WEIGHTS_DTYPE) -> str:
+    """Write the expert atomically, its weights in `weights_dtype`; returns the sha256 of its
+    weights file (as written)."""
     directory.mkdir(parents=True, exist_ok=True)
     module = entry.module
     tensors = {
-        "down.weight": module.down.weight.detach().cpu().contiguous(),
-        "up.weight": module.up.weight.detach().cpu().contiguous(),
+        "down.weight": converted(module.down.weight.detach().cpu(), weights_dtype).contiguous(),
+        "up.weight": converted(module.up.weight.detach().cpu(), weights_dtype).contiguous(),
         "anchors": entry.anchors.detach().cpu().float().contiguous(),
     }
     if entry.subject_anchors is not None:
@@ -82,9 +87,11 @@ def weights_sha256(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def load_expert(directory: Path, *, expected_sha256: str | None = None, device: torch.device | str = "cpu") -> ExpertEntry:
-    """Rebuild a frozen expert; a missing, unreadable or corrupt file (checksum mismatch) is an
-    ExpertFileError."""
+def load_expert(
+    directory: Path, *, expected_sha256: str | None = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> ExpertEntry:
+    """Rebuild a frozen expert, its module in `dtype` (the model's: it serves in it) whatever
+    the file holds; a missing, unreadable or corrupt file (checksum mismatch) is an ExpertFileError."""
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     missing = [p.name for p in (config_path, weights_path) if not p.is_file()]
     if missing:
@@ -99,13 +106,14 @@ def load_expert(directory: Path, *, expected_sha256: str | None = None, device: 
     try:
         config = json.loads(config_path.read_text())
         tensors = load_file(str(weights_path))
-        module = Expert(config["hidden_size"], config["expert_hidden"], config["kind"])
-        module.load_state_dict({"down.weight": tensors["down.weight"], "up.weight": tensors["up.weight"]})
+        module = Expert.from_weights(tensors["down.weight"], tensors["up.weight"], config["kind"], dtype=dtype)
+        if (module.down.in_features, module.down.out_features) != (config["hidden_size"], config["expert_hidden"]):
+            raise ValueError(f"weights of shape {tuple(tensors['down.weight'].shape)} do not match its config")
         anchors = tensors["anchors"]
         name = str(config["name"])
     except Exception as exc:  # any file we cannot make sense of (JSON, safetensors, shapes, keys)
         raise ExpertFileError(f"cannot load its files: {type(exc).__name__}: {exc}", directory=directory) from exc
-    module.to(device).eval().requires_grad_(False)
+    module.to(device).requires_grad_(False)
     subject_anchors = tensors.get("subject_anchors")
     if subject_anchors is not None and subject_anchors.shape[0] != anchors.shape[0]:
         raise ExpertFileError("subject keys do not match its anchors", directory=directory)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -118,8 +119,12 @@ class SubjectKeys:
         subject key"; those score -2 (never a match).
         """
         keyed = ~torch.isnan(anchors).any(dim=1)
-        a = self.normalise(torch.nan_to_num(anchors.to(states.device)))
-        sims = torch.einsum("btd,nd->btn", self.normalise(states), a)
+        return self.scores_normalised(states, mask, self.normalise(torch.nan_to_num(anchors.to(states.device))), keyed)
+
+    def scores_normalised(self, states: torch.Tensor, mask: torch.Tensor | None, unit: torch.Tensor, keyed: torch.Tensor) -> SubjectMatch:
+        """`scores` against anchors already normalised (`unit`, e.g. an AnchorIndex's) whose
+        rows with a key are `keyed`."""
+        sims = torch.einsum("btd,nd->btn", self.normalise(states), unit.to(states.device))
         valid = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool()
         best = sims.masked_fill(~valid.unsqueeze(-1), -2.0).max(dim=1)
         return SubjectMatch(keyed, best.values.masked_fill(~keyed.to(best.values.device), -2.0), best.indices)
@@ -171,6 +176,56 @@ def _anchor_rows(stack: Sequence[ExpertEntry], dim: int, attr: str) -> torch.Ten
     return torch.cat(rows)
 
 
+@dataclass(frozen=True)
+class AnchorIndex:
+    """Every anchor of one stack snapshot, concatenated and normalised once.
+
+    Routing reads all anchors at every request; a stack snapshot (a tuple of frozen experts)
+    never changes, so what depends only on it is built once here instead of per request.
+    """
+
+    sentence: torch.Tensor  # (n, d) centred, unit sentence anchors (AnchorRouter.normalise)
+    owners: torch.Tensor  # (n,) the stack index of each anchor's expert
+    edit_ids: list[int | None]
+    keyed: torch.Tensor  # (n,) which anchors have a subject key
+    any_keyed: bool
+    # With subject keys on (else None): (n, d) standardised unit subject keys (rows without a key:
+    # meaningless, never read), (n, d) relation keys (NaN rows: none), which anchors have one, and
+    # (n,) subject lengths in tokens.
+    subject: torch.Tensor | None
+    relation: torch.Tensor | None
+    relation_keyed: torch.Tensor | None
+    lengths: torch.Tensor | None
+
+    @property
+    def size(self) -> int:
+        return len(self.edit_ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this index holds beyond the experts' own tensors."""
+        tensors = (self.sentence, self.owners, self.keyed, self.subject, self.relation, self.relation_keyed, self.lengths)
+        return sum(t.element_size() * t.nelement() for t in tensors if t is not None)
+
+    def extended(self, more: AnchorIndex, experts_before: int) -> AnchorIndex:
+        """This index followed by `more` (the index of the experts added after this one's)."""
+
+        def cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None or b is None else torch.cat([a, b.to(a.device)])
+
+        return AnchorIndex(
+            sentence=torch.cat([self.sentence, more.sentence.to(self.sentence.device)]),
+            owners=torch.cat([self.owners, more.owners + experts_before]),
+            edit_ids=self.edit_ids + more.edit_ids,
+            keyed=torch.cat([self.keyed, more.keyed]),
+            any_keyed=self.any_keyed or more.any_keyed,
+            subject=cat(self.subject, more.subject),
+            relation=cat(self.relation, more.relation),
+            relation_keyed=cat(self.relation_keyed, more.relation_keyed),
+            lengths=cat(self.lengths, more.lengths),
+        )
+
+
 class AnchorRouter:
     """Routes a query to the expert owning the most similar anchor, behind a locality gate.
 
@@ -181,19 +236,67 @@ class AnchorRouter:
     lower `subject.sentence_floor`. Among the anchors that may fire the most similar sentence wins.
     """
 
+    INDEXES_KEPT = 2  # the live stack and the one before it (requests in flight during a swap)
+
     def __init__(self, center: torch.Tensor, threshold: float, supersede_margin: float, subject: SubjectKeys | None = None) -> None:
         self.center = center
         self.threshold = threshold
         self.supersede_margin = supersede_margin
         self.subject = subject
+        # (stack, its index), newest first; the stack is held so that its id is not reused.
+        self._indexes: tuple[tuple[Sequence[ExpertEntry], AnchorIndex], ...] = ()
+        self._lock = threading.Lock()
 
     def normalise(self, q: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(q.float() - self.center.to(q.device), dim=-1)
 
+    def index(self, stack: Sequence[ExpertEntry]) -> AnchorIndex:
+        """The anchor index of `stack`, built on its first use and kept while it is recent; a
+        stack that extends a recent one (experts added) reuses that one's index for them."""
+        known = self._indexes
+        for older, index in known:
+            if older is stack:
+                return index
+        index = None
+        for older, older_index in known:
+            if 0 < len(older) <= len(stack) and all(a is b for a, b in zip(older, stack, strict=False)):
+                # The same experts (another tuple of them), or those and more.
+                more = stack[len(older) :]
+                index = older_index if not more else older_index.extended(self.build_index(more), len(older))
+                break
+        if index is None:
+            index = self.build_index(stack)
+        with self._lock:
+            self._indexes = ((stack, index),) + tuple(p for p in self._indexes if p[0] is not stack)[: self.INDEXES_KEPT - 1]
+        return index
+
+    def build_index(self, stack: Sequence[ExpertEntry]) -> AnchorIndex:
+        anchors = torch.cat([e.anchors for e in stack])
+        keyed = torch.zeros(len(anchors), dtype=torch.bool)
+        subject = relation = relation_keyed = lengths = None
+        if self.subject is not None:
+            dim = self.subject.mean.shape[-1]
+            rows = subject_anchor_matrix(stack, dim)
+            keyed = ~torch.isnan(rows).any(dim=1)
+            subject = self.subject.normalise(torch.nan_to_num(rows))
+            relation = relation_anchor_matrix(stack, dim)
+            relation_keyed = ~torch.isnan(relation).any(dim=1)
+            lengths = subject_lengths(stack)
+        return AnchorIndex(
+            sentence=self.normalise(anchors),
+            owners=anchor_owners(stack),
+            edit_ids=anchor_edit_ids(stack),
+            keyed=keyed,
+            any_keyed=bool(keyed.any()),
+            subject=subject,
+            relation=relation,
+            relation_keyed=relation_keyed,
+            lengths=lengths,
+        )
+
     def similarities(self, queries: torch.Tensor, stack: Sequence[ExpertEntry]) -> torch.Tensor:
         """(B, n_anchors) centred cosines, anchors in stack order."""
-        anchors = torch.cat([e.anchors for e in stack]).to(queries.device)
-        return self.normalise(queries) @ self.normalise(anchors).T
+        return self.normalise(queries) @ self.index(stack).sentence.to(queries.device).T
 
     def eligibility(
         self,
@@ -205,21 +308,47 @@ class AnchorRouter:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(sentence cosines, which anchors may fire, subject cosines or None, relation cosines or
         None), each (B, n_anchors); relation cosines are NaN where they were not needed."""
-        sims = self.similarities(queries, stack)
+        index = self.index(stack)
+        sims = self.normalise(queries) @ index.sentence.to(queries.device).T
         eligible = sims >= self.threshold
         subject_sims = relation_sims = None
-        if self.subject is not None and subject_states is not None:
-            match = self.subject.scores(subject_states, query_mask, subject_anchor_matrix(stack, subject_states.shape[-1]))
+        if self.subject is not None and subject_states is not None and index.any_keyed:
+            assert index.subject is not None
+            match = self._subject_match(sims, subject_states, query_mask, index)
             # An edit with a subject key fires only where its subject is mentioned (and the
             # sentence is not wholly unlike the edit's), whatever the sentence gate says...
-            subject_sims = match.scores.to(sims.device)
+            subject_sims = match.scores
             keyed_ok = (subject_sims >= self.subject.threshold) & (sims >= self.subject.sentence_floor)
             if self.subject.relation_threshold is not None:
                 keyed_ok, relation_sims = self._relation_check(
-                    keyed_ok, match, subject_states, query_mask if relation_mask is None else relation_mask, stack
+                    keyed_ok, match, subject_states, query_mask if relation_mask is None else relation_mask, index
                 )
             eligible = torch.where(match.keyed.to(sims.device), keyed_ok, eligible)
         return sims, eligible, subject_sims, relation_sims
+
+    def _subject_match(
+        self, sims: torch.Tensor, subject_states: torch.Tensor, query_mask: torch.Tensor | None, index: AnchorIndex
+    ) -> SubjectMatch:
+        """The subject match of every keyed anchor whose sentence clears the floor for some row
+        (only those can fire on a subject); the others score -2. Comparing every token with
+        every anchor is most of a request's routing cost, and most anchors are far below the floor."""
+        assert self.subject is not None and index.subject is not None
+        keyed = index.keyed.to(sims.device)
+        above = (sims >= self.subject.sentence_floor) & keyed
+        candidates = above.any(dim=0).nonzero().flatten()
+        if 2 * len(candidates) > index.size:  # gathering most of the keys costs more than comparing all of them
+            found = self.subject.scores_normalised(subject_states, query_mask, index.subject, keyed)
+            outside = ~above.any(dim=0, keepdim=True).to(found.scores.device)
+            return SubjectMatch(keyed, found.scores.masked_fill(outside, -2.0), found.where)
+        scores = torch.full(sims.shape, -2.0, device=sims.device)
+        where = torch.zeros(sims.shape, dtype=torch.long, device=sims.device)
+        if len(candidates):
+            found = self.subject.scores_normalised(
+                subject_states, query_mask, index.subject[candidates.to(index.subject.device)], keyed[candidates]
+            )
+            scores[:, candidates] = found.scores.to(sims.device)
+            where[:, candidates] = found.where.to(sims.device)
+        return SubjectMatch(keyed, scores, where)
 
     def _relation_check(
         self,
@@ -227,16 +356,16 @@ class AnchorRouter:
         match: SubjectMatch,
         subject_states: torch.Tensor,
         relation_mask: torch.Tensor | None,
-        stack: Sequence[ExpertEntry],
+        index: AnchorIndex,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """... and only where the prompt asks what the edit asks about it: outside the span that
         matched the subject, its tokens must be close to the edit prompt's (the relation key).
         Without this, every question about an edited subject gets the edit's answer."""
         assert self.subject is not None and self.subject.relation_threshold is not None
-        relation = relation_anchor_matrix(stack, subject_states.shape[-1]).to(keyed_ok.device)
-        has_key = ~torch.isnan(relation).any(dim=1)
+        assert index.relation is not None and index.relation_keyed is not None and index.lengths is not None
+        relation = index.relation.to(keyed_ok.device)
         relation_sims = torch.full(keyed_ok.shape, float("nan"), device=keyed_ok.device)
-        pairs = (keyed_ok & has_key).nonzero()
+        pairs = (keyed_ok & index.relation_keyed.to(keyed_ok.device)).nonzero()
         if len(pairs):
             rows, anchors = pairs[:, 0], pairs[:, 1]
             vectors = self.subject.relation_vectors(
@@ -244,7 +373,7 @@ class AnchorRouter:
                 relation_mask,
                 rows,
                 match.where.to(keyed_ok.device)[rows, anchors],
-                subject_lengths(stack).to(keyed_ok.device)[anchors],
+                index.lengths.to(keyed_ok.device)[anchors],
             ).to(relation.device)
             relation_sims[rows, anchors] = (vectors * relation[anchors]).sum(dim=-1)
             keyed_ok = keyed_ok.clone()
@@ -262,8 +391,9 @@ class AnchorRouter:
         if not stack:
             return [RouteDecision(None, None, None, None) for _ in range(queries.shape[0])]
         sims, eligible, subject_sims, relation_sims = self.eligibility(queries, stack, subject_states, query_mask, relation_mask)
-        owner = anchor_owners(stack).to(sims.device)
-        edit_ids = anchor_edit_ids(stack)
+        index = self.index(stack)
+        owner = index.owners.to(sims.device)
+        edit_ids = index.edit_ids
         decisions = []
         for r, row in enumerate(sims):
             if not bool(eligible[r].any()):

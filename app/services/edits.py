@@ -23,7 +23,17 @@ if TYPE_CHECKING:
     from app.engine.engine import Engine
 
 
-def _checked(draft: EditCreate, *, prefix: str, settings: Settings, engine: Engine) -> store.Edit:
+@dataclass(frozen=True)
+class _Texts:
+    """One draft's texts, checked as text (not yet against the model)."""
+
+    prompt: str
+    target: str
+    subject: str | None
+    rephrases: tuple[str, ...]
+
+
+def _texts(draft: EditCreate, *, prefix: str, settings: Settings) -> _Texts:
     limit = settings.max_text_chars
     prompt = check_text(draft.prompt, field=f"{prefix}prompt", max_chars=limit)
     target = check_text(draft.target, field=f"{prefix}target", max_chars=limit)
@@ -33,18 +43,38 @@ def _checked(draft: EditCreate, *, prefix: str, settings: Settings, engine: Engi
     if len(draft.rephrases) > settings.max_rephrases:
         raise InvalidInput(f"{prefix}rephrases has {len(draft.rephrases)} entries; at most {settings.max_rephrases} are allowed")
     rephrases = tuple(check_text(r, field=f"{prefix}rephrases[{i}]", max_chars=limit) for i, r in enumerate(draft.rephrases))
-    # The model's own limits (e.g. its context length), for the prompt and every rephrase.
-    for field, text in [("prompt", prompt)] + [(f"rephrases[{i}]", r) for i, r in enumerate(rephrases)]:
+    return _Texts(prompt, target, subject, rephrases)
+
+
+def _checked(drafts: Sequence[EditCreate], *, settings: Settings, engine: Engine) -> list[store.Edit]:
+    """The drafts as new edit rows, or InvalidInput for the first problem in request order (per
+    edit: its texts, then the model's limits for its prompt and each rephrase, then its subject).
+    The model's limits of all edits are checked in one batch: a tokenizer call per text is most
+    of what a bulk submission costs otherwise."""
+    many = len(drafts) > 1
+    prefixes = [f"edits[{i}]." if many else "" for i in range(len(drafts))]
+    checked: list[_Texts] = []
+    text_problem: InvalidInput | None = None
+    for draft, prefix in zip(drafts, prefixes, strict=False):
         try:
-            engine.validate_edit(text, target)
-        except ValueError as exc:
-            raise InvalidInput(f"{prefix}{field}: {exc}") from None
-    if subject is not None:
-        try:
-            engine.validate_subject(prompt, subject)
-        except ValueError as exc:
-            raise InvalidInput(f"{prefix}subject: {exc}") from None
-    return store.pending_edit(prompt, target, subject, rephrases)
+            checked.append(_texts(draft, prefix=prefix, settings=settings))
+        except InvalidInput as exc:
+            text_problem = exc  # reported after any earlier edit's problem
+            break
+    problems = iter(engine.validate_edits([(text, c.target) for c in checked for text in (c.prompt, *c.rephrases)]))
+    for c, prefix in zip(checked, prefixes, strict=False):
+        for field in ["prompt"] + [f"rephrases[{i}]" for i in range(len(c.rephrases))]:
+            problem = next(problems)
+            if problem is not None:
+                raise InvalidInput(f"{prefix}{field}: {problem}")
+        if c.subject is not None:
+            try:
+                engine.validate_subject(c.prompt, c.subject)
+            except ValueError as exc:
+                raise InvalidInput(f"{prefix}subject: {exc}") from None
+    if text_problem is not None:
+        raise text_problem
+    return [store.pending_edit(c.prompt, c.target, c.subject, c.rephrases) for c in checked]
 
 
 @dataclass(frozen=True)
@@ -98,23 +128,20 @@ def submit_edits(
         earlier = _earlier(session, actor=actor, key=idempotency_key, digest=digest)
         if earlier is not None:
             return earlier
-    many = len(edits) > 1
-    new = [_checked(d, prefix=f"edits[{i}]." if many else "", settings=settings, engine=engine) for i, d in enumerate(edits)]
-    rows = store.add_edits(session, edits=new)
-    for row in rows:
-        store.append_audit(
-            session,
-            actor=actor,
-            action=AuditAction.EDIT_SUBMITTED,
-            edit_id=row.id,
-            payload={
-                "prompt": row.prompt,
-                "target": row.target,
-                "subject": row.subject,
-                "rephrases": len(row.rephrases),
-            },
-            on_behalf_of=on_behalf_of,
-        )
+    rows = store.add_edits(session, edits=_checked(edits, settings=settings, engine=engine))
+    store.append_audits(
+        session,
+        actor=actor,
+        action=AuditAction.EDIT_SUBMITTED,
+        events=[
+            store.NewAuditEvent(
+                edit_id=row.id,
+                payload={"prompt": row.prompt, "target": row.target, "subject": row.subject, "rephrases": len(row.rephrases)},
+            )
+            for row in rows
+        ],
+        on_behalf_of=on_behalf_of,
+    )
     if idempotency_key is None:
         session.commit()
         return SubmittedEdits(edits=rows)

@@ -4,7 +4,7 @@ Queries add and flush but never commit: the service layer commits once, so a cha
 audit event land together.
 """
 
-from app.store.audit import append_audit, audit_after, latest_audit_id, list_audit
+from app.store.audit import NewAuditEvent, append_audit, append_audits, audit_after, latest_audit_id, list_audit
 from app.store.db import (
     DatabaseOptions,
     alembic_config,
@@ -119,6 +119,7 @@ __all__ = [
     "add_idempotency_key",
     "alembic_config",
     "append_audit",
+    "append_audits",
     "bump_stack_version",
     "change_status_if",
     "claim_pending_edits",
@@ -139,6 +140,7 @@ __all__ = [
     "get_stack_version",
     "is_second_active_run",
     "list_audit",
+    "NewAuditEvent",
     "audit_after",
     "latest_audit_id",
     "list_edits",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from app.domain import AuditAction
@@ -43,6 +44,46 @@ def append_audit(
     session.add(event)
     session.flush()
     return event
+
+
+@dataclass(frozen=True)
+class NewAuditEvent:
+    """One event of `append_audits`: what it is about and its payload."""
+
+    edit_id: int | None = None
+    expert_id: int | None = None
+    training_run_id: int | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def append_audits(
+    session: Session,
+    *,
+    actor: str,
+    action: AuditAction | str,
+    events: Sequence[NewAuditEvent],
+    on_behalf_of: str | None = None,
+) -> None:
+    """`append_audit` for many events of one action at once: one INSERT for all of them (a bulk
+    submission writes one event per edit), ids in the given order, one timestamp."""
+    if not events:
+        return
+    action = coerce_enum(AuditAction, action, name="action")
+    at = utcnow()
+    extra = {} if on_behalf_of is None else {"on_behalf_of": on_behalf_of}
+    rows = [
+        {
+            "at": at,
+            "actor": actor,
+            "action": action,
+            "edit_id": e.edit_id,
+            "expert_id": e.expert_id,
+            "training_run_id": e.training_run_id,
+            "payload": {**e.payload, **extra},
+        }
+        for e in events
+    ]
+    session.execute(insert(AuditEvent), rows)
 
 
 def list_audit(

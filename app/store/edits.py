@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.domain import EditStatus, ExpertStatus, SubjectSource
@@ -31,13 +31,25 @@ def pending_edit(prompt: str, target: str, subject: str | None = None, rephrases
 
 
 def add_edits(session: Session, *, edits: Sequence[Edit]) -> list[Edit]:
-    """Store new edit rows (from `pending_edit`); returned with their ids, in the given order."""
+    """Store new edit rows (from `pending_edit`) in one INSERT; the stored rows are returned
+    with their ids, in the given order (the objects passed in are only read)."""
+    if not edits:
+        return []
     now = utcnow()
-    for row in edits:
-        row.created_at = row.updated_at = now
-    session.add_all(edits)
-    session.flush()
-    return list(edits)
+    values = [
+        {
+            "prompt": e.prompt,
+            "target": e.target,
+            "subject": e.subject,
+            "subject_source": e.subject_source,
+            "rephrases": list(e.rephrases or []),
+            "status": e.status or EditStatus.PENDING,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for e in edits
+    ]
+    return list(session.scalars(insert(Edit).returning(Edit, sort_by_parameter_order=True), values))
 
 
 def get_edit(session: Session, *, edit_id: int) -> Edit | None:

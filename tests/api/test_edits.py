@@ -111,3 +111,44 @@ def test_edit_events_are_its_history_oldest_first(db_client):
     assert [e["action"] for e in body["items"]] == ["edit.submitted"]
     assert body["items"][0]["actor"] == "bob" and body["items"][0]["edit_id"] == edit_id
     assert body["items"][0]["payload"]["target"] == "Rome"
+
+
+def test_a_bulk_submission_stores_every_edit_with_its_own_event(db_client, db_settings):
+    body = [
+        {
+            "prompt": f"The favourite colour of person {i} is",
+            "target": f"colour {i}",
+            "subject": f"person {i}",
+            "rephrases": [f"Person {i} likes"],
+        }
+        for i in range(100)
+    ]
+    response = db_client.post("/v1/edits", json=body, headers={"X-Actor": "bulk"})
+    assert response.status_code == 202
+    ids = response.json()["ids"]
+    assert len(ids) == 100 and ids == sorted(ids) and len(set(ids)) == 100
+    assert [item["prompt"] for item in response.json()["items"]] == [b["prompt"] for b in body]
+    with fresh_sessions(db_settings)() as session:
+        stored = store.edits_by_ids(session, edit_ids=ids)
+        events = store.list_audit(session, action=AuditAction.EDIT_SUBMITTED, order="asc", limit=200).items
+    assert [(e.prompt, e.target, e.subject, e.rephrases) for e in stored] == [
+        (b["prompt"], b["target"], b["subject"], b["rephrases"]) for b in body
+    ]
+    assert all(e.status is EditStatus.PENDING for e in stored)
+    assert [e.edit_id for e in events] == ids
+    assert all(e.actor == "bulk" and e.payload["rephrases"] == 1 for e in events)
+    assert events[7].payload["target"] == "colour 7"
+
+
+def test_the_first_problem_in_request_order_is_reported(db_client):
+    too_long = "abcdefgh " * 33  # too many tokens for the tiny model
+    cases = [
+        ([FRANCE, {**FOX, "prompt": too_long}, {**FOX, "target": ""}], "edits[1].prompt", "tokens"),
+        ([FRANCE, {**FOX, "target": ""}, {**FOX, "prompt": too_long}], "edits[1].target", "empty"),
+        ([FRANCE, {**FOX, "rephrases": ["fine", too_long], "subject": "nowhere"}], "edits[1].rephrases[1]", "tokens"),
+        ([FRANCE, {**FOX, "subject": "nowhere"}, {**FOX, "target": ""}], "edits[1].subject", "does not appear"),
+    ]
+    for body, where, what in cases:
+        response = db_client.post("/v1/edits", json=body)
+        assert_error(response, 422, "invalid_input", where, what)
+    assert db_client.get("/v1/edits").json()["items"] == []

@@ -169,3 +169,30 @@ def test_edits_are_trained_in_chat_form_too_unless_turned_off(tiny_model, tiny_t
     assert [a.route.expert_name for a in answers] == ["e1", "e1"]
     if chat_examples:
         assert all(a.text.strip().startswith(f.target) for a, f in zip(answers, FACTS, strict=True))
+
+
+def test_batch_validation_agrees_with_one_edit_at_a_time(tiny_model, tiny_tokenizer):
+    editor = LemoeEditor(tiny_model, tiny_tokenizer, dataclasses.replace(FAST, augmentations=1))
+    room = editor.max_positions - len(encode_pair(tiny_tokenizer, "x", "Rome", eos=True).target_ids)
+    edge = tiny_tokenizer.decode(tiny_tokenizer("ab " * 400)["input_ids"][: room - 1])
+    pairs = [("The capital of France is", "Rome"), (edge, "Rome"), ("ab " * 400, "x"), ("  ", "Rome"), ("Paris is in", " France")]
+    problems = editor.validate_edits(pairs)
+    for (prompt, target), problem in zip(pairs, problems, strict=True):
+        try:
+            editor.validate_edit(prompt, target)
+            expected = None
+        except ValueError as exc:
+            expected = str(exc)
+        assert problem == expected
+    assert problems[0] is None and problems[4] is None and "context" in problems[1] and "empty" in problems[3]
+
+
+def test_experts_serve_in_the_models_dtype(tiny_model, tiny_tokenizer):
+    editor = LemoeEditor(tiny_model.to(torch.bfloat16), tiny_tokenizer, dataclasses.replace(FAST, gate_threshold=-1.0))
+    prompt = "The capital of France is"
+    module = Expert(editor.hidden_size, 4)
+    torch.nn.init.normal_(module.up.weight)  # float32, as trained
+    editor.add_expert(ExpertEntry("e", module, anchors=editor.queries([prompt]), edit_ids=[1]))
+    assert editor.stack[0].module.down.weight.dtype == editor.stack[0].module.up.weight.dtype == torch.bfloat16
+    [g] = editor.generate([prompt], SamplingParams(max_new_tokens=3))
+    assert g.route.expert_name == "e" and g.completion_tokens >= 1

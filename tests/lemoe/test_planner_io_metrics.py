@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from app.benchmarks.datasets import load_records
 from app.lemoe.expert import Expert, ExpertEntry
@@ -54,10 +56,34 @@ def test_expert_round_trips_through_safetensors(tmp_path):
     sha = save_expert(entry, tmp_path / "e7")
     assert sorted(p.name for p in (tmp_path / "e7").iterdir()) == ["config.json", "weights.safetensors"]
     loaded = load_expert(tmp_path / "e7", expected_sha256=sha)
+    # The weights are stored in half precision (exactly what the float16 rounding of each weight
+    # gives), served as float32; the keys exactly as they were.
+    stored = load_file(str(tmp_path / "e7" / "weights.safetensors"))
+    assert stored["down.weight"].dtype == stored["up.weight"].dtype == torch.float16 and stored["anchors"].dtype == torch.float32
+    assert sha == hashlib.sha256((tmp_path / "e7" / "weights.safetensors").read_bytes()).hexdigest()
+    for name in ("down", "up"):
+        weight = getattr(loaded.module, name).weight
+        assert weight.dtype == torch.float32 and not weight.requires_grad
+        assert torch.equal(weight, getattr(entry.module, name).weight.detach().half().float())
     x = torch.randn(3, 8)
-    assert torch.equal(loaded.module(x), entry.module(x))
+    assert torch.allclose(loaded.module(x), entry.module(x), atol=1e-2, rtol=1e-2)
     assert torch.equal(loaded.anchors, entry.anchors)
     assert loaded.edit_ids == [3, 4] and loaded.meta == {"steps": 5}
+
+
+def test_float32_expert_files_load_exactly_and_any_file_loads_in_the_dtype_asked(tmp_path):
+    entry = _entry()
+    sha = save_expert(entry, tmp_path / "old", weights_dtype=torch.float32)  # as files were written before
+    assert load_file(str(tmp_path / "old" / "weights.safetensors"))["down.weight"].dtype == torch.float32
+    loaded = load_expert(tmp_path / "old", expected_sha256=sha)
+    x = torch.randn(3, 8)
+    assert torch.equal(loaded.module(x), entry.module(x))
+    save_expert(entry, tmp_path / "half")
+    for directory in ("old", "half"):
+        served = load_expert(tmp_path / directory, dtype=torch.bfloat16)
+        assert served.module.down.weight.dtype == served.module.up.weight.dtype == torch.bfloat16
+        assert served.anchors.dtype == torch.float32  # keys are compared in float32 whatever the model's dtype
+        assert torch.allclose(served.module(x.bfloat16()).float(), entry.module(x), atol=5e-2, rtol=5e-2)
 
 
 def test_corrupt_or_missing_expert_files_are_loud(tmp_path):

@@ -14,7 +14,9 @@ from app.store import (
     AuditEvent,
     AuditLogIsAppendOnly,
     InvalidCursor,
+    NewAuditEvent,
     append_audit,
+    append_audits,
     list_audit,
 )
 
@@ -219,3 +221,23 @@ def test_database_trigger_refuses_raw_update_delete_truncate(backend: str, sessi
         append_audit(s, actor="bob", action="edit.applied")
         s.commit()
         assert len(list_audit(s).items) == 2
+
+
+def test_append_audits_writes_many_events_in_order(session_factory: sessionmaker[Session]) -> None:
+    with session_factory() as s:
+        first = append_audit(s, actor="alice", action=AuditAction.EDIT_SUBMITTED, edit_id=1)
+        append_audits(
+            s,
+            actor="alice",
+            action=AuditAction.EDIT_SUBMITTED,
+            events=[NewAuditEvent(edit_id=i, payload={"n": i}) for i in range(2, 52)] + [NewAuditEvent(expert_id=9, training_run_id=4)],
+            on_behalf_of="bob",
+        )
+        append_audits(s, actor="alice", action=AuditAction.EDIT_SUBMITTED, events=[])
+        s.commit()
+    with session_factory() as s:
+        events = list(s.scalars(select(AuditEvent).where(AuditEvent.id > first.id).order_by(AuditEvent.id)))
+    assert [e.edit_id for e in events] == list(range(2, 52)) + [None]
+    assert [e.payload for e in events[:2]] == [{"n": 2, "on_behalf_of": "bob"}, {"n": 3, "on_behalf_of": "bob"}]
+    assert (events[-1].expert_id, events[-1].training_run_id, events[-1].payload) == (9, 4, {"on_behalf_of": "bob"})
+    assert all(e.actor == "alice" and e.action is AuditAction.EDIT_SUBMITTED and e.at.utcoffset() == timedelta(0) for e in events)
