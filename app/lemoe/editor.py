@@ -31,7 +31,16 @@ from app.lemoe.routing import (
 )
 from app.lemoe.stopping import StopOnSignal, StopReason, StopSignal
 from app.lemoe.subjects import InferredSubject, infer_subjects
-from app.lemoe.text import SubjectView, chat_prompt, check_text, encode_pair, has_chat_template, subject_token_span, subject_view
+from app.lemoe.text import (
+    SubjectView,
+    chat_prompt,
+    check_text,
+    encode_batch,
+    encode_pair,
+    has_chat_template,
+    subject_token_span,
+    subject_view,
+)
 from app.lemoe.trainer import (
     ProgressFn,
     TrainingExample,
@@ -458,7 +467,7 @@ class LemoeEditor:
         `forced` takes the route of each row as given (see `generate_routed_on`); `on_text` (one
         prompt only) receives the text as it is generated, in pieces that add up to its `text`.
         """
-        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+        enc = encode_batch(self.tokenizer, prompts, side="left")
         self._check_fits(int(enc["attention_mask"].sum(dim=1).max()), params.max_new_tokens)  # the tokens it reads anyway
         enc = {k: v.to(self.device) for k, v in enc.items()}
         state = self.route_state(enc["attention_mask"], stack=stack, prompts=prompts, forced=forced)

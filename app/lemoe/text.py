@@ -6,6 +6,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass(frozen=True)
 class EncodedPair:
@@ -19,6 +21,25 @@ def check_text(name: str, value: object) -> str:
     if not value.strip():
         raise ValueError(f"{name} must not be empty or whitespace")
     return value
+
+
+def encode_batch(tokenizer, texts: Sequence[str], *, side: str = "right") -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask` of `texts`, padded on `side` with the pad token.
+
+    Padded here, not by the tokenizer: asking a fast tokenizer to pad switches padding on in its
+    shared Rust backend until the call ends, and a call from another thread meanwhile (training
+    beside serving) switches it off again under it ("Unable to create tensor ...").
+    """
+    rows = tokenizer(list(texts))["input_ids"]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def encode_pair(tokenizer, prompt: str, target: str, *, eos: bool = False) -> EncodedPair:

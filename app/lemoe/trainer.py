@@ -16,7 +16,7 @@ from app.lemoe.expert import Expert
 from app.lemoe.layout import layout_of
 from app.lemoe.reference import CONTEXT_PREFIXES
 from app.lemoe.routing import QueryCaptured, RouteState, routing
-from app.lemoe.text import encode_pair
+from app.lemoe.text import encode_batch, encode_pair
 
 ProgressFn = Callable[[int, float], None]  # (step, loss)
 
@@ -204,7 +204,7 @@ def capture_queries(model: nn.Module, tokenizer, prompts: Sequence[str], device:
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="right")
+        enc = encode_batch(tokenizer, chunk)
         enc = {k: v.to(device) for k, v in enc.items()}
         state = RouteState(query_mask=enc["attention_mask"], capture_only=True)
         with torch.no_grad(), routing(state):
@@ -223,7 +223,7 @@ def capture_token_states(
     """Per prompt, the (tokens, d) input hidden states of decoder `layer` (layers above not run)."""
     out: list[torch.Tensor] = []
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True, padding_side="right")
+        enc = encode_batch(tokenizer, prompts[i : i + batch_size])
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         hidden = hidden_at_layer(model, layer, ids, mask).float()
         out += [h[: int(m.sum())] for h, m in zip(hidden, mask, strict=True)]
