@@ -52,6 +52,9 @@ def add_bench_parser(subparsers) -> None:
         default=["plain"],
         help="ask every probe as the bare prompt (plain) and/or as the user turn of the model's chat template (chat)",
     )
+    lo.add_argument(
+        "--kinds", nargs="+", default=None, metavar="KIND", help="only these probe kinds (default: all; e.g. edit paraphrase loc)"
+    )
     lo.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
     lo.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
     lo.add_argument("--device", default="auto")
@@ -281,6 +284,7 @@ def _run_locality(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         forms=tuple(dict.fromkeys(args.forms)),
+        kinds=None if args.kinds is None else tuple(args.kinds),
         model_path=args.model,
         cache_dir=args.cache_dir,
         device=args.device,

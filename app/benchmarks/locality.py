@@ -73,6 +73,7 @@ class LocalityOptions:
     # Each form asks every probe (the edits are trained once): "plain" as the bare prompt, "chat"
     # as the user's message in the model's chat template (routed on the message, as the server is).
     forms: tuple[Form, ...] = ("plain",)
+    kinds: tuple[str, ...] | None = None  # only these probe kinds (None: all); their rows show n = 0 otherwise
     model_path: Path | None = None
     cache_dir: Path = Path("lemoe-data/model-cache")
     device: str = "auto"
@@ -250,6 +251,8 @@ class _Run:
 def _prepare(opts: LocalityOptions) -> _Run:
     if opts.subjects not in ("none", "given"):
         raise ValueError(f"unknown subjects mode {opts.subjects!r}; one of ['given', 'none']")
+    if opts.kinds is not None and not set(opts.kinds) <= set(KINDS):
+        raise ValueError(f"unknown probe kinds {sorted(set(opts.kinds) - set(KINDS))}; known: {list(KINDS)}")
     records = load_records(opts.data, opts.format)
     if len(records) < opts.edits:
         raise ValueError(f"{opts.data} has {len(records)} usable records; --edits {opts.edits} asked for more")
@@ -259,7 +262,8 @@ def _prepare(opts: LocalityOptions) -> _Run:
         Edit(i, records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None) for i in edited
     ]
     editor = LemoeEditor(loaded.model, loaded.tokenizer, opts.config, device=loaded.device)
-    return _Run(records, edited, held, build_probes(records, edited), loaded, editor, edits)
+    probes = [p for p in build_probes(records, edited) if opts.kinds is None or p.kind in opts.kinds]
+    return _Run(records, edited, held, probes, loaded, editor, edits)
 
 
 def run_locality(opts: LocalityOptions) -> dict:
