@@ -83,22 +83,18 @@ class Scheduler:
                 while self._waiting and len(batch) + len(joining) < self.max_batch:
                     joining.append(self._waiting.popleft())
             try:
-                for future, request in joining:
-                    key = id(future)
-                    done = batch.add(key, request)
-                    if done is not None:
-                        future.set_result(done)
-                    else:
-                        futures[key] = future
+                for future, _ in joining:
+                    futures[id(future)] = future
+                for key, generation in batch.add([(id(future), request) for future, request in joining]):
+                    futures.pop(key).set_result(generation)
                 self.running = len(batch)
                 for key, generation in batch.step():
                     futures.pop(key).set_result(generation)
                 self.running = len(batch)
             except Exception as exc:  # a bad step must not strand the callers, nor stop the thread
-                log.exception("generation batch failed; its %d requests get the error", len(futures) + len(joining))
-                for key in batch.fail_all():
-                    futures.pop(key).set_exception(exc)
-                for future, _ in joining:
-                    if not future.done():
-                        future.set_exception(exc)
+                log.exception("generation batch failed; its %d requests get the error", len(futures))
+                batch.fail_all()
+                for future in futures.values():
+                    future.set_exception(exc)
+                futures.clear()
                 self.running = 0

@@ -21,6 +21,7 @@ from app.lemoe.editor import Generation, LemoeEditor
 from app.lemoe.expert import ExpertEntry
 from app.lemoe.routing import RouteDecision, RouteState, routing
 from app.lemoe.stopping import StopReason, StopSignal
+from app.lemoe.text import encode_batch
 from app.lemoe.types import SamplingParams
 
 
@@ -63,40 +64,66 @@ class DecodeBatch:
         return len(self.rows)
 
     @torch.inference_mode()
-    def add(self, key: Hashable, request: RowRequest) -> Generation | None:
-        """Prefill `request` and let it join; its Generation at once if it ended already (first
-        token an end of sequence, one token asked, a stop string, or its signal fired)."""
+    def add(self, arrivals: Sequence[tuple[Hashable, RowRequest]]) -> list[tuple[Hashable, Generation]]:
+        """Prefill the `arrivals` and let them join; the ones that ended already (first token an
+        end of sequence, one token asked, a stop string, or their signal fired), with their
+        generations. Requests that share a stack and a way of routing are prefilled together."""
+        done: list[tuple[Hashable, Generation]] = []
+        groups: dict[tuple[int, bool], list[tuple[Hashable, RowRequest]]] = {}
+        for key, request in arrivals:
+            early = request.stop.reason() if request.stop is not None else None
+            if early is not None:
+                done.append((key, Generation(request.prompt, "", RouteDecision(None, None, None, None), 0, early)))
+                continue
+            elsewhere = request.route_on is not None and request.route_on != request.prompt
+            groups.setdefault((id(request.stack), elsewhere), []).append((key, request))
+        for (_, elsewhere), group in groups.items():
+            done += self._prefill(group, route_elsewhere=elsewhere)
+        return done
+
+    def _prefill(self, group: Sequence[tuple[Hashable, RowRequest]], *, route_elsewhere: bool) -> list[tuple[Hashable, Generation]]:
+        """One left-padded forward pass over the prompts of `group` (one stack): each row's route
+        is decided on its prompt in that pass, or first on its `route_on` text."""
         editor, device = self.editor, self.editor.device
-        early = request.stop.reason() if request.stop is not None else None
-        if early is not None:
-            return Generation(request.prompt, "", RouteDecision(None, None, None, None), 0, early)
-        enc = editor.tokenizer([request.prompt], return_tensors="pt")
+        requests = [request for _, request in group]
+        stack = requests[0].stack
+        enc = encode_batch(editor.tokenizer, [r.prompt for r in requests], side="left")
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        forced, routed = None, None
-        if request.route_on is not None and request.route_on != request.prompt:
-            [routed] = editor.route([request.route_on], stack=request.stack)
-            forced = [routed.expert_index]
-        state = editor.route_state(mask, stack=request.stack, prompts=[request.prompt], forced=forced)
+        routed = editor.route([r.route_on for r in requests], stack=stack) if route_elsewhere else None
+        forced = None if routed is None else [d.expert_index for d in routed]
+        state = editor.route_state(mask, stack=stack, prompts=[r.prompt for r in requests], forced=forced)
         cache = DynamicCache()
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         with routing(state):
-            out = editor.model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
-        route = routed or state.decisions[0]
-        params = request.params
+            out = editor.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+        done, rows = [], []
+        for i, (key, request) in enumerate(group):
+            route = routed[i] if routed is not None else state.decisions[i]
+            row = self._row(key, request, route, ids[i][mask[i].bool()])
+            finished = self._take(row, out.logits[i : i + 1, -1])
+            if finished is None:
+                rows.append((i, row))
+            else:
+                done.append((key, finished))
+        if rows:
+            kept = torch.tensor([i for i, _ in rows], device=device)
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.index_select(0, kept), layer.values.index_select(0, kept)
+            self._join([row for _, row in rows], cache, mask.index_select(0, kept))
+        return done
+
+    def _row(self, key: Hashable, request: RowRequest, route: RouteDecision, prompt_ids: torch.Tensor) -> _Row:
+        params, tokenizer = request.params, self.editor.tokenizer
         sampler = None
         if params.do_sample:
             seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
             sampler = SeededSampler(seed, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         deltas = None
         if request.on_text is not None:
-            deltas = TextDeltas(editor.tokenizer, request.on_text, stops=params.stop, eos=editor.tokenizer.eos_token_id)
-            deltas.put(ids[0])  # the prompt: TextDeltas skips it, as transformers' streamers do
+            deltas = TextDeltas(tokenizer, request.on_text, stops=params.stop, eos=tokenizer.eos_token_id)
+            deltas.put(prompt_ids)  # the prompt: TextDeltas skips it, as transformers' streamers do
         expert = None if route.expert_index is None else request.stack[route.expert_index]
-        row = _Row(key, request, route, expert, ids.shape[1], sampler, deltas)
-        finished = self._take(row, out.logits[:, -1])
-        if finished is not None:
-            return finished
-        self._join(row, cache, mask)
-        return None
+        return _Row(key, request, route, expert, len(prompt_ids), sampler, deltas)
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Hashable, Generation]]:
@@ -178,16 +205,17 @@ class DecodeBatch:
         )
 
     # --- the shared cache ----------------------------------------------------------------------
-    def _join(self, row: _Row, cache: DynamicCache, mask: torch.Tensor) -> None:
+    def _join(self, rows: Sequence[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """`rows` (prefilled together: `cache` and `mask` hold them, left-padded) join the batch."""
         if not self.rows:
-            self.rows, self.cache, self.mask = [row], cache, mask
+            self.rows, self.cache, self.mask = list(rows), cache, mask
             return
         width = max(self.mask.shape[1], mask.shape[1])
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)], dim=0)
             mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)], dim=0)
         self.mask = torch.cat([_pad_left(self.mask, width, dim=1), _pad_left(mask, width, dim=1)], dim=0)
-        self.rows.append(row)
+        self.rows += rows
 
     def _keep(self, indices: Sequence[int]) -> None:
         if not indices:

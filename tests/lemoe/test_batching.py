@@ -53,9 +53,7 @@ def test_rows_joining_and_leaving_a_running_batch_get_what_they_would_get_alone(
     expected = [alone(editor, r) for r in reqs]
     batch, got = DecodeBatch(editor), {}
     for key, request in enumerate(reqs):  # one joins per step, while earlier ones decode and leave
-        done = batch.add(key, request)
-        if done is not None:
-            got[key] = done
+        got.update(batch.add([(key, request)]))
         got.update(batch.step())
     while len(batch):
         got.update(batch.step())
@@ -70,14 +68,38 @@ def test_rows_joining_and_leaving_a_running_batch_get_what_they_would_get_alone(
     assert got[4].stop_reason is StopReason.STOP and reqs[4].params.stop[0] not in got[4].text
 
 
+def test_arrivals_prefilled_together_get_what_each_would_get_alone(editor):
+    """All requests arrive at once: those on one stack and routed on their prompt share one
+    left-padded prefill, the others their own; then they decode together."""
+    reqs = requests(editor)
+    chat = f"<user>{FACTS[1].prompt}</user><assistant>"
+    reqs.append(RowRequest(chat, SamplingParams(max_new_tokens=5), editor.stack, route_on=FACTS[1].prompt))
+    expected = [alone(editor, r) for r in reqs[:-1]]
+    expected += editor.generate_routed_on([chat], [FACTS[1].prompt], reqs[-1].params)
+    batch = DecodeBatch(editor)
+    got = dict(batch.add(list(enumerate(reqs))))
+    while len(batch):
+        got.update(batch.step())
+
+    for key, want in enumerate(expected):
+        g = got[key]
+        assert (g.text, g.completion_tokens, g.stop_reason, g.route.expert_name) == (
+            want.text,
+            want.completion_tokens,
+            want.stop_reason,
+            want.route.expert_name,
+        ), key
+    assert got[0].route.expert_name == got[len(reqs) - 1].route.expert_name == "facts"
+
+
 def test_a_row_routed_on_another_text_and_streamed_pieces_add_up_to_its_text(editor):
     pieces: list[str] = []
     chat = f"<user>{FACTS[0].prompt}</user><assistant>"
     request = RowRequest(chat, SamplingParams(max_new_tokens=8), editor.stack, route_on=FACTS[0].prompt, on_text=pieces.append)
     [want] = editor.generate_routed_on([chat], [FACTS[0].prompt], request.params)
     batch = DecodeBatch(editor)
-    assert batch.add("other", RowRequest(OTHER[0], SamplingParams(max_new_tokens=20), editor.stack)) is None
-    assert batch.add("chat", request) is None
+    assert batch.add([("other", RowRequest(OTHER[0], SamplingParams(max_new_tokens=20), editor.stack))]) == []
+    assert batch.add([("chat", request)]) == []
     got = {}
     while len(batch):
         got.update(batch.step())
@@ -89,8 +111,8 @@ def test_a_row_routed_on_another_text_and_streamed_pieces_add_up_to_its_text(edi
 def test_a_signal_ends_its_row_only(editor):
     cancel = threading.Event()
     batch = DecodeBatch(editor)
-    batch.add("cut", RowRequest(OTHER[3], SamplingParams(max_new_tokens=30), (), stop=StopSignal(event=cancel)))
-    batch.add("goes on", RowRequest(OTHER[0], SamplingParams(max_new_tokens=30), ()))
+    batch.add([("cut", RowRequest(OTHER[3], SamplingParams(max_new_tokens=30), (), stop=StopSignal(event=cancel)))])
+    batch.add([("goes on", RowRequest(OTHER[0], SamplingParams(max_new_tokens=30), ()))])
     first = batch.step()
     cancel.set()
     second = batch.step()
@@ -98,7 +120,8 @@ def test_a_signal_ends_its_row_only(editor):
     assert first == [] and [key for key, _ in second] == ["cut"]
     assert second[0][1].stop_reason is StopReason.CANCELLED and second[0][1].completion_tokens == 3
     assert len(batch) == 1
-    assert batch.add("late", RowRequest(OTHER[1], SamplingParams(), (), stop=StopSignal(event=cancel))).stop_reason is StopReason.CANCELLED
+    [(late, ended)] = batch.add([("late", RowRequest(OTHER[1], SamplingParams(), (), stop=StopSignal(event=cancel)))])
+    assert late == "late" and ended.stop_reason is StopReason.CANCELLED and ended.completion_tokens == 0
 
 
 def test_the_scheduler_decodes_concurrent_callers_together(editor):
