@@ -63,3 +63,22 @@ def test_routing_bench_worst_case_puts_every_anchor_above_the_floor(tiny_model_d
     result = run_routing(opts)
     assert result["rows"][0]["anchors"] == 48 and result["rows"][0]["search_ms"] > 0
     assert "worst case" in format_routing_table(result)
+
+
+def test_serve_bench_reports_each_concurrency_with_and_without_experts(tiny_model_dir, tmp_path):  # noqa: F811
+    from app.benchmarks.serve import ServeOptions, run_serve
+    from app.benchmarks.serve import format_table as format_serve_table
+
+    opts = ServeOptions(
+        concurrency=(1, 3), experts=(0, 5), requests=4, max_new_tokens=6, model_path=tiny_model_dir, cache_dir=tmp_path, device="cpu"
+    )
+    result = run_serve(opts)
+
+    rows = result["rows"]
+    assert [(r["experts"], r["anchors"], r["concurrency"]) for r in rows] == [(0, 0, 1), (0, 0, 3), (5, 80, 1), (5, 80, 3)]
+    for r in rows:
+        assert r["requests"] == 4 and 0 < r["tokens"] <= 4 * 6 and r["tokens_per_s"] > 0
+        assert 0 < r["p50_s"] <= r["p95_s"] and r["routed"] == 0  # synthetic experts: no prompt reaches one
+    lines = format_serve_table(result).splitlines()
+    assert lines[1].split()[:4] == ["experts", "anchors", "clients", "requests"]
+    assert len(lines) == 2 + len(rows) and lines[2].split()[5] == "1.00"  # one client is the reference

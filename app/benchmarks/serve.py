@@ -23,7 +23,27 @@ from app.lemoe.batching import RowRequest
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import LemoeEditor, SamplingParams
 from app.lemoe.expert import Expert, ExpertEntry
-from app.lemoe.reference import REFERENCE_PROMPTS
+
+# Open-ended starts: the model writes on for the whole max_new_tokens (questions end early, and
+# then a request is mostly its prefill, which is not what tokens per second is about).
+PROMPTS: tuple[str, ...] = (
+    "Once upon a time, in a small village by the sea,",
+    "The history of the printing press begins",
+    "Here is a long list of fruits: apples,",
+    "In the year 2050, most cities will",
+    "The recipe for a good tomato soup starts with",
+    "My grandfather used to tell me stories about",
+    "The main causes of the First World War were",
+    "A good way to learn to play the piano is",
+    "The old lighthouse keeper climbed the stairs and",
+    "Photosynthesis is the process by which",
+    "Dear diary, today was a strange day because",
+    "The rules of chess are simple: each player",
+    "When the spaceship finally landed on Mars,",
+    "The best advice I ever got about writing was",
+    "Rivers shape the land around them by",
+    "The morning market was already busy when",
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +85,7 @@ def synthetic_stack(editor: LemoeEditor, count: int, edits_per_expert: int, seed
 
 def _level(scheduler: Scheduler, stack: tuple[ExpertEntry, ...], concurrency: int, requests: int, params: SamplingParams) -> dict:
     """C clients, each sending its next request as soon as its last one is answered."""
-    prompts = [REFERENCE_PROMPTS[i % len(REFERENCE_PROMPTS)] for i in range(max(requests, concurrency))]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(max(requests, concurrency))]
     latencies: list[float] = []
     tokens: list[int] = []
     routed: list[bool] = []
