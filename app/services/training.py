@@ -319,20 +319,15 @@ def reject_expert(
     """The expert failed its check (or the check could not run): it never goes live, and its
     edits fail with the reason; each edit.failed event carries the expert's name and figures."""
     figures = None if check is None else check.to_dict()
-    with session_factory() as session:
-        edit_ids = sorted(_in_flight(session, built.edit_ids))
-        store.set_edit_status(session, edit_ids=edit_ids, status=EditStatus.FAILED, error=reason)
-        for edit_id in edit_ids:
-            store.append_audit(
-                session,
-                actor=run.actor,
-                action=AuditAction.EDIT_FAILED,
-                edit_id=edit_id,
-                training_run_id=run.run_id,
-                payload={"error": reason, "expert": built.name, "check": figures},
-            )
-        store.update_run_progress(session, run_id=run.run_id, edits_done=edits_done, current_loss=built.final_loss)
-        session.commit()
+    fail_batch(
+        session_factory,
+        run=run,
+        edit_ids=built.edit_ids,
+        error=reason,
+        edits_done=edits_done,
+        details={"expert": built.name, "check": figures},
+        current_loss=built.final_loss,
+    )
 
 
 def _in_flight(session: Session, edit_ids: Sequence[int]) -> set[int]:
@@ -349,7 +344,11 @@ def fail_batch(
     edit_ids: Sequence[int],
     error: str,
     edits_done: int,
+    details: dict[str, Any] | None = None,
+    current_loss: float | None = None,
 ) -> None:
+    """The edits of `edit_ids` still in flight fail with `error`, each with an edit.failed event
+    (its payload: the error and `details`), in one commit with the run's progress."""
     with session_factory() as session:
         edit_ids = sorted(_in_flight(session, edit_ids))
         store.set_edit_status(session, edit_ids=edit_ids, status=EditStatus.FAILED, error=error)
@@ -360,9 +359,9 @@ def fail_batch(
                 action=AuditAction.EDIT_FAILED,
                 edit_id=edit_id,
                 training_run_id=run.run_id,
-                payload={"error": error},
+                payload={"error": error, **(details or {})},
             )
-        store.update_run_progress(session, run_id=run.run_id, edits_done=edits_done)
+        store.update_run_progress(session, run_id=run.run_id, edits_done=edits_done, current_loss=current_loss)
         session.commit()
 
 
