@@ -39,11 +39,28 @@ class TrainResult:
 CHUNK = 16  # examples per forward pass during training
 
 
+class _CaptureInput(nn.Module):
+    """Stands in for the trained expert while layer inputs are cached: records the adaptor's
+    input and adds nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x
+        return torch.zeros_like(x)
+
+
 @dataclass
 class _Chunk:
-    """Examples of similar length, right-padded, with the adaptor layer's inputs cached."""
+    """Examples of similar length, right-padded, with what the frozen model computes for them up to
+    the adaptor cached: the adaptor layer's output without the expert (`cached`) and the input
+    the expert reads (`expert_input`). The expert only adds to that output, so a step runs the
+    expert and the layers above the adaptor layer, not the adaptor layer itself."""
 
     cached: torch.Tensor
+    expert_input: torch.Tensor
     mask: torch.Tensor
     where: torch.Tensor
     targets: torch.Tensor
@@ -63,7 +80,11 @@ class _Chunk:
             labels[i, start : start + len(p.target_ids)] = torch.tensor(p.target_ids)
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
         where = labels != -100
-        return cls(hidden_at_layer(model, layer, ids, mask), mask, where, labels[where])
+        capture = _CaptureInput()
+        with torch.no_grad(), routing(RouteState(train_expert=capture)):
+            cached = lower_model(model, layer + 1)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        assert capture.seen is not None, f"layer {layer} carries no adaptor"
+        return cls(cached, capture.seen, mask, where, labels[where])
 
 
 def _view(module: nn.Module) -> nn.Module:
@@ -171,7 +192,7 @@ def train_expert(
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + len(pairs[i].target_ids))
     chunks = [_Chunk.build([pairs[i] for i in order[k : k + CHUNK]], pad, model, layer, device) for k in range(0, len(order), CHUNK)]
     n_targets = sum(int(c.targets.numel()) for c in chunks)
-    upper = layout_of(model).decoder_of(upper_model(model, layer))
+    upper = layout_of(model).decoder_of(upper_model(model, layer + 1))
     lm_head = model.get_output_embeddings()
     # A generator of its own: seeding the global RNG would reach concurrent sampled requests.
     seeded = torch.Generator().manual_seed(config.seed)
@@ -179,12 +200,13 @@ def train_expert(
     optimizer = torch.optim.Adam(expert.parameters(), lr=config.lr)
     loss_value = float("inf")
     step = 0
-    with routing(RouteState(train_expert=expert)):
+    with routing(RouteState()):
         for step in range(1, config.max_steps + 1):
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for chunk in chunks:
-                hidden = upper(inputs_embeds=chunk.cached, attention_mask=chunk.mask, use_cache=False).last_hidden_state
+                edited = chunk.cached + expert(chunk.expert_input)
+                hidden = upper(inputs_embeds=edited, attention_mask=chunk.mask, use_cache=False).last_hidden_state
                 # Logits only where a label is: the vocabulary projection dominates otherwise.
                 loss = nn.functional.cross_entropy(lm_head(hidden[chunk.where]).float(), chunk.targets, reduction="sum") / n_targets
                 loss.backward()
