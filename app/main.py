@@ -145,6 +145,7 @@ def create_app(
         limits={
             ("POST", "/v1/edits"): max_body_bytes(settings),
             ("POST", "/v1/generate"): generate_body_bytes(settings),
+            ("POST", "/v1/generate/compare"): generate_body_bytes(settings),
             ("POST", "/v1/completions"): completion_body_bytes(settings),
             ("POST", "/v1/chat/completions"): chat_body_bytes(settings),
         },

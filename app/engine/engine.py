@@ -42,6 +42,15 @@ class BuiltExpert:
     entry: ExpertEntry | None = field(default=None, repr=False, compare=False)
 
 
+@dataclass(frozen=True)
+class RouteThresholds:
+    """What a prompt must reach for an expert to serve it (the editor's config)."""
+
+    gate: float  # route score (centred cosine to the nearest anchor)
+    subject: float | None  # subject match of an edit with a subject key; None: subject keys off
+    relation: float | None  # relation match of such an edit; None: no relation check
+
+
 class Engine:
     """Thread-safe facade: generation runs concurrently with training; `stack` (the one owner of
     the live stack) swaps it atomically, with files loaded and checked by `experts`."""
@@ -94,6 +103,13 @@ class Engine:
     @property
     def device(self) -> str:
         return str(self.loaded.device)
+
+    @property
+    def thresholds(self) -> RouteThresholds:
+        config = self.editor.config
+        subject = config.subject_threshold if config.subject_keys else None
+        relation = config.relation_threshold if config.subject_keys else None
+        return RouteThresholds(config.gate_threshold, subject, relation)
 
     def warm_up(self) -> None:
         """The first generate in a process is slow; pay it at start-up, not on a user's request."""
@@ -200,6 +216,7 @@ __all__ = [
     "SamplingParams",
     "InferredSubject",
     "ProgressFn",
+    "RouteThresholds",
     "StopReason",
     "StopSignal",
     "check_expert_files",
