@@ -668,10 +668,7 @@ function render() {
     else link.removeAttribute("aria-current");
   }
   document.title = `${page[0].toUpperCase()}${page.slice(1)} · lemoe console`;
-  return attempt(async () => {
-    await renderers[page]();
-    clearProblem();
-  });
+  return attempt(renderers[page]);
 }
 
 window.addEventListener("hashchange", () => {

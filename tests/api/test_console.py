@@ -10,6 +10,7 @@ the `playwright` package is missing (no browser is ever downloaded: Playwright d
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ from app.domain import AuthMode, Scope
 from app.main import create_app
 from app.services import keys as key_service
 from tests.api.live import LiveServer, live_server
-from tests.api.support import FRANCE, tiny_settings
+from tests.api.support import FOX, FRANCE, tiny_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -249,6 +250,44 @@ def walk_through(page, server: LiveServer, expect) -> None:
     page.get_by_role("button", name="Edit 1: show its timeline").click()
     expect(page.locator("#edit-timeline li strong").last).to_have_text("rolled back")
     shot(page, "07-rolled-back")
+
+    # Many edits at once as JSON lines; a bad line or a bad edit is a clear message, nothing sent.
+    visit(page, server, "training", expect)
+    lines = page.locator("#page-training").get_by_label("JSON lines: one edit object a line")
+    lines.fill('{"prompt": "The quick brown fox", "target": "jumps"}\nnot json')
+    page.get_by_role("button", name="Submit JSON lines").click()
+    expect(page.locator("#problem")).to_contain_text("line 2 is not JSON")
+    lines.fill(json.dumps({**FOX, "subject": "Paris"}))
+    page.get_by_role("button", name="Submit JSON lines").click()
+    expect(page.locator("#problem")).to_contain_text("Please check the input")
+    expect(page.locator("#problem")).to_contain_text("Paris")
+    lines.fill("\n".join(json.dumps({"prompt": f"Fact number {i} is", "target": f"value {i}"}) for i in range(20)))
+    page.get_by_role("button", name="Submit JSON lines").click()
+    expect(page.locator("#notice")).to_contain_text("Submitted edits: #2, #3")
+    expect(page.locator("#notice")).to_contain_text("#21 (pending)")
+
+    # Filters and pages, reached with the keyboard.
+    page.get_by_role("link", name="Edits").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#page-edits")).to_be_visible()
+    expect(page.locator("#edits-table tbody tr")).to_have_count(20)
+    page.get_by_role("button", name="Next page").click()
+    expect(page.locator("#edits-table tbody tr")).to_have_count(1)
+    expect(page.locator('#edits-table tr[data-edit-id="1"]')).to_be_visible()  # oldest last
+    page.get_by_label("Status").select_option("rolled_back")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#edits-table tbody tr")).to_have_count(1)
+    expect(page.locator('#edits-table tr[data-edit-id="1"]')).to_be_visible()
+    page.get_by_label("Status").select_option("")
+    page.get_by_label("Text").fill("number 7 ")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#edits-table tbody tr")).to_have_count(1)
+    expect(page.locator("#edits-table tbody")).to_contain_text("Fact number 7 is")
+    page.get_by_label("Text").fill("")
+    page.locator("#page-edits").get_by_label("Subject").fill("france")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#edits-table tbody tr")).to_have_count(1)
+    expect(page.locator('#edits-table tr[data-edit-id="1"]')).to_be_visible()
 
     # Every page fits 1280 px and a phone's 390 px, and passes the accessibility checks.
     for viewport, label in ((DESKTOP, "desktop"), (PHONE, "phone")):
