@@ -55,6 +55,15 @@ const when = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
 const statusBadge = (status) => h("span", { class: `status status-${status}` }, status.replace("_", " "));
 const cell = (label, ...children) => h("td", { "data-label": label }, ...children);
 
+// Rebuild a table body only when its data changed: a live refresh must not take the focus (or
+// an open disclosure) from under the user.
+function fill(tbody, data, rows) {
+  const signature = JSON.stringify(data);
+  if (tbody.signature === signature) return;
+  tbody.signature = signature;
+  tbody.replaceChildren(...rows());
+}
+
 // --- talking to the API --------------------------------------------------------------------
 class ApiError extends Error {
   constructor(status, type, message) {
@@ -119,8 +128,10 @@ function showProblem(err) {
   const box = $("#problem");
   let title = "Something went wrong";
   if (err.status === 401) {
-    title = "This server needs an API key";
-    openKeyPanel(err.message);
+    title = storedKey() ? "The server refused this API key" : "This server needs an API key";
+    openKeyPanel(
+      "Paste an API key: read to look around, edits:write to submit edits and train, generate for the playground, admin to roll back.",
+    );
   } else if (err.status === 403) {
     title = "Your API key does not allow this";
   } else if (err.status === 409) {
@@ -265,16 +276,10 @@ function histogram(container, scores, gate) {
 }
 
 // --- edits -------------------------------------------------------------------------------
-const editList = { cursors: [null], page: 0, next: null, filters: {} };
+const editList = { cursors: [null], page: 0, next: null, filters: {}, open: null };
 
-async function renderEdits() {
-  const [page, daily] = await Promise.all([
-    api("GET", `/v1/edits${query({ ...editList.filters, limit: EDIT_PAGE_SIZE, cursor: editList.cursors[editList.page] })}`),
-    api("GET", "/v1/audit/daily?action=edit.applied&days=30"),
-  ]);
-  barChart($("#applied-chart"), daily.items, "Edits applied per day");
-  editList.next = page.next_cursor;
-  const rows = page.items.map((e) =>
+function editRows(items) {
+  const rows = items.map((e) =>
     h("tr", { "data-edit-id": e.id },
       cell("Edit", h("button", { type: "button", class: "secondary", "aria-label": `Edit ${e.id}: show its timeline`, onclick: () => attempt(() => showEdit(e.id)) }, `#${e.id}`)),
       cell("Status", statusBadge(e.status)),
@@ -285,13 +290,29 @@ async function renderEdits() {
     ),
   );
   if (rows.length === 0) rows.push(h("tr", {}, h("td", { colspan: 6 }, "No edits match.")));
-  $("#edits-table tbody").replaceChildren(...rows);
-  $("#edits-next").disabled = !editList.next;
-  $("#edits-first").disabled = editList.page === 0;
+  return rows;
 }
 
-async function showEdit(id) {
+async function renderEdits() {
+  const [page, daily] = await Promise.all([
+    api("GET", `/v1/edits${query({ ...editList.filters, limit: EDIT_PAGE_SIZE, cursor: editList.cursors[editList.page] })}`),
+    api("GET", "/v1/audit/daily?action=edit.applied&days=30"),
+  ]);
+  barChart($("#applied-chart"), daily.items, "Edits applied per day");
+  editList.next = page.next_cursor;
+  fill($("#edits-table tbody"), page.items, () => editRows(page.items));
+  $("#edits-next").disabled = !editList.next;
+  $("#edits-first").disabled = editList.page === 0;
+  if (editList.open !== null) await showEdit(editList.open, false); // its timeline may have grown
+}
+
+async function showEdit(id, focus = true) {
+  editList.open = id;
   const [edit, history] = await Promise.all([api("GET", `/v1/edits/${id}`), api("GET", `/v1/edits/${id}/events?limit=200`)]);
+  const detail = $("#edit-detail");
+  const signature = JSON.stringify([edit, history.items]);
+  if (!focus && detail.signature === signature) return;
+  detail.signature = signature;
   $("#edit-detail-title").textContent = `Edit #${edit.id}`;
   const facts = [
     ["Status", statusBadge(edit.status)],
@@ -333,7 +354,7 @@ async function showEdit(id) {
   }
   $("#edit-actions").replaceChildren(...actions);
   $("#edit-detail").hidden = false;
-  $("#edit-detail-title").focus();
+  if (focus) $("#edit-detail-title").focus();
 }
 
 function withdraw(edit, verb) {
@@ -395,6 +416,10 @@ async function renderExperts() {
   const experts = (await api("GET", "/v1/experts")).items;
   const active = experts.filter((e) => e.status === "active");
   $("#experts-summary").textContent = `${active.length} of ${experts.length} expert${experts.length === 1 ? "" : "s"} live.`;
+  fill($("#experts-table tbody"), experts, () => expertRows(experts));
+}
+
+function expertRows(experts) {
   const rows = experts.map((e) => {
     const live = e.status === "active";
     const action = e.replaced_by_id
@@ -410,7 +435,7 @@ async function renderExperts() {
     );
   });
   if (rows.length === 0) rows.push(h("tr", {}, h("td", { colspan: 6 }, "No experts yet: submit edits and start a training run.")));
-  $("#experts-table tbody").replaceChildren(...rows);
+  return rows;
 }
 
 function changeExpert(expert, verb) {
@@ -498,23 +523,28 @@ function runRow(run) {
   );
 }
 
+const runs = new Map();
+
 async function renderTraining() {
-  const runs = (await api("GET", "/v1/training-runs?limit=20")).items;
-  const rows = runs.map(runRow);
-  if (rows.length === 0) rows.push(h("tr", {}, h("td", { colspan: 6 }, "No training runs yet.")));
-  $("#runs-table tbody").replaceChildren(...rows);
+  const listed = (await api("GET", "/v1/training-runs?limit=20")).items;
+  runs.clear();
+  for (const run of listed) runs.set(run.id, run);
+  fill($("#runs-table tbody"), listed, () => {
+    const rows = listed.map(runRow);
+    if (rows.length === 0) rows.push(h("tr", {}, h("td", { colspan: 6 }, "No training runs yet.")));
+    return rows;
+  });
 }
 
+// A training_run.progress event: the fields that move, merged into the run as last listed.
 function updateRun(progress) {
   const row = document.querySelector(`#runs-table tr[data-run-id="${progress.id}"]`);
-  if (!row) return scheduleRender();
-  const bar = row.querySelector("progress");
-  bar.max = Math.max(1, progress.edits_total);
-  bar.value = progress.edits_done;
-  const cells = row.querySelectorAll("td");
-  cells[2].lastChild.lastChild.textContent = ` ${progress.edits_done}/${progress.edits_total} edits, ${progress.steps_done} steps`;
-  cells[3].textContent = fixed(progress.current_loss, 3);
-  if (progress.eta_s !== null && progress.eta_s !== undefined) cells[4].textContent = `about ${fixed(progress.eta_s, 0)} s left`;
+  const run = runs.get(progress.id);
+  if (!row || !run) return scheduleRender();
+  const merged = { ...run, ...progress };
+  runs.set(progress.id, merged);
+  row.replaceWith(runRow(merged));
+  $("#runs-table tbody").signature = null; // the rows no longer show the list as fetched
 }
 
 async function submitEdits(body, what) {

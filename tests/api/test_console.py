@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -170,12 +171,27 @@ def trained_server(tiny_model_dir, shared_engine, tmp_path) -> Iterator[LiveServ
         yield server
 
 
-def test_the_console_from_submission_to_rollback(browser, trained_server, expect):
+@pytest.fixture
+def held_training(shared_engine, monkeypatch) -> Iterator[threading.Event]:
+    """Training waits for the event before it builds an expert: the page can be seen mid-run."""
+    release = threading.Event()
+    build = shared_engine.build_expert
+
+    def held(name, edits, progress=None):
+        assert release.wait(DEADLINE_MS / 1000), "the test never released the training run"
+        return build(name, edits, progress=progress)
+
+    monkeypatch.setattr(shared_engine, "build_expert", held)
+    yield release
+    release.set()
+
+
+def test_the_console_from_submission_to_rollback(browser, trained_server, held_training, expect):
     with open_page(browser, DESKTOP) as page:
-        walk_through(page, trained_server, expect)
+        walk_through(page, trained_server, held_training, expect)
 
 
-def walk_through(page, server: LiveServer, expect) -> None:
+def walk_through(page, server: LiveServer, release: threading.Event, expect) -> None:
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("dialog", lambda dialog: dialog.accept())  # the confirmations before an action
@@ -205,15 +221,20 @@ def walk_through(page, server: LiveServer, expect) -> None:
     expect(page.locator("#stream-state")).to_have_text("Live updates: on")
     page.get_by_role("button", name="Start a training run").click()
     expect(page.locator("#notice")).to_contain_text("Training run #1 is queued")
+    run = page.locator('#runs-table tr[data-run-id="1"]')
+    expect(run.locator(".status")).to_have_text("running")  # live: the page was not reloaded
+    expect(page.locator("#event-log")).to_contain_text("training_run.started (run #1)")
+    shot(page, "03-training-running")
+    release.set()
     expect(page.locator('#runs-table tr[data-run-id="1"] .status')).to_have_text("succeeded")
     expect(page.locator("#event-log")).to_contain_text("edit.applied (edit #1")
-    shot(page, "03-training-done")
+    shot(page, "04-training-done")
     visit(page, server, "edits", expect)
     expect(page.locator('#edits-table tr[data-edit-id="1"] .status')).to_have_text("applied")
     page.get_by_role("button", name="Edit 1: show its timeline").click()
     expect(page.locator("#edit-timeline li strong")).to_have_text(["submitted", "planned", "applied"])
     expect(page.locator("#applied-chart svg rect.bar")).to_have_count(1)  # today's bar
-    shot(page, "04-edit-applied")
+    shot(page, "05-edit-applied")
 
     # The playground: the base model beside the edited stack, and why.
     visit(page, server, "playground", expect)
@@ -226,7 +247,7 @@ def walk_through(page, server: LiveServer, expect) -> None:
     expect(page.locator('[data-fact="Nearest edit"]')).to_contain_text("#1: The capital of France is → Rome")
     expect(page.locator('[data-fact="Subject match"]')).to_contain_text("passes")
     expect(page.locator("#scores-chart svg line.gate")).to_have_count(1)
-    shot(page, "05-playground-edited")
+    shot(page, "06-playground-edited")
 
     # The experts page: what the expert holds, its check; roll it back.
     visit(page, server, "experts", expect)
@@ -235,7 +256,7 @@ def walk_through(page, server: LiveServer, expect) -> None:
     expect(row).to_contain_text("edits answered 1/1")
     row.locator("summary").click()
     expect(row.locator("details li")).to_contain_text("The capital of France is → Rome")
-    shot(page, "06-experts-live")
+    shot(page, "07-experts-live")
     row.get_by_role("button", name=re.compile("^Deactivate")).click()
     expect(page.locator("#notice")).to_contain_text("now rolled back")
     expect(row.locator('td[data-label="Status"] .status')).to_have_text("inactive")
@@ -249,7 +270,7 @@ def walk_through(page, server: LiveServer, expect) -> None:
     expect(page.locator('#edits-table tr[data-edit-id="1"] .status')).to_have_text("rolled back")
     page.get_by_role("button", name="Edit 1: show its timeline").click()
     expect(page.locator("#edit-timeline li strong").last).to_have_text("rolled back")
-    shot(page, "07-rolled-back")
+    shot(page, "08-rolled-back")
 
     # Many edits at once as JSON lines; a bad line or a bad edit is a clear message, nothing sent.
     visit(page, server, "training", expect)
@@ -299,7 +320,7 @@ def walk_through(page, server: LiveServer, expect) -> None:
             assert fits_the_width(page), (name, label)
             check_accessibility(page)
             if label == "phone":
-                shot(page, f"08-phone-{name}")
+                shot(page, f"09-phone-{name}")
     assert errors == []
 
 
@@ -319,7 +340,11 @@ def ask_for_a_key(page, server: LiveServer, reader: str, expect) -> None:
     expect(page.locator("#problem")).to_contain_text("This server needs an API key")
     expect(page.locator("#key-panel")).to_be_visible()
     expect(page.get_by_label("Key", exact=True)).to_be_focused()
-    shot(page, "09-key-asked")
+    shot(page, "10-key-asked")
+    page.get_by_label("Key", exact=True).fill("lemoe_" + "x" * 43)
+    page.get_by_role("button", name="Use this key").click()
+    expect(page.locator("#problem")).to_contain_text("The server refused this API key")
+    expect(page.locator("#problem")).to_contain_text("not valid")
     page.get_by_label("Key", exact=True).fill(reader)
     page.get_by_role("button", name="Use this key").click()
     expect(page.locator("#edits-table tbody")).to_contain_text("No edits match.")
@@ -332,4 +357,4 @@ def ask_for_a_key(page, server: LiveServer, reader: str, expect) -> None:
     expect(page.locator("#problem")).to_contain_text("Your API key does not allow this")
     expect(page.locator("#problem")).to_contain_text("'generate'")
     assert fits_the_width(page)
-    shot(page, "10-key-lacks-scope")
+    shot(page, "11-key-lacks-scope")
