@@ -194,6 +194,9 @@ def test_the_console_from_submission_to_rollback(browser, trained_server, held_t
 def walk_through(page, server: LiveServer, release: threading.Event, expect) -> None:
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Console errors other than the answers the walk provokes (a 422 for a bad edit): e.g. a
+    # script or style the Content-Security-Policy refused.
+    page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource") and errors.append(m.text))
     page.on("dialog", lambda dialog: dialog.accept())  # the confirmations before an action
 
     page.goto(server.url + "/")  # the front page is the console
