@@ -231,7 +231,7 @@ function barChart(container, items, label) {
   container.replaceChildren(chart, h("p", { class: "summary" }, `${total} in the last ${items.length} days.`));
 }
 
-function histogram(container, scores, gate) {
+function histogram(container, scores, gate, floor) {
   const width = 720;
   const height = 200;
   const pad = { left: 36, right: 8, top: 18, bottom: 28 };
@@ -267,11 +267,17 @@ function histogram(container, scores, gate) {
     chart.append(svg("text", { x: x(t), y: height - 8, "text-anchor": "middle" }, t.toFixed(1)));
   }
   chart.append(svg("text", { x: pad.left - 6, y: y(max) + 4, "text-anchor": "end" }, max));
+  if (floor !== null && floor !== undefined && floor < gate) {
+    chart.append(svg("line", { class: "floor", x1: x(floor), x2: x(floor), y1: pad.top - 8, y2: y(0) }));
+    chart.append(svg("text", { x: x(floor), y: pad.top - 8, "text-anchor": "end", dx: -4 }, `subject floor ${fixed(floor)}`));
+  }
   chart.append(svg("line", { class: "gate", x1: x(gate), x2: x(gate), y1: pad.top - 8, y2: y(0) }));
   chart.append(svg("text", { x: x(gate), y: pad.top - 8, "text-anchor": x(gate) > width - 80 ? "end" : "start", dx: 4 }, `gate ${fixed(gate)}`));
   container.replaceChildren(
     chart,
-    h("p", { class: "summary" }, `${scores.length} requests; ${served} served by an expert (blue), ${scores.length - served} answered by the base model (grey).`),
+    h("p", { class: "summary" },
+      `${scores.length} requests; ${served} served by an expert (blue), ${scores.length - served} answered by the base model (grey). ` +
+      "Red dashes: the gate for edits without a subject" + (floor !== null && floor < gate ? "; grey dashes: the floor for edits with a subject, which fire on their subject match." : ".")),
   );
 }
 
@@ -467,7 +473,10 @@ async function compare(prompt, maxNewTokens) {
   const facts = [
     ["Answered by", edited.expert ? `expert ${edited.expert.name} (#${edited.expert.id})` : "the base model: no expert passed the gate"],
     ["Changed", result.changed ? "yes: the edited stack answers differently" : "no: both answers are the same"],
-    ["Route score", verdict(edited.route_score, t.gate)],
+    // An edit with a subject fires on its subject match (and a lower sentence floor), not the gate.
+    edited.subject_score === null
+      ? ["Route score", verdict(edited.route_score, t.gate)]
+      : ["Route score", h("span", {}, verdict(edited.route_score, t.sentence_floor), " (the floor for an edit with a subject; the gate is ", fixed(t.gate), ")")],
     ["Nearest edit", edited.nearest_edit_id ? `#${edited.nearest_edit_id}` : "—"],
     ["Subject match", edited.subject_score === null ? (t.subject === null ? "subject keys off" : "— (only for an edit with a subject that served)") : verdict(edited.subject_score, t.subject)],
     ["Relation match", edited.relation_score === null ? "—" : verdict(edited.relation_score, t.relation)],
@@ -486,7 +495,7 @@ async function compare(prompt, maxNewTokens) {
 
 async function renderScores() {
   const recent = await api("GET", "/v1/route-scores?limit=500");
-  histogram($("#scores-chart"), recent.items, recent.thresholds.gate);
+  histogram($("#scores-chart"), recent.items, recent.thresholds.gate, recent.thresholds.sentence_floor);
 }
 
 function setUpPlayground() {

@@ -46,9 +46,12 @@ class BuiltExpert:
 class RouteThresholds:
     """What a prompt must reach for an expert to serve it (the editor's config)."""
 
-    gate: float  # route score (centred cosine to the nearest anchor)
-    subject: float | None  # subject match of an edit with a subject key; None: subject keys off
-    relation: float | None  # relation match of such an edit; None: no relation check
+    gate: float  # route score (centred cosine to the nearest anchor) of an edit without a subject key
+    # An edit with a subject key fires on its subject match, its relation match and a route score
+    # of at least sentence_floor instead; all three None: subject keys off.
+    subject: float | None
+    relation: float | None  # None also when there is no relation check
+    sentence_floor: float | None
 
 
 class Engine:
@@ -107,9 +110,9 @@ class Engine:
     @property
     def thresholds(self) -> RouteThresholds:
         config = self.editor.config
-        subject = config.subject_threshold if config.subject_keys else None
-        relation = config.relation_threshold if config.subject_keys else None
-        return RouteThresholds(config.gate_threshold, subject, relation)
+        if not config.subject_keys:
+            return RouteThresholds(config.gate_threshold, None, None, None)
+        return RouteThresholds(config.gate_threshold, config.subject_threshold, config.relation_threshold, config.subject_sentence_floor)
 
     def warm_up(self) -> None:
         """The first generate in a process is slow; pay it at start-up, not on a user's request."""

@@ -129,9 +129,12 @@ class GenerationPublic(BaseModel):
 class RouteThresholdsPublic(BaseModel):
     """What a prompt must reach for an expert to serve it."""
 
-    gate: float = Field(description="The route score at which the gate opens (LEMOE_GATE_THRESHOLD)")
-    subject: float | None = Field(description="The subject match an edit with a subject needs; null: subject keys are off")
-    relation: float | None = Field(description="The relation match such an edit needs; null: no relation check")
+    gate: float = Field(description="The route score an edit without a subject needs (LEMOE_GATE_THRESHOLD)")
+    subject: float | None = Field(
+        description="The subject match an edit with a subject needs (instead of the gate); null: subject keys are off"
+    )
+    relation: float | None = Field(description="The relation match such an edit also needs; null: no relation check")
+    sentence_floor: float | None = Field(description="The route score such an edit also needs; null: subject keys are off")
 
 
 class BaseAnswer(BaseModel):

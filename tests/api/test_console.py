@@ -247,6 +247,7 @@ def walk_through(page, server: LiveServer, release: threading.Event, expect) -> 
     assert not base_text.strip().startswith("Rome")
     expect(page.locator('[data-fact="Answered by"]')).to_contain_text("expert")
     expect(page.locator('[data-fact="Route score"]')).to_contain_text("passes")
+    expect(page.locator('[data-fact="Route score"]')).to_contain_text("the floor for an edit with a subject")
     expect(page.locator('[data-fact="Nearest edit"]')).to_contain_text("#1: The capital of France is → Rome")
     expect(page.locator('[data-fact="Subject match"]')).to_contain_text("passes")
     expect(page.locator("#scores-chart svg line.gate")).to_have_count(1)

@@ -113,7 +113,7 @@ async def generate_get(
 
 
 def _thresholds(t: RouteThresholds) -> RouteThresholdsPublic:
-    return RouteThresholdsPublic(gate=t.gate, subject=t.subject, relation=t.relation)
+    return RouteThresholdsPublic(gate=t.gate, subject=t.subject, relation=t.relation, sentence_floor=t.sentence_floor)
 
 
 @router.post("/generate/compare", dependencies=[requires(Scope.GENERATE)])
