@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from app.domain import AuditAction
+from app.metrics import RecentRoutes, RouteSample
 from app.services import audit as audit_service
 from tests.api.support import FRANCE, TINY_GATE, UNRELATED, assert_error, generate, runtime_of, submit, worker_for
 
@@ -82,3 +83,12 @@ def test_audit_daily_counts_edits_applied_per_day(db_client):
     assert yesterday.count == 0
     assert_error(db_client.get("/v1/audit/daily", params={"days": 0}), 422, "invalid_input", "days")
     assert_error(db_client.get("/v1/audit/daily", params={"action": "edit.nothing"}), 422, "invalid_input", "action")
+
+
+def test_recent_routes_keep_only_the_last_ones():
+    routes = RecentRoutes(size=3)
+    for i in range(5):
+        routes.add(RouteSample(at=datetime.now(UTC), score=i / 10, expert_id=None, expert_name=None, nearest_edit_id=i))
+
+    assert [s.nearest_edit_id for s in routes.last(10)] == [2, 3, 4]
+    assert [s.nearest_edit_id for s in routes.last(1)] == [4]
