@@ -28,7 +28,7 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import DEFAULT_BODY_LIMIT, RequestBodyMiddleware, UnhandledErrorMiddleware
 from app.api.openapi import install_openapi
 from app.api.request_metrics import HttpMetrics, RequestObserverMiddleware
-from app.api.routes import audit, edits, events, experts, generate, health, keys, openai, training
+from app.api.routes import audit, console, edits, events, experts, generate, health, keys, openai, training
 from app.config import Settings, get_settings
 from app.metrics import Metrics
 from app.services.runtime import Runtime, open_database
@@ -145,13 +145,14 @@ def create_app(
         limits={
             ("POST", "/v1/edits"): max_body_bytes(settings),
             ("POST", "/v1/generate"): generate_body_bytes(settings),
+            ("POST", "/v1/generate/compare"): generate_body_bytes(settings),
             ("POST", "/v1/completions"): completion_body_bytes(settings),
             ("POST", "/v1/chat/completions"): chat_body_bytes(settings),
         },
         read_timeout_s=settings.body_read_timeout_s,
     )
     app.add_middleware(RequestObserverMiddleware, metrics=http_metrics)  # outermost: sees the 408/413s
-    for module in (edits, generate, openai, training, experts, audit, events, keys, health):
+    for module in (edits, generate, openai, training, experts, audit, events, keys, health, console):
         app.include_router(module.router)
     check_routes_declare_access(app, documentation=(DOCS_URL, REDOC_URL, app.openapi_url, app.swagger_ui_oauth2_redirect_url))
     install_openapi(app, settings)

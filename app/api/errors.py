@@ -161,7 +161,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
         if exc.status_code == 404 and exc.detail == "Not Found":
-            message = f"no such endpoint: {request.method} {request.url.path}; see /docs"
+            message = f"no such endpoint: {request.method} {request.url.path}; see /docs (or the console at /console)"
         elif exc.status_code == 405:
             allowed = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
             if allowed:

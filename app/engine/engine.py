@@ -42,6 +42,18 @@ class BuiltExpert:
     entry: ExpertEntry | None = field(default=None, repr=False, compare=False)
 
 
+@dataclass(frozen=True)
+class RouteThresholds:
+    """What a prompt must reach for an expert to serve it (the editor's config)."""
+
+    gate: float  # route score (centred cosine to the nearest anchor) of an edit without a subject key
+    # An edit with a subject key fires on its subject match, its relation match and a route score
+    # of at least sentence_floor instead; all three None: subject keys off.
+    subject: float | None
+    relation: float | None  # None also when there is no relation check
+    sentence_floor: float | None
+
+
 class Engine:
     """Thread-safe facade: generation runs concurrently with training; `stack` (the one owner of
     the live stack) swaps it atomically, with files loaded and checked by `experts`."""
@@ -94,6 +106,13 @@ class Engine:
     @property
     def device(self) -> str:
         return str(self.loaded.device)
+
+    @property
+    def thresholds(self) -> RouteThresholds:
+        config = self.editor.config
+        if not config.subject_keys:
+            return RouteThresholds(config.gate_threshold, None, None, None)
+        return RouteThresholds(config.gate_threshold, config.subject_threshold, config.relation_threshold, config.subject_sentence_floor)
 
     def warm_up(self) -> None:
         """The first generate in a process is slow; pay it at start-up, not on a user's request."""
@@ -200,6 +219,7 @@ __all__ = [
     "SamplingParams",
     "InferredSubject",
     "ProgressFn",
+    "RouteThresholds",
     "StopReason",
     "StopSignal",
     "check_expert_files",

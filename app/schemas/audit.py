@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -25,3 +25,15 @@ class AuditEventPublic(PublicModel):
 class AuditEventsPublic(BaseModel):
     items: list[AuditEventPublic]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last")
+
+
+class DailyCountPublic(BaseModel):
+    day: date = Field(description="A UTC day")
+    count: int
+
+
+class DailyCountsPublic(BaseModel):
+    """Events of one action per UTC day, oldest first, today last; days without one count 0."""
+
+    action: AuditAction
+    items: list[DailyCountPublic]

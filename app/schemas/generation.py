@@ -124,3 +124,29 @@ class GenerationPublic(BaseModel):
     )
     model: str
     completion_tokens: int
+
+
+class RouteThresholdsPublic(BaseModel):
+    """What a prompt must reach for an expert to serve it."""
+
+    gate: float = Field(description="The route score an edit without a subject needs (LEMOE_GATE_THRESHOLD)")
+    subject: float | None = Field(
+        description="The subject match an edit with a subject needs (instead of the gate); null: subject keys are off"
+    )
+    relation: float | None = Field(description="The relation match such an edit also needs; null: no relation check")
+    sentence_floor: float | None = Field(description="The route score such an edit also needs; null: subject keys are off")
+
+
+class BaseAnswer(BaseModel):
+    text: str = Field(description="The base model's continuation: no expert, whatever the route")
+    completion_tokens: int
+
+
+class GenerationComparison(BaseModel):
+    """One prompt through the base model and through the edited stack, with the routing facts."""
+
+    prompt: str
+    base: BaseAnswer
+    edited: GenerationPublic = Field(description="As POST /v1/generate answers")
+    changed: bool = Field(description="The edited stack's text differs from the base model's")
+    thresholds: RouteThresholdsPublic

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -41,3 +42,22 @@ def list_audit(
             limit=limit,
             cursor=cursor or None,
         )
+
+
+MAX_DAYS = 366
+
+
+@dataclass(frozen=True)
+class DailyCount:
+    day: date
+    count: int
+
+
+def daily_counts(session: Session, *, action: AuditAction, days: int, today: date | None = None) -> list[DailyCount]:
+    """Events of `action` on each of the last `days` UTC days, oldest first, today included
+    (a day without one counts 0): e.g. edits applied per day."""
+    last = today or datetime.now(UTC).date()
+    first = last - timedelta(days=days - 1)
+    since = datetime.combine(first, time.min, tzinfo=UTC)
+    counts = store.count_audit_by_day(session, action=action, since=since, until=since + timedelta(days=days))
+    return [DailyCount(day, counts.get(day, 0)) for day in (first + timedelta(days=i) for i in range(days))]

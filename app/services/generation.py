@@ -6,17 +6,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.errors import GenerationCancelled, GenerationTimeout, InvalidInput, Overloaded
+from app.metrics import RouteSample
 from app.schemas.generation import GenerateRequest
 from app.schemas.openai import ChatCompletionRequest, CompletionRequest
 from app.services.checks import check_storable, check_text
 from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
-    from app.engine.engine import Engine, Generation
+    from app.engine.engine import Engine, Generation, RouteThresholds
     from app.lemoe.types import SamplingParams
     from app.metrics import Metrics
 
@@ -56,7 +58,53 @@ def generate(
     params = request.to_sampling_params(max_new_tokens_limit=settings.max_new_tokens_limit)
     _fits(engine, prompt, params.max_new_tokens)
     result, seconds = _run(lambda stop: engine.generate(prompt, params, stop=stop), settings, metrics, cancel)
-    return _generated(result, engine, stack, seconds)
+    return _observed(_generated(result, engine, stack, seconds), metrics)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One prompt answered by the base model and by the edited stack, and the gate it met."""
+
+    base: Generated
+    edited: Generated
+    thresholds: RouteThresholds
+
+
+def compare(
+    *,
+    engine: Engine,
+    stack: LiveStack,
+    settings: Settings,
+    request: GenerateRequest,
+    metrics: Metrics | None = None,
+    cancel: threading.Event | None = None,
+) -> Comparison:
+    """`generate`, and the same prompt and sampling through the base model alone (no expert)."""
+    prompt = check_text(request.prompt, field="prompt", max_chars=settings.max_text_chars)
+    params = request.to_sampling_params(max_new_tokens_limit=settings.max_new_tokens_limit)
+    _fits(engine, prompt, params.max_new_tokens)
+    base, base_s = _run(lambda stop: engine.complete(prompt, params, edits=False, stop=stop), settings, metrics, cancel)
+    edited, edited_s = _run(lambda stop: engine.generate(prompt, params, stop=stop), settings, metrics, cancel)
+    return Comparison(
+        base=_generated(base, engine, stack, base_s),
+        edited=_observed(_generated(edited, engine, stack, edited_s), metrics),
+        thresholds=engine.thresholds,
+    )
+
+
+def _observed(generated: Generated, metrics: Metrics | None) -> Generated:
+    """Keep the route of a request served while experts were live (its score is None otherwise)."""
+    if metrics is not None and generated.route_score is not None:
+        metrics.observe_route(
+            RouteSample(
+                at=datetime.now(UTC),
+                score=generated.route_score,
+                expert_id=generated.expert_id,
+                expert_name=generated.expert_name,
+                nearest_edit_id=generated.nearest_edit_id,
+            )
+        )
+    return generated
 
 
 def _fits(engine: Engine, prompt: str, max_new_tokens: int) -> int:
@@ -178,7 +226,7 @@ def complete(
         cancel,
     )
     finish = "length" if result.stop_reason is StopReason.LENGTH else "stop"
-    return _generated(result, engine, stack, seconds, prompt_tokens=p.prompt_tokens, finish_reason=finish)
+    return _observed(_generated(result, engine, stack, seconds, prompt_tokens=p.prompt_tokens, finish_reason=finish), metrics)
 
 
 def route_text(messages: tuple[tuple[str, str], ...]) -> str | None:

@@ -4,7 +4,15 @@ Queries add and flush but never commit: the service layer commits once, so a cha
 audit event land together.
 """
 
-from app.store.audit import NewAuditEvent, append_audit, append_audits, audit_after, latest_audit_id, list_audit
+from app.store.audit import (
+    NewAuditEvent,
+    append_audit,
+    append_audits,
+    audit_after,
+    count_audit_by_day,
+    latest_audit_id,
+    list_audit,
+)
 from app.store.db import (
     DatabaseOptions,
     alembic_config,
@@ -140,6 +148,7 @@ __all__ = [
     "get_stack_version",
     "is_second_active_run",
     "list_audit",
+    "count_audit_by_day",
     "NewAuditEvent",
     "audit_after",
     "latest_audit_id",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select
@@ -135,3 +135,21 @@ def audit_after(session: Session, *, after: int, also: Collection[int] = (), lim
     if also:
         condition = or_(condition, AuditEvent.id.in_(list(also)))
     return list(session.scalars(select(AuditEvent).where(condition).order_by(AuditEvent.id).limit(limit)))
+
+
+def count_audit_by_day(session: Session, *, action: AuditAction | str, since: datetime, until: datetime) -> dict[date, int]:
+    """How many events of `action` each UTC day in [since, until) saw; days without one are absent."""
+    if session.get_bind().dialect.name == "postgresql":
+        day = func.to_char(func.timezone("UTC", AuditEvent.at), "YYYY-MM-DD")
+    else:  # SQLite keeps naive UTC text (UTCDateTime)
+        day = func.strftime("%Y-%m-%d", AuditEvent.at)
+    stmt = (
+        select(day, func.count())
+        .where(
+            AuditEvent.action == coerce_enum(AuditAction, action, name="action"),
+            AuditEvent.at >= require_aware(since, name="since"),
+            AuditEvent.at < require_aware(until, name="until"),
+        )
+        .group_by(day)
+    )
+    return {date.fromisoformat(text): count for text, count in session.execute(stmt)}

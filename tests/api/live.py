@@ -71,7 +71,10 @@ def live_server(app: FastAPI) -> Iterator[LiveServer]:
         for task in pending:
             task.cancel()
         if pending and not thread.is_alive():
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            # In a thread of its own: this thread may be running a loop already (Playwright's sync API).
+            finish = threading.Thread(target=loop.run_until_complete, args=(asyncio.gather(*pending, return_exceptions=True),))
+            finish.start()
+            finish.join(DEADLINE_S)
         loop.close()
         sock.close()
 

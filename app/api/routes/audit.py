@@ -1,4 +1,5 @@
-"""GET /v1/audit: the append-only log (no route changes or removes an event)."""
+"""GET /v1/audit: the append-only log (no route changes or removes an event); GET /v1/audit/daily:
+how many events of one action each day saw (the console's edits-applied-per-day chart)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from app.api.deps import (
     SessionDep,
 )
 from app.domain import AuditAction, Scope
-from app.schemas.audit import AuditEventPublic, AuditEventsPublic
+from app.schemas.audit import AuditEventPublic, AuditEventsPublic, DailyCountPublic, DailyCountsPublic
 from app.schemas.common import ERROR_RESPONSES, Timestamp
 from app.services import audit as audit_service
 
@@ -57,3 +58,17 @@ def list_audit(
         cursor=cursor,
     )
     return AuditEventsPublic(items=[AuditEventPublic.model_validate(e) for e in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/daily", dependencies=[requires(Scope.READ)])
+def daily_audit_counts(
+    *,
+    session: SessionDep,
+    action: Annotated[AuditAction, Query(description="The action to count, e.g. edit.applied")] = AuditAction.EDIT_APPLIED,
+    days: Annotated[
+        int, Query(ge=1, le=audit_service.MAX_DAYS, description=f"How many UTC days back, today included (1-{audit_service.MAX_DAYS})")
+    ] = 30,
+) -> DailyCountsPublic:
+    """Events of one action per UTC day over the last `days` days (default: edits applied per day, 30 days)."""
+    counts = audit_service.daily_counts(session, action=action, days=days)
+    return DailyCountsPublic(action=action, items=[DailyCountPublic(day=c.day, count=c.count) for c in counts])
