@@ -155,6 +155,12 @@ def identify(session: Session, *, secret: str) -> Principal | None:
     return Principal(name=key.name, scopes=scopes, revoked=key.revoked_at is not None)
 
 
+def revoked_since(session: Session, principal: Principal) -> bool:
+    """Whether the key `principal` was read from is revoked now (a long-lived stream asks again)."""
+    key = store.get_api_key_by_name(session, name=principal.name)
+    return key is None or key.revoked_at is not None
+
+
 def any_key(session: Session) -> bool:
     """Whether any key was ever created: a revoked one counts, so that revoking every key locks
     the API rather than opening it."""

@@ -32,8 +32,9 @@ from app import store
 from app.config import Settings
 from app.domain import AuditAction, EditStatus, ExpertStatus
 from app.lemoe.types import Edit
+from app.services.built_experts import add_live_expert, announce_live_expert
 from app.services.checks import SYSTEM_ACTOR
-from app.services.stack import LiveStack, stored_path
+from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
     from app.engine.engine import BuiltExpert, Engine, ExpertCheck
@@ -172,22 +173,13 @@ def replace_expert(
         if old is None or not _unchanged(session, retraction):
             session.rollback()
             return None
-        new = store.add_expert(
+        new = add_live_expert(
             session,
-            name=built.name,
-            path=stored_path(settings, built.path),
-            sha256=built.sha256,
-            edit_count=len(built.edit_ids),
-            final_loss=built.final_loss,
-            steps=built.steps,
-            metrics={
-                "train_seconds": round(built.seconds, 3),
-                "replaces_expert_id": old.id,
-                "retracted_edit_ids": list(retraction.retracted),
-            },
-            status=ExpertStatus.ACTIVE,
+            settings=settings,
+            built=built,
+            check=check,
             stack_order=retraction.stack_order,
-            live_check=None if check is None else check.to_dict(),
+            details={"replaces_expert_id": old.id, "retracted_edit_ids": list(retraction.retracted)},
         )
         old.replaced_by_id = new.id
         moved = [e for e in store.edits_of_expert(session, expert_id=old.id) if e.id not in retraction.retracted]
@@ -208,23 +200,7 @@ def replace_expert(
             },
             **common,
         )
-        store.append_audit(
-            session,
-            action=AuditAction.EXPERT_REGISTERED,
-            expert_id=new.id,
-            payload={
-                "name": new.name,
-                "sha256": new.sha256,
-                "edit_ids": list(built.edit_ids),
-                "steps": built.steps,
-                "final_loss": built.final_loss,
-                "train_seconds": round(built.seconds, 3),
-                "replaces_expert_id": old.id,
-                "check": new.live_check,
-            },
-            **common,
-        )
-        store.append_audit(session, action=AuditAction.EXPERT_ACTIVATED, expert_id=new.id, payload={"name": new.name}, **common)
+        announce_live_expert(session, new, built, actor=retraction.actor)
         for edit in moved:
             store.append_audit(
                 session,

@@ -21,13 +21,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import store
 from app.config import Settings
-from app.domain import AuditAction, EditStatus, ExpertStatus, RunStatus, RunTrigger
+from app.domain import AuditAction, EditStatus, RunStatus, RunTrigger
 from app.errors import Conflict
 from app.lemoe.types import Edit
 from app.services import retractions
+from app.services.built_experts import add_live_expert, announce_live_expert
 from app.services.checks import SCHEDULER_ACTOR, SYSTEM_ACTOR
 from app.services.runs import get_run
-from app.services.stack import LiveStack, stored_path
+from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
     from app.engine.engine import BuiltExpert, Engine, ExpertCheck, InferredSubject
@@ -220,36 +221,10 @@ def register_expert(
     `check`: the figures of its check before going live (stored on it, and in its event)."""
     with session_factory() as session:
         require_still_training(session, edit_ids=built.edit_ids)
-        expert = store.add_expert(
-            session,
-            name=built.name,
-            path=stored_path(settings, built.path),
-            sha256=built.sha256,
-            edit_count=len(built.edit_ids),
-            training_run_id=run.run_id,
-            final_loss=built.final_loss,
-            steps=built.steps,
-            metrics={"train_seconds": round(built.seconds, 3)},
-            live_check=None if check is None else check.to_dict(),
-            status=ExpertStatus.ACTIVE,
-        )
+        expert = add_live_expert(session, settings=settings, built=built, check=check, training_run_id=run.run_id)
         store.set_edit_status(session, edit_ids=built.edit_ids, status=EditStatus.APPLIED, expert_id=expert.id)
+        announce_live_expert(session, expert, built, actor=run.actor, training_run_id=run.run_id)
         common = {"actor": run.actor, "expert_id": expert.id, "training_run_id": run.run_id}
-        store.append_audit(
-            session,
-            action=AuditAction.EXPERT_REGISTERED,
-            payload={
-                "name": expert.name,
-                "sha256": expert.sha256,
-                "edit_ids": list(built.edit_ids),
-                "steps": built.steps,
-                "final_loss": built.final_loss,
-                "train_seconds": round(built.seconds, 3),
-                "check": expert.live_check,
-            },
-            **common,
-        )
-        store.append_audit(session, action=AuditAction.EXPERT_ACTIVATED, payload={"name": expert.name}, **common)
         for edit_id in built.edit_ids:
             store.append_audit(session, action=AuditAction.EDIT_APPLIED, edit_id=edit_id, **common)
         for new_id, old_id in built.superseded:

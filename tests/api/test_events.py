@@ -13,11 +13,13 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from app.domain import RunTrigger
+from app.api.routes import events as events_route
+from app.domain import RunTrigger, Scope
 from app.main import create_app
+from app.services import keys as key_service
 from app.services import training
 from tests.api.live import DEADLINE_S, live_server, wait_for
-from tests.api.support import FOX, FRANCE, assert_error, running_app, submit, worker_for
+from tests.api.support import FOX, FRANCE, assert_error, running_app, runtime_of, submit, worker_for
 
 
 @dataclass(frozen=True)
@@ -212,3 +214,24 @@ def test_the_server_stops_promptly_with_a_stream_open(tiny_model_dir, tmp_path):
     assert took < 20, server.log.read_text()[-3000:]
     assert ended.wait(DEADLINE_S)
     assert "Application shutdown complete" in server.log.read_text()
+
+
+def test_a_stream_ends_when_its_key_is_revoked(db_client, monkeypatch):
+    """A stream checks its key again while it runs: revoking the key ends it with a
+    stream.key_revoked event, long before its timeout."""
+    monkeypatch.setattr(events_route, "KEY_RECHECK_S", 0.2)
+    factory = runtime_of(db_client).session_factory
+    with factory() as session:
+        secret = key_service.create_key(session, name="watcher", scopes=[Scope.READ], actor="test").secret
+    started = time.monotonic()
+    with db_client.stream("GET", "/v1/events", params={"timeout_s": 600}, headers={"Authorization": f"Bearer {secret}"}) as response:
+        assert response.status_code == 200, response.read()
+        with factory() as session:
+            key_service.revoke_key(session, name="watcher", actor="test")
+        items = events_only(list(parse(response.iter_lines())))
+
+    assert time.monotonic() - started < DEADLINE_S
+    assert [e.event for e in items][-1] == "stream.key_revoked"
+    assert "'watcher' was revoked" in items[-1].json()["detail"]
+    # The key is refused from then on, like every revoked key.
+    assert_error(db_client.get("/v1/events", headers={"Authorization": f"Bearer {secret}"}), 401, "unauthenticated", "revoked")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,20 +13,26 @@ import anyio
 from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.api.auth import requires
+from app.api.auth import PrincipalDep, requires
 from app.api.deps import V1, IdFilter, RuntimeDep, SettingsDep
 from app.domain import AuditAction, Scope
 from app.schemas.audit import AuditEventPublic
 from app.schemas.common import ERROR_RESPONSES
 from app.schemas.events import PROGRESS_EVENT, TrainingRunProgress
+from app.services import keys as key_service
 from app.services.checks import MAX_ID
 from app.services.events import EventFeed, EventFilter
+from app.services.keys import Principal
 from app.services.runs import eta_seconds
 
 log = logging.getLogger(__name__)
 
 MAX_STREAM_S = 24 * 3600.0
 MAX_EVENTS = 100_000
+# How often an open stream asks again whether its API key still stands: a revoked key's stream
+# ends within this time, not when it would have timed out.
+KEY_RECHECK_S = 5.0
+KEY_REVOKED_EVENT = "stream.key_revoked"
 
 router = APIRouter(prefix=V1, tags=["events"], responses=ERROR_RESPONSES)
 
@@ -55,6 +62,7 @@ async def stream_events(
     *,
     runtime: RuntimeDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     edit_id: IdFilter = None,
     training_run_id: IdFilter = None,
     action: Annotated[AuditAction | None, Query(description="Only this action (and then no progress events)")] = None,
@@ -79,12 +87,15 @@ async def stream_events(
     """Edit and training-run events as they commit, from every process sharing the database:
     each audit event (`id`: its audit id, `event`: its action, `data`: as GET /v1/audit shows it),
     `training_run.progress` events while a run trains (no id), and a keep-alive comment when
-    quiet. Filter by edit, run or action; resume with Last-Event-ID or `?after=`."""
+    quiet. Filter by edit, run or action; resume with Last-Event-ID or `?after=`. When the key
+    the stream was opened with is revoked, it ends with a `stream.key_revoked` event."""
     start = _resume_after(last_event_id, after)
     feed = EventFeed(runtime.session_factory, EventFilter(edit_id=edit_id, training_run_id=training_run_id, action=action), after=start)
     deadline = time.monotonic() + min(timeout_s or settings.events_max_stream_s, settings.events_max_stream_s)
     return EventSourceResponse(
-        _events(feed, poll_s=settings.events_poll_interval_s, limit=limit, deadline=deadline),
+        _events(
+            feed, poll_s=settings.events_poll_interval_s, limit=limit, deadline=deadline, key=_KeyWatch(runtime.session_factory, principal)
+        ),
         ping=max(1, round(settings.events_keepalive_s)),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -99,11 +110,37 @@ def _resume_after(last_event_id: str | None, after: int | None) -> int | None:
     return after
 
 
-async def _events(feed: EventFeed, *, poll_s: float, limit: int | None, deadline: float) -> AsyncIterator[ServerSentEvent]:
+class _KeyWatch:
+    """Whether the stream's key (None: keys not required when it opened) was revoked since,
+    asked of the database at most every KEY_RECHECK_S."""
+
+    def __init__(self, session_factory, principal: Principal | None) -> None:
+        self.session_factory = session_factory
+        self.principal = principal
+        self.next_check = time.monotonic() + KEY_RECHECK_S
+
+    def revoked(self) -> bool:
+        if self.principal is None or time.monotonic() < self.next_check:
+            return False
+        self.next_check = time.monotonic() + KEY_RECHECK_S
+        with self.session_factory() as session:
+            return key_service.revoked_since(session, self.principal)
+
+
+async def _events(feed: EventFeed, *, poll_s: float, limit: int | None, deadline: float, key: _KeyWatch) -> AsyncIterator[ServerSentEvent]:
     """Poll the feed until the limit or deadline; a database that does not answer is retried at
     the next poll (the stream stays open). A hang-up or the server stopping cancels this."""
     sent = 0
     while True:
+        try:
+            revoked = await anyio.to_thread.run_sync(key.revoked)
+        except Exception:
+            log.warning("GET /v1/events: checking the stream's API key failed; retrying", exc_info=True)
+            revoked = False
+        if revoked:
+            name = key.principal.name if key.principal else ""
+            yield ServerSentEvent(data=json.dumps({"detail": f"API key {name!r} was revoked; the stream ends"}), event=KEY_REVOKED_EVENT)
+            return
         try:
             audits, runs = await anyio.to_thread.run_sync(feed.poll)
         except Exception:
