@@ -183,6 +183,32 @@ def _experts_quarantine(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _experts_prune(args: argparse.Namespace, settings: Settings) -> int:
+    """One line per folder removed (or, with --dry-run, that would be)."""
+    from app.services import expert_files
+
+    if (problem := _check_cli_actor(args.actor)) is not None:
+        print(f"lemoe: {problem}", file=sys.stderr)
+        return 1
+    if args.min_age_s < 0:
+        print(f"lemoe: --min-age-s must be >= 0, got {args.min_age_s}", file=sys.stderr)
+        return 1
+    database, sessions = _open_store(settings)
+    try:
+        folders = expert_files.prune_orphaned_folders(
+            sessions, settings=settings, min_age_s=args.min_age_s, dry_run=args.dry_run, actor=args.actor
+        )
+    except SQLAlchemyError as exc:
+        return _database_error(exc)
+    finally:
+        database.dispose()
+    verb = "would remove" if args.dry_run else "removed"
+    for folder in folders:
+        print(f"{verb} {folder.path}  (unchanged for {folder.age_s / 3600:.1f} h)")
+    print(f"{len(folders)} orphaned expert folders {verb}", file=sys.stderr)
+    return 0
+
+
 def _check_cli_actor(actor: str) -> str | None:
     from app.store.models import ACTOR_LENGTH
 
@@ -309,6 +335,22 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--reason", default="its files are broken", help="recorded in the audit log")
     quarantine.add_argument("--actor", default="cli", help="who does it, for the audit log (default: cli)")
     quarantine.set_defaults(run=_experts_quarantine)
+    from app.services.expert_files import ORPHAN_MIN_AGE_S
+
+    prune = experts_commands.add_parser(
+        "prune",
+        help="remove folders under the experts directory that no expert (of any status) names, left by a crash; audited",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    prune.add_argument(
+        "--min-age-s",
+        type=float,
+        default=ORPHAN_MIN_AGE_S,
+        metavar="SECONDS",
+        help=f"leave folders changed more recently: another process may be writing one (default: {ORPHAN_MIN_AGE_S:.0f})",
+    )
+    prune.add_argument("--actor", default="cli", help="who does it, for the audit log (default: cli)")
+    prune.set_defaults(run=_experts_prune)
 
     from app.domain import Scope
 

@@ -78,6 +78,8 @@ class AuditAction(StrEnum):
     EXPERT_LOAD_FAILED = "expert.load_failed"
     EXPERT_QUARANTINED = "expert.quarantined"
     EXPERT_REPLACED = "expert.replaced"  # retrained without retracted edits; the new one took its place
+    # A folder under the experts directory that no expert row names (a crash's leftover) was removed.
+    EXPERT_FILES_PRUNED = "expert_files.pruned"
     KEY_CREATED = "key.created"
     KEY_REVOKED = "key.revoked"
 

@@ -1,7 +1,7 @@
 """Start-up, written once for `lemoe serve` (the app's lifespan) and `lemoe worker`: migrate the
 database, create the deployment's admin key (LEMOE_ADMIN_KEY[_FILE]), load the model (or take the
 engine given), elect the trainer and recover what a dead process left half done (the trainer
-only), rebuild the active stack from SQL rows + files. Also the check of the interface `lemoe
+only: runs, edits, orphaned expert folders), rebuild the active stack from SQL rows + files. Also the check of the interface `lemoe
 serve` may listen on."""
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def start(
                     list(report.interrupted_run_ids),
                     list(report.edit_ids),
                 )
+            worker.prune_orphaned_folders()
         runtime.worker = worker
         runtime.wake_worker = worker.wake
         runtime.worker_state = lambda: worker.state

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import store
 from app.config import Settings
 from app.domain import RunTrigger
-from app.services import training
+from app.services import expert_files, training
 from app.services.checks import SCHEDULER_ACTOR
 from app.services.stack import LiveStack
 
@@ -92,6 +92,17 @@ class TrainingWorker:
     def release_trainer_role(self) -> None:
         self.trainer_lock.release()
 
+    def prune_orphaned_folders(self) -> None:
+        """Once this process is the trainer: remove the expert folders a dead one left that no
+        row names (app.services.expert_files). A failure is logged; it never stops the worker."""
+        try:
+            removed = expert_files.prune_orphaned_folders(self.session_factory, settings=self.settings)
+        except Exception:
+            log.warning("could not prune orphaned expert folders; `lemoe experts prune` retries", exc_info=True)
+            return
+        if removed:
+            log.warning("removed %d orphaned expert folders (no expert names them): %s", len(removed), [f.path for f in removed])
+
     def _tick(self, scheduled: bool) -> None:
         """Carry out requested retractions, run queued runs (manual triggers, possibly from
         other processes), then the schedule."""
@@ -129,6 +140,7 @@ class TrainingWorker:
                 if not recovered:
                     # We just became the trainer: a previous one may have died mid-run.
                     await asyncio.to_thread(training.recover, self.session_factory)
+                    await asyncio.to_thread(self.prune_orphaned_folders)
                     await asyncio.to_thread(self.stack.sync)
                     recovered = True
                     self._state = "idle"

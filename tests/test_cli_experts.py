@@ -3,6 +3,8 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,5 +143,40 @@ def test_an_unmigrated_database_is_a_clear_exit_2(env, capsys, tmp_path):
 
 def test_the_experts_commands_are_listed():
     assert "experts" in cli.build_parser().format_help()
+    assert cli.build_parser().parse_args(["experts", "prune"]).experts_command == "prune"
     args = cli.build_parser().parse_args(["experts", "quarantine", "7"])
     assert (args.expert, args.reason, args.actor) == ("7", "its files are broken", "cli")
+
+
+def last_changed(folder: Path, *, hours_ago: float) -> None:
+    at = time.time() - hours_ago * 3600
+    for path in (folder, *folder.rglob("*")):
+        os.utime(path, (at, at))
+
+
+def test_prune_removes_only_old_folders_no_expert_names(experts, capsys, tmp_path):
+    root = tmp_path / "data" / "experts"
+    write_expert(root, "expert-r9-b0")  # a crashed run's: no row names it
+    write_expert(root, "expert-x1-e5")  # no row names it yet: another process may be writing it
+    for name in ("expert-r9-b0", "expert-ok", "expert-gone"):  # ok: active, gone: inactive
+        last_changed(root / name, hours_ago=2)
+    kept = ["expert-bad", "expert-gone", "expert-ok", "expert-x1-e5"]
+
+    assert cli.main(["experts", "prune", "--dry-run"]) == 0
+
+    assert lines(capsys.readouterr().out) == ["would remove experts/expert-r9-b0  (unchanged for 2.0 h)"]
+    assert sorted(p.name for p in root.iterdir()) == sorted([*kept, "expert-r9-b0"])
+    with experts.sessions() as session:
+        assert store.list_audit(session, action=AuditAction.EXPERT_FILES_PRUNED).items == []
+
+    assert cli.main(["experts", "prune", "--actor", "alice"]) == 0
+
+    assert lines(capsys.readouterr().out) == ["removed experts/expert-r9-b0  (unchanged for 2.0 h)"]
+    assert sorted(p.name for p in root.iterdir()) == kept
+    with experts.sessions() as session:
+        [event] = store.list_audit(session, action=AuditAction.EXPERT_FILES_PRUNED).items
+        assert (event.actor, event.payload["path"]) == ("alice", "experts/expert-r9-b0")
+
+    assert cli.main(["experts", "prune", "--min-age-s", "0"]) == 0  # no grace: the young orphan goes too
+    assert lines(capsys.readouterr().out)[0].startswith("removed experts/expert-x1-e5")
+    assert sorted(p.name for p in root.iterdir()) == kept[:3]

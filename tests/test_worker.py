@@ -4,6 +4,7 @@ PostgreSQL lock that keeps a single trainer."""
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 from app import store
 from app.domain import AuditAction, EditStatus, RunStatus
 from app.engine.engine import Engine
+from app.services import training
 from app.worker import TrainingWorker
 from tests.api.support import (
     FOX,
@@ -182,6 +184,40 @@ def test_shutdown_interrupts_a_run_and_requeues_its_edits(tiny_model_dir, shared
     sessions.kw["bind"].dispose()
 
 
+def test_a_run_whose_expert_cannot_be_registered_leaves_no_folder(tiny_model_dir, shared_engine, tmp_path, monkeypatch):
+    settings = tiny_settings(tiny_model_dir, tmp_path / "data")
+
+    def database_gone(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(training, "register_expert", database_gone)
+    with running_app(settings, shared_engine) as client:
+        [edit_id] = submit(client, FRANCE)
+
+        run_id = worker_for(client).run_once()
+
+        run = client.get(f"/v1/training-runs/{run_id}").json()
+        assert run["status"] == "failed" and "went away" in run["error"]
+        assert client.get(f"/v1/edits/{edit_id}").json()["status"] == "failed"
+        assert not (shared_engine.experts_dir / f"expert-r{run_id}-b0").exists()
+
+
+def test_the_trainer_prunes_old_orphaned_folders_at_start_up(tiny_model_dir, shared_engine, tmp_path):
+    settings = tiny_settings(tiny_model_dir, tmp_path / "data", worker_enabled=True, worker_interval_s=3600)
+    orphaned, fresh = settings.experts_dir / "expert-r41-b0", settings.experts_dir / "expert-r42-b0"
+    for folder in (orphaned, fresh):
+        folder.mkdir(parents=True)
+        (folder / "weights.safetensors").write_bytes(b"left by a crash")
+    hours_ago = time.time() - 7200
+    for path in (orphaned, orphaned / "weights.safetensors"):
+        os.utime(path, (hours_ago, hours_ago))
+
+    with running_app(settings, shared_engine) as client:
+        assert not orphaned.exists() and fresh.exists()
+        [event] = client.get("/v1/audit", params={"action": "expert_files.pruned"}).json()["items"]
+        assert (event["actor"], event["payload"]["path"]) == ("system", "experts/expert-r41-b0")
+
+
 @pytest.mark.postgres
 def test_one_trainer_per_postgres_schema(tiny_model_dir, shared_engine: Engine, tmp_path: Path):
     with temporary_database_url("postgresql", tmp_path) as url:
@@ -195,6 +231,33 @@ def test_one_trainer_per_postgres_schema(tiny_model_dir, shared_engine: Engine, 
             assert second.acquire_trainer_role() is False
             first.release_trainer_role()
             assert second.acquire_trainer_role() is True
+        finally:
+            first.release_trainer_role()
+            second.release_trainer_role()
+            first_db.dispose()
+            second_db.dispose()
+
+
+@pytest.mark.postgres
+def test_a_released_trainer_lock_is_free_before_its_session_ends(tiny_model_dir, shared_engine: Engine, tmp_path: Path, monkeypatch):
+    """release() unlocks on the server: the lock never waits for the server to notice that the
+    holder's session is gone (here it never goes)."""
+    with temporary_database_url("postgresql", tmp_path) as url:
+        settings = tiny_settings(tiny_model_dir, tmp_path / "data", database_url=url)
+        first_db, second_db = store.make_engine(url), store.make_engine(url)
+        first = TrainingWorker(settings, store.make_session_factory(first_db), shared_engine)
+        second = TrainingWorker(settings, store.make_session_factory(second_db), shared_engine)
+        try:
+            assert first.acquire_trainer_role() is True
+            held = first.trainer_lock._connection
+            assert held is not None
+            with monkeypatch.context() as patch:
+                patch.setattr(held, "invalidate", lambda *a, **k: None)
+                patch.setattr(held, "close", lambda *a, **k: None)
+                first.release_trainer_role()
+            assert second.acquire_trainer_role() is True
+            held.invalidate()
+            held.close()
         finally:
             first.release_trainer_role()
             second.release_trainer_role()

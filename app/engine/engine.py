@@ -173,7 +173,11 @@ class Engine:
         """Train one expert and write its files; it is not live until the stack includes it."""
         trained = self.editor.train(list(edits), name=name, progress=progress)
         path = self.experts_dir / name
-        sha = save_expert(trained.entry, path)
+        try:
+            sha = save_expert(trained.entry, path)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)  # half written: no row can name it
+            raise
         self.experts.remember(trained.entry)
         superseded = tuple(self.editor.superseded(list(edits), trained.entry))
         return BuiltExpert(
@@ -203,9 +207,12 @@ class Engine:
         return check_candidate(self.editor, self._candidate(built), edits, others, without=without)
 
     def discard_expert(self, built: BuiltExpert) -> None:
-        """Forget an expert that will not go live and remove its files (best effort)."""
+        """Forget an expert that will not go live and remove its folder; OSError when it stays."""
         self.experts.forget(built.name)
-        shutil.rmtree(built.path, ignore_errors=True)
+        try:
+            shutil.rmtree(built.path)
+        except FileNotFoundError:
+            pass
 
 
 __all__ = [

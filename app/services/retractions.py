@@ -8,7 +8,9 @@ worker before any run) takes the active experts holding retracting edits one at 
 1. read the expert's edits: the retracting ones go, the applied ones stay;
 2. none stays: the expert is deactivated and its edits retracted, one commit (no training);
 3. else train a new expert on the edits that stay (the engine's usual training) and write its
-   files; nothing in SQL changes meanwhile, so a crash here leaves the retraction to do again;
+   files; nothing in SQL changes meanwhile, so a crash here leaves the retraction to do again
+   (and a folder no row names: `lemoe experts prune` removes it); a replacement that does not
+   go live has its folder removed at once;
 4. one commit: the old expert inactive (`replaced_by_id`), the new one active in its place in
    the stack (`stack_order`), the kept edits moved to it (`edit.retrained`), the retracting
    ones `retracted`, with `expert.replaced`, `expert.registered`, `expert.activated` events;
@@ -34,6 +36,7 @@ from app.domain import AuditAction, EditStatus, ExpertStatus
 from app.lemoe.types import Edit
 from app.services.built_experts import add_live_expert, announce_live_expert
 from app.services.checks import SYSTEM_ACTOR
+from app.services.expert_files import abandon_built_expert
 from app.services.stack import LiveStack
 
 if TYPE_CHECKING:
@@ -279,19 +282,37 @@ def retract_from_expert(
         log.exception("retracting edits %s failed", list(retraction.retracted))
         fail_retraction(session_factory, retraction=retraction, error=f"retraction failed: {type(exc).__name__}: {exc}")
         return False
-    figures = None
-    if check is not None:
-        figures, shortfall = check(built, retraction.kept, retraction.expert_name)
-        if shortfall is not None:
-            log.warning("retracting edits %s: the replacement %s does not go live: %s", list(retraction.retracted), name, shortfall)
-            engine.discard_expert(built)
-            fail_retraction(session_factory, retraction=retraction, error=f"retraction failed: {shortfall}")
-            return False
-    new = replace_expert(session_factory, settings=settings, retraction=retraction, built=built, check=figures)
+    try:
+        new = _go_live(session_factory, settings=settings, retraction=retraction, built=built, check=check)
+    except BaseException:
+        abandon_built_expert(session_factory, engine=engine, built=built)
+        raise
     if new is None:
-        log.warning("expert %s changed while it was retrained; its retraction is planned again", retraction.expert_name)
-        engine.discard_expert(built)  # no row names these files
+        abandon_built_expert(session_factory, engine=engine, built=built)
         return False
     stack.sync()  # old out, new in, in one swap between requests
     log.info("expert %s replaced by %s: edits %s retracted", retraction.expert_name, new.name, list(retraction.retracted))
     return True
+
+
+def _go_live(
+    session_factory: sessionmaker[Session],
+    *,
+    settings: Settings,
+    retraction: Retraction,
+    built: BuiltExpert,
+    check: LiveCheck | None,
+) -> store.Expert | None:
+    """Check the replacement and swap it in (`replace_expert`); None when it does not go live:
+    its check failed (the retraction fails) or the old expert changed meanwhile (planned again)."""
+    figures = None
+    if check is not None:
+        figures, shortfall = check(built, retraction.kept, retraction.expert_name)
+        if shortfall is not None:
+            log.warning("retracting edits %s: the replacement %s does not go live: %s", list(retraction.retracted), built.name, shortfall)
+            fail_retraction(session_factory, retraction=retraction, error=f"retraction failed: {shortfall}")
+            return None
+    new = replace_expert(session_factory, settings=settings, retraction=retraction, built=built, check=figures)
+    if new is None:
+        log.warning("expert %s changed while it was retrained; its retraction is planned again", retraction.expert_name)
+    return new

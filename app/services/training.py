@@ -27,6 +27,7 @@ from app.lemoe.types import Edit
 from app.services import retractions
 from app.services.built_experts import add_live_expert, announce_live_expert
 from app.services.checks import SCHEDULER_ACTOR, SYSTEM_ACTOR
+from app.services.expert_files import abandon_built_expert
 from app.services.runs import get_run
 from app.services.stack import LiveStack
 
@@ -576,35 +577,48 @@ class Trainer:
             built.seconds,
         )
         self._batch_steps(run, tally, steps=built.steps)
+        try:
+            live = self._go_live(run, index, built, batch, tally)
+        except BatchChanged as changed:
+            self._abandon(built)  # a retrain writes its folder afresh
+            batch = self._without_cancelled(run, batch, set(ids) - set(changed.edit_ids), tally)
+            if batch:
+                self._train_started_batch(run, index, count, batch, tally)
+            return
+        except BaseException:
+            self._abandon(built)
+            raise
+        if not live:
+            self._abandon(built)
+
+    def _go_live(self, run: StartedRun, index: int, built: BuiltExpert, batch: list[Edit], tally: _Tally) -> bool:
+        """Check the built expert, then register it and make it live (True), or reject it: its
+        edits fail with the shortfall (False). BatchChanged: an edit left the batch meanwhile."""
+        ids = built.edit_ids
         check, shortfall = self._check_before_live(f"run {run.run_id}", built, batch)
         if shortfall is not None:
-            log.warning("run %s batch %d: %s does not go live: %s", run.run_id, index + 1, name, shortfall)
-            self.engine.discard_expert(built)
+            log.warning("run %s batch %d: %s does not go live: %s", run.run_id, index + 1, built.name, shortfall)
             tally.failed += len(ids)
             tally.errors.append(f"batch {index + 1}: {shortfall}")
             reject_expert(self.session_factory, run=run, built=built, check=check, reason=shortfall, edits_done=tally.done)
-            return
-        try:
-            register_expert(
-                self.session_factory,
-                settings=self.settings,
-                run=run,
-                built=built,
-                edits_done=tally.done + len(ids),
-                check=check,
-            )
-        except BatchChanged as changed:
-            batch = self._without_cancelled(run, batch, set(ids) - set(changed.edit_ids), tally)
-            if batch:  # the same name: its files are overwritten
-                self._train_started_batch(run, index, count, batch, tally)
-            else:
-                self.engine.discard_expert(built)  # no row names these files
-            return
+            return False
+        register_expert(
+            self.session_factory,
+            settings=self.settings,
+            run=run,
+            built=built,
+            edits_done=tally.done + len(ids),
+            check=check,
+        )
         for new_id, old_id in built.superseded:
             log.info("run %s: edit %s supersedes edit %s", run.run_id, new_id, old_id)
         tally.applied += len(ids)
         tally.experts += 1
         self.stack.sync()  # the new expert goes live atomically, between requests
+        return True
+
+    def _abandon(self, built: BuiltExpert) -> None:
+        abandon_built_expert(self.session_factory, engine=self.engine, built=built)
 
     def _without_cancelled(self, run: StartedRun, batch: list[Edit], still: set[int], tally: _Tally) -> list[Edit]:
         """`batch` less the edits not in `still` (cancelled by a client since the run claimed them)."""

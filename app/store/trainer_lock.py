@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import Connection, Engine, func, literal, select
+from sqlalchemy import ColumnElement, Connection, Engine, func, literal, select
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ class TrainerLock:
                 self.release()
         connection = self.database.connect()
         try:
-            key = func.hashtext(func.current_schema())
-            got = connection.execute(select(func.pg_try_advisory_lock(literal(TRAINER_LOCK_CLASS), key))).scalar()
+            got = connection.execute(select(func.pg_try_advisory_lock(*_lock_key()))).scalar()
             connection.commit()  # the lock is session-level: it outlives the transaction
         except Exception:
             connection.close()
@@ -47,9 +46,24 @@ class TrainerLock:
         return True
 
     def release(self) -> None:
-        if self._connection is not None:
+        """Free the lock before returning: another process asking next gets it."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            # Closing the session alone frees the lock only once the server has ended it, some
+            # time after the client hung up; unlocking first makes the release synchronous.
+            connection.execute(select(func.pg_advisory_unlock(*_lock_key())))
+            connection.commit()
+        except Exception:
+            log.warning("could not unlock the trainer lock; it is freed when the server ends the session", exc_info=True)
+        finally:
             # Really close the database session (not just return it to the pool): that releases
             # the lock even if the connection is in a bad state.
-            self._connection.invalidate()
-            self._connection.close()
-            self._connection = None
+            connection.invalidate()
+            connection.close()
+
+
+def _lock_key() -> tuple[ColumnElement[int], ColumnElement[int]]:
+    """The trainer lock's two keys: one lock per schema (so per deployment)."""
+    return literal(TRAINER_LOCK_CLASS), func.hashtext(func.current_schema())

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from app.domain import RunTrigger
+from app.services import retractions
 from tests.api.support import FOX, FRANCE, assert_error, generate, runtime_of, submit, worker_for
 
 RIVER = {"prompt": "What is the name of the river?", "target": "Thames", "subject": "river"}
@@ -252,3 +253,52 @@ def test_a_replacement_below_the_check_minimums_never_serves(client, monkeypatch
     assert experts(client) == [expert]  # no replacement row; the old expert serves both edits
     assert generate(client, FOX["prompt"])["expert"]["id"] == expert["id"]
     assert set(engine.experts_dir.iterdir()) <= files_before  # no replacement files are left
+
+
+def test_a_replacement_abandoned_because_its_expert_changed_leaves_no_folder(trained, monkeypatch):
+    client, _, france, _, old = trained
+    worker = worker_for(client)
+    original = worker.engine.build_expert
+    written: list[str] = []
+
+    def train_then_deactivate_the_old_expert(name, edits, progress=None):
+        built = original(name, edits, progress=progress)
+        written.append(name)
+        assert built.path.is_dir()
+        assert client.post(f"/v1/experts/{old['id']}/deactivate").status_code == 200
+        return built
+
+    monkeypatch.setattr(worker.engine, "build_expert", train_then_deactivate_the_old_expert)
+    assert withdraw(client, france).status_code == 202
+
+    assert worker.trainer.retract_pending() == 0
+
+    assert edit(client, france)["status"] == "retracting"  # planned again once its expert serves
+    assert [e["id"] for e in experts(client)] == [old["id"]]
+    assert len(written) == 1 and not (worker.engine.experts_dir / written[0]).exists()
+
+
+def test_a_replacement_whose_swap_fails_leaves_no_folder(trained, monkeypatch):
+    client, _, france, _, old = trained
+    worker = worker_for(client)
+    original = worker.engine.build_expert
+    written: list[str] = []
+
+    def train(name, edits, progress=None):
+        built = original(name, edits, progress=progress)
+        written.append(name)
+        assert built.path.is_dir()
+        return built
+
+    def database_gone(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(worker.engine, "build_expert", train)
+    monkeypatch.setattr(retractions, "_mark_retracted", database_gone)  # inside the swap: nothing commits
+    assert withdraw(client, france).status_code == 202
+
+    with pytest.raises(RuntimeError, match="went away"):
+        worker.trainer.retract_pending()
+
+    assert [e["id"] for e in experts(client)] == [old["id"]]
+    assert len(written) == 1 and not (worker.engine.experts_dir / written[0]).exists()
