@@ -54,9 +54,7 @@ def generate(
     The generation stops at its next token once `cancel` is set (GenerationCancelled) or after
     settings.generation_timeout_s (GenerationTimeout).
     """
-    prompt = check_text(request.prompt, field="prompt", max_chars=settings.max_text_chars)
-    params = request.to_sampling_params(max_new_tokens_limit=settings.max_new_tokens_limit)
-    _fits(engine, prompt, params.max_new_tokens)
+    prompt, params = _checked(engine, settings, request)
     result, seconds = _run(lambda stop: engine.generate(prompt, params, stop=stop), settings, metrics, cancel)
     return _observed(_generated(result, engine, stack, seconds), metrics)
 
@@ -80,9 +78,7 @@ def compare(
     cancel: threading.Event | None = None,
 ) -> Comparison:
     """`generate`, and the same prompt and sampling through the base model alone (no expert)."""
-    prompt = check_text(request.prompt, field="prompt", max_chars=settings.max_text_chars)
-    params = request.to_sampling_params(max_new_tokens_limit=settings.max_new_tokens_limit)
-    _fits(engine, prompt, params.max_new_tokens)
+    prompt, params = _checked(engine, settings, request)
     base, base_s = _run(lambda stop: engine.complete(prompt, params, edits=False, stop=stop), settings, metrics, cancel)
     edited, edited_s = _run(lambda stop: engine.generate(prompt, params, stop=stop), settings, metrics, cancel)
     return Comparison(
@@ -105,6 +101,14 @@ def _observed(generated: Generated, metrics: Metrics | None) -> Generated:
             )
         )
     return generated
+
+
+def _checked(engine: Engine, settings: Settings, request: GenerateRequest) -> tuple[str, SamplingParams]:
+    """The request's prompt and sampling, refused (InvalidInput) when they do not fit."""
+    prompt = check_text(request.prompt, field="prompt", max_chars=settings.max_text_chars)
+    params = request.to_sampling_params(max_new_tokens_limit=settings.max_new_tokens_limit)
+    _fits(engine, prompt, params.max_new_tokens)
+    return prompt, params
 
 
 def _fits(engine: Engine, prompt: str, max_new_tokens: int) -> int:
