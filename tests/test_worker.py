@@ -7,7 +7,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -218,19 +218,16 @@ def test_the_trainer_prunes_old_orphaned_folders_at_start_up(tiny_model_dir, sha
         assert (event["actor"], event["payload"]["path"]) == ("system", "experts/expert-r41-b0")
 
 
-@pytest.mark.postgres
-def test_one_trainer_per_postgres_schema(tiny_model_dir, shared_engine: Engine, tmp_path: Path):
+@pytest.fixture
+def two_postgres_trainers(tiny_model_dir, shared_engine: Engine, tmp_path: Path) -> Iterator[tuple[TrainingWorker, TrainingWorker]]:
+    """Two workers, each with its own connection pool, on one fresh PostgreSQL database."""
     with temporary_database_url("postgresql", tmp_path) as url:
         settings = tiny_settings(tiny_model_dir, tmp_path / "data", database_url=url)
         first_db, second_db = store.make_engine(url), store.make_engine(url)
         first = TrainingWorker(settings, store.make_session_factory(first_db), shared_engine)
         second = TrainingWorker(settings, store.make_session_factory(second_db), shared_engine)
         try:
-            assert first.acquire_trainer_role() is True
-            assert first.acquire_trainer_role() is True  # idempotent for the holder
-            assert second.acquire_trainer_role() is False
-            first.release_trainer_role()
-            assert second.acquire_trainer_role() is True
+            yield first, second
         finally:
             first.release_trainer_role()
             second.release_trainer_role()
@@ -239,30 +236,30 @@ def test_one_trainer_per_postgres_schema(tiny_model_dir, shared_engine: Engine, 
 
 
 @pytest.mark.postgres
-def test_a_released_trainer_lock_is_free_before_its_session_ends(tiny_model_dir, shared_engine: Engine, tmp_path: Path, monkeypatch):
+def test_one_trainer_per_postgres_schema(two_postgres_trainers):
+    first, second = two_postgres_trainers
+    assert first.acquire_trainer_role() is True
+    assert first.acquire_trainer_role() is True  # idempotent for the holder
+    assert second.acquire_trainer_role() is False
+    first.release_trainer_role()
+    assert second.acquire_trainer_role() is True
+
+
+@pytest.mark.postgres
+def test_a_released_trainer_lock_is_free_before_its_session_ends(two_postgres_trainers, monkeypatch):
     """release() unlocks on the server: the lock never waits for the server to notice that the
     holder's session is gone (here it never goes)."""
-    with temporary_database_url("postgresql", tmp_path) as url:
-        settings = tiny_settings(tiny_model_dir, tmp_path / "data", database_url=url)
-        first_db, second_db = store.make_engine(url), store.make_engine(url)
-        first = TrainingWorker(settings, store.make_session_factory(first_db), shared_engine)
-        second = TrainingWorker(settings, store.make_session_factory(second_db), shared_engine)
-        try:
-            assert first.acquire_trainer_role() is True
-            held = first.trainer_lock._connection
-            assert held is not None
-            with monkeypatch.context() as patch:
-                patch.setattr(held, "invalidate", lambda *a, **k: None)
-                patch.setattr(held, "close", lambda *a, **k: None)
-                first.release_trainer_role()
-            assert second.acquire_trainer_role() is True
-            held.invalidate()
-            held.close()
-        finally:
-            first.release_trainer_role()
-            second.release_trainer_role()
-            first_db.dispose()
-            second_db.dispose()
+    first, second = two_postgres_trainers
+    assert first.acquire_trainer_role() is True
+    held = first.trainer_lock._connection
+    assert held is not None
+    with monkeypatch.context() as patch:
+        patch.setattr(held, "invalidate", lambda *a, **k: None)
+        patch.setattr(held, "close", lambda *a, **k: None)
+        first.release_trainer_role()
+    assert second.acquire_trainer_role() is True
+    held.invalidate()
+    held.close()
 
 
 def test_sqlite_needs_no_trainer_lock(tiny_model_dir, shared_engine, tmp_path):

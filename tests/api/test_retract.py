@@ -4,6 +4,7 @@ for the old one in one transaction; the old one serves until then. SQLite and Po
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 
@@ -255,20 +256,31 @@ def test_a_replacement_below_the_check_minimums_never_serves(client, monkeypatch
     assert set(engine.experts_dir.iterdir()) <= files_before  # no replacement files are left
 
 
-def test_a_replacement_abandoned_because_its_expert_changed_leaves_no_folder(trained, monkeypatch):
-    client, _, france, _, old = trained
-    worker = worker_for(client)
+def record_builds(worker, monkeypatch, then: Callable[[], None] = lambda: None) -> list[str]:
+    """The names of the experts the worker builds from now on (each checked on disk when built),
+    with `then` run after each build."""
     original = worker.engine.build_expert
     written: list[str] = []
 
-    def train_then_deactivate_the_old_expert(name, edits, progress=None):
+    def build(name, edits, progress=None):
         built = original(name, edits, progress=progress)
         written.append(name)
         assert built.path.is_dir()
-        assert client.post(f"/v1/experts/{old['id']}/deactivate").status_code == 200
+        then()
         return built
 
-    monkeypatch.setattr(worker.engine, "build_expert", train_then_deactivate_the_old_expert)
+    monkeypatch.setattr(worker.engine, "build_expert", build)
+    return written
+
+
+def test_a_replacement_abandoned_because_its_expert_changed_leaves_no_folder(trained, monkeypatch):
+    client, _, france, _, old = trained
+    worker = worker_for(client)
+
+    def deactivate_the_old_expert():
+        assert client.post(f"/v1/experts/{old['id']}/deactivate").status_code == 200
+
+    written = record_builds(worker, monkeypatch, then=deactivate_the_old_expert)
     assert withdraw(client, france).status_code == 202
 
     assert worker.trainer.retract_pending() == 0
@@ -281,19 +293,11 @@ def test_a_replacement_abandoned_because_its_expert_changed_leaves_no_folder(tra
 def test_a_replacement_whose_swap_fails_leaves_no_folder(trained, monkeypatch):
     client, _, france, _, old = trained
     worker = worker_for(client)
-    original = worker.engine.build_expert
-    written: list[str] = []
-
-    def train(name, edits, progress=None):
-        built = original(name, edits, progress=progress)
-        written.append(name)
-        assert built.path.is_dir()
-        return built
 
     def database_gone(*args, **kwargs):
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(worker.engine, "build_expert", train)
+    written = record_builds(worker, monkeypatch)
     monkeypatch.setattr(retractions, "_mark_retracted", database_gone)  # inside the swap: nothing commits
     assert withdraw(client, france).status_code == 202
 
