@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # keys); False: the subject alone decides. The threshold: None keeps the editor's default.
     relation_keys: bool = True
     relation_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    # ... and only where all of the subject matches, not just its last token (span keys); False:
+    # its last token decides. The threshold: None keeps the editor's default.
+    subject_span_keys: bool = True
+    subject_span_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     edits_per_expert: int = Field(default=16, ge=1, le=256)
     planning: bool = True
     # Training knobs for tests and experiments; None: the editor's default (app/lemoe/config.py).

@@ -49,13 +49,14 @@ def synthetic_entry(name: str, opts: ExpertFilesOptions, generator: torch.Genera
         subject_anchors=torch.randn(n, d, generator=generator),
         relation_anchors=torch.nn.functional.normalize(torch.randn(n, d, generator=generator), dim=-1),
         subject_lengths=torch.full((n,), 2, dtype=torch.long),
+        subject_span_anchors=torch.randn(n, d, generator=generator),
     )
 
 
 def entry_bytes(entry: ExpertEntry) -> tuple[int, int]:
     """(bytes of the module's weights, bytes of its keys) in memory."""
     weights = sum(p.element_size() * p.nelement() for p in entry.module.parameters())
-    keys = [entry.anchors, entry.subject_anchors, entry.relation_anchors, entry.subject_lengths]
+    keys = [entry.anchors, entry.subject_anchors, entry.relation_anchors, entry.subject_lengths, entry.subject_span_anchors]
     return weights, sum(t.element_size() * t.nelement() for t in keys if t is not None)
 
 

@@ -1,7 +1,7 @@
 """What routing costs per request as the stack grows: the anchor search (sentence, subject and
-relation keys) and the whole route of a prompt, beside a greedy generation without experts.
+relation and span keys) and the whole route of a prompt, beside a greedy generation without experts.
 
-The anchors are synthetic (`synthetic_stack`: every anchor has all three keys, so a request
+The anchors are synthetic (`synthetic_stack`: every anchor has every key, so a request
 pays for every kind); the prompts reach none of them, as most requests reach no edit.
 """
 
@@ -69,7 +69,12 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
 def key_bytes(stack: tuple[ExpertEntry, ...]) -> int:
     """Bytes of the experts' anchors and keys (what grows with the number of edits besides the
     expert modules themselves)."""
-    tensors = [t for e in stack for t in (e.anchors, e.subject_anchors, e.relation_anchors, e.subject_lengths) if t is not None]
+    tensors = [
+        t
+        for e in stack
+        for t in (e.anchors, e.subject_anchors, e.relation_anchors, e.subject_lengths, e.subject_span_anchors)
+        if t is not None
+    ]
     return sum(t.element_size() * t.nelement() for t in tensors)
 
 

@@ -78,6 +78,7 @@ def synthetic_stack(editor: LemoeEditor, count: int, edits_per_expert: int, seed
                 subject_anchors=torch.randn(edits_per_expert, d, generator=generator),
                 relation_anchors=torch.nn.functional.normalize(torch.randn(edits_per_expert, d, generator=generator), dim=-1),
                 subject_lengths=torch.full((edits_per_expert,), 2, dtype=torch.long),
+                subject_span_anchors=torch.randn(edits_per_expert, d, generator=generator),
             )
         )
     return entries

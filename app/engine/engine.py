@@ -78,6 +78,7 @@ class Engine:
             ("subject_threshold", "subject_threshold"),
             ("infer_subjects", "infer_subjects"),
             ("relation_threshold", "relation_threshold"),
+            ("subject_span_threshold", "subject_span_threshold"),
             ("train_max_steps", "max_steps"),
             ("train_augmentations", "augmentations"),
             ("train_loss_threshold", "loss_threshold"),
@@ -88,6 +89,8 @@ class Engine:
                 overrides[key] = value
         if getattr(settings, "relation_keys", True) is False:
             overrides["relation_threshold"] = None
+        if getattr(settings, "subject_span_keys", True) is False:
+            overrides["subject_span_threshold"] = None
         loaded = load_model(settings.model_path, cache_dir=settings.model_cache_dir, device=settings.device)
         engine = cls(
             loaded,

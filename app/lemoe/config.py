@@ -37,6 +37,12 @@ class LemoeConfig:
     # the edit prompt's: another question about the same subject does not get the edit's answer.
     # None: no relation check.
     relation_threshold: float | None = 0.35
+    # Subject span keys: the subject key is one token's state, and subjects that end alike
+    # ("Nenad Stamenković" / "Ivica Ančić", "BBC Radio" / "BBC One") match on it; such an edit
+    # also needs the mean of the prompt's tokens ending at the matched one (as many as its
+    # subject has; standardised subject-layer states) within this cosine of the mean of its own
+    # subject's tokens. None: no span check.
+    subject_span_threshold: float | None = 0.6
     # Edits sent without a subject get one the base model picks among the prompt's spans
     # (app.lemoe.subjects), so they have subject and relation keys too.
     infer_subjects: bool = True

@@ -66,11 +66,12 @@ class Generation:
 
 @dataclass(frozen=True)
 class SubjectAnchors:
-    """Per anchor: subject key, relation key (NaN rows: none) and subject length in tokens."""
+    """Per anchor: subject key, relation key, span key (NaN rows: none) and subject length in tokens."""
 
     subject: torch.Tensor
     relation: torch.Tensor
     lengths: torch.Tensor
+    span: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class LemoeEditor:
             self.config.subject_threshold,
             self.config.subject_sentence_floor,
             self.config.relation_threshold,
+            self.config.subject_span_threshold,
         )
 
     def subject_states(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,6 +213,8 @@ class LemoeEditor:
             entry.subject_anchors = entry.subject_anchors.to(self.device)
         if entry.relation_anchors is not None:
             entry.relation_anchors = entry.relation_anchors.to(self.device)
+        if entry.subject_span_anchors is not None:
+            entry.subject_span_anchors = entry.subject_span_anchors.to(self.device)
         view = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
         made = entry.meta.get("subject_view", {"context": "", "lowercase": False})
         if self.subject_layer is not None and _keyed(entry) and made != view:
@@ -221,7 +225,7 @@ class LemoeEditor:
                 made,
                 view,
             )
-            return dataclasses.replace(entry, subject_anchors=None, relation_anchors=None, subject_lengths=None)
+            return dataclasses.replace(entry, subject_anchors=None, relation_anchors=None, subject_lengths=None, subject_span_anchors=None)
         return entry
 
     def remove_expert(self, name: str) -> ExpertEntry:
@@ -362,11 +366,13 @@ class LemoeEditor:
             subject_anchors=None if keys is None else keys.subject,
             relation_anchors=None if keys is None else keys.relation,
             subject_lengths=None if keys is None else keys.lengths,
+            subject_span_anchors=None if keys is None else keys.span,
         )
 
     def subject_anchors(self, edits: Sequence[Edit]) -> SubjectAnchors | None:
-        """Subject and relation keys in anchor order (each edit, then its rephrases, which share
-        the edit's subject key and have relation keys of their own where they name the subject).
+        """Subject, span and relation keys in anchor order (each edit, then its rephrases, which
+        share the edit's subject and span keys and have relation keys of their own where they
+        name the subject).
 
         A NaN row: the edit names no subject, or its prompt does not contain it; that edit is
         routed by its sentence key alone. None when subject keys are off.
@@ -380,6 +386,7 @@ class LemoeEditor:
         n, d = len(prompts), self.hidden_size
         subject = torch.full((n, d), float("nan"), device=self.device)
         relation = torch.full((n, d), float("nan"), device=self.device)
+        span_keys = torch.full((n, d), float("nan"), device=self.device)
         lengths = torch.zeros(n, dtype=torch.long)
         found = [k for k, span in enumerate(spans) if span is not None]
         if found:
@@ -391,15 +398,16 @@ class LemoeEditor:
             vectors = self.router.subject.relation_vectors(states, self.relation_mask(texts, mask), rows, last, length)
             for row, k in enumerate(found):
                 subject[k] = states[row, spans[k][1]]
+                span_keys[k] = states[row, spans[k][0] : spans[k][1] + 1].float().mean(dim=0)
                 lengths[k] = length[row]
                 # A prompt that is all subject asks nothing else: no relation check for it.
                 if bool(vectors[row].any()):
                     relation[k] = vectors[row]
-        for k in range(len(edits), n):  # a rephrase keys on its edit's subject state
-            subject[k] = subject[owner[k]]
+        for k in range(len(edits), n):  # a rephrase keys on its edit's subject states
+            subject[k], span_keys[k] = subject[owner[k]], span_keys[owner[k]]
             if spans[k] is None:
                 relation[k], lengths[k] = relation[owner[k]], lengths[owner[k]]
-        return SubjectAnchors(subject, relation, lengths)
+        return SubjectAnchors(subject, relation, lengths, span_keys)
 
     def superseded(self, edits: Sequence[Edit], entry: ExpertEntry) -> list[tuple[int, int]]:
         """(new edit id, older edit id) pairs: on the new edit's own prompt an older edit of the

@@ -59,6 +59,9 @@ class ExpertEntry:
     relation_anchors: torch.Tensor | None = None
     # (n_edits,) how many tokens each anchor's subject spans in its prompt (0: no subject key).
     subject_lengths: torch.Tensor | None = None
+    # (n_edits, d) subject-layer states averaged over each anchor's subject tokens (span keys;
+    # `SubjectKeys.span_vectors`); a NaN row: no span check. None: made before they existed.
+    subject_span_anchors: torch.Tensor | None = None
 
     @property
     def key(self) -> torch.Tensor:

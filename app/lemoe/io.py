@@ -55,6 +55,8 @@ def save_expert(entry: ExpertEntry, directory: Path, *, weights_dtype: torch.dty
     if entry.relation_anchors is not None and entry.subject_lengths is not None:
         tensors["relation_anchors"] = entry.relation_anchors.detach().cpu().float().contiguous()
         tensors["subject_lengths"] = entry.subject_lengths.detach().cpu().long().contiguous()
+    if entry.subject_span_anchors is not None:
+        tensors["subject_span_anchors"] = entry.subject_span_anchors.detach().cpu().float().contiguous()
     config = {
         "name": entry.name,
         "kind": module.kind,
@@ -122,6 +124,9 @@ def load_expert(
         relation_anchors is not None and not relation_anchors.shape[0] == lengths.shape[0] == anchors.shape[0]
     ):
         raise ExpertFileError("relation keys do not match its anchors", directory=directory)
+    span_anchors = tensors.get("subject_span_anchors")
+    if span_anchors is not None and (lengths is None or span_anchors.shape[0] != anchors.shape[0]):
+        raise ExpertFileError("subject span keys do not match its anchors", directory=directory)
     return ExpertEntry(
         name=name,
         module=module,
@@ -131,6 +136,7 @@ def load_expert(
         subject_anchors=None if subject_anchors is None else subject_anchors.to(device),
         relation_anchors=None if relation_anchors is None else relation_anchors.to(device),
         subject_lengths=lengths,
+        subject_span_anchors=None if span_anchors is None else span_anchors.to(device),
     )
 
 

@@ -92,19 +92,28 @@ class SubjectKeys:
     score is the best cosine over its matchable tokens (`subject_view`: never a sequence's first
     token, which carries no context). A relation anchor is the mean of the edit prompt's other
     matchable tokens (its subject's left out); a prompt is compared on its tokens outside the span
-    that matched the subject. Both read `LemoeEditor.subject_states`. Every dimension is
+    that matched the subject. A span anchor is the mean of the subject's tokens; a prompt is
+    compared on as many tokens, ending where the subject matched. All read
+    `LemoeEditor.subject_states`. Every dimension is
     standardised on reference-prompt tokens first: a few dimensions carry massive activations
     that make raw cosines ~1 between unrelated tokens.
     """
 
     def __init__(
-        self, mean: torch.Tensor, std: torch.Tensor, threshold: float, sentence_floor: float, relation_threshold: float | None = None
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        threshold: float,
+        sentence_floor: float,
+        relation_threshold: float | None = None,
+        span_threshold: float | None = None,
     ) -> None:
         self.mean = mean
         self.std = std
         self.threshold = threshold
         self.sentence_floor = sentence_floor
         self.relation_threshold = relation_threshold  # None: no relation check
+        self.span_threshold = span_threshold  # None: no span check
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
@@ -143,6 +152,18 @@ class SubjectKeys:
         outside = running[rows, -1] - (running[rows, last + 1] - running[rows, first])
         return torch.nn.functional.normalize(outside, dim=-1)
 
+    def span_vectors(
+        self, states: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor, last: torch.Tensor, length: torch.Tensor
+    ) -> torch.Tensor:
+        """(P, d) unit vectors: for each (row, span) pair, the standardised mean of that row's
+        matchable tokens last-length+1..last (where a subject of that length would lie)."""
+        valid = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool()
+        z = self.standardise(states) * valid.unsqueeze(-1)
+        running = torch.cat([torch.zeros_like(z[:, :1]), z.cumsum(dim=1)], dim=1)  # (B, T+1, d)
+        rows, last, length = rows.to(z.device), last.to(z.device), length.to(z.device)
+        first = (last - length + 1).clamp(min=0)
+        return torch.nn.functional.normalize(running[rows, last + 1] - running[rows, first], dim=-1)
+
 
 @dataclass(frozen=True)
 class SubjectMatch:
@@ -154,6 +175,11 @@ class SubjectMatch:
 def subject_anchor_matrix(stack: Sequence[ExpertEntry], dim: int) -> torch.Tensor:
     """Every anchor's subject key in stack order (NaN rows where there is none)."""
     return _anchor_rows(stack, dim, "subject_anchors")
+
+
+def span_anchor_matrix(stack: Sequence[ExpertEntry], dim: int) -> torch.Tensor:
+    """Every anchor's subject span key in stack order (NaN rows where there is none)."""
+    return _anchor_rows(stack, dim, "subject_span_anchors")
 
 
 def relation_anchor_matrix(stack: Sequence[ExpertEntry], dim: int) -> torch.Tensor:
@@ -190,12 +216,14 @@ class AnchorIndex:
     keyed: torch.Tensor  # (n,) which anchors have a subject key
     any_keyed: bool
     # With subject keys on (else None): (n, d) standardised unit subject keys (rows without a key:
-    # meaningless, never read), (n, d) relation keys (NaN rows: none), which anchors have one, and
-    # (n,) subject lengths in tokens.
+    # meaningless, never read), (n, d) relation keys (NaN rows: none), which anchors have one,
+    # (n,) subject lengths in tokens, (n, d) standardised unit span keys and which anchors have one.
     subject: torch.Tensor | None
     relation: torch.Tensor | None
     relation_keyed: torch.Tensor | None
     lengths: torch.Tensor | None
+    span: torch.Tensor | None = None
+    span_keyed: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -204,7 +232,17 @@ class AnchorIndex:
     @property
     def nbytes(self) -> int:
         """Bytes this index holds beyond the experts' own tensors."""
-        tensors = (self.sentence, self.owners, self.keyed, self.subject, self.relation, self.relation_keyed, self.lengths)
+        tensors = (
+            self.sentence,
+            self.owners,
+            self.keyed,
+            self.subject,
+            self.relation,
+            self.relation_keyed,
+            self.lengths,
+            self.span,
+            self.span_keyed,
+        )
         return sum(t.element_size() * t.nelement() for t in tensors if t is not None)
 
     def extended(self, more: AnchorIndex, experts_before: int) -> AnchorIndex:
@@ -223,6 +261,8 @@ class AnchorIndex:
             relation=cat(self.relation, more.relation),
             relation_keyed=cat(self.relation_keyed, more.relation_keyed),
             lengths=cat(self.lengths, more.lengths),
+            span=cat(self.span, more.span),
+            span_keyed=cat(self.span_keyed, more.span_keyed),
         )
 
 
@@ -273,7 +313,7 @@ class AnchorRouter:
     def build_index(self, stack: Sequence[ExpertEntry]) -> AnchorIndex:
         anchors = torch.cat([e.anchors for e in stack])
         keyed = torch.zeros(len(anchors), dtype=torch.bool)
-        subject = relation = relation_keyed = lengths = None
+        subject = relation = relation_keyed = lengths = span = span_keyed = None
         if self.subject is not None:
             dim = self.subject.mean.shape[-1]
             rows = subject_anchor_matrix(stack, dim)
@@ -282,6 +322,9 @@ class AnchorRouter:
             relation = relation_anchor_matrix(stack, dim)
             relation_keyed = ~torch.isnan(relation).any(dim=1)
             lengths = subject_lengths(stack)
+            spans = span_anchor_matrix(stack, dim)
+            span_keyed = ~torch.isnan(spans).any(dim=1) & (lengths > 0).to(spans.device)
+            span = self.subject.normalise(torch.nan_to_num(spans))
         return AnchorIndex(
             sentence=self.normalise(anchors),
             owners=anchor_owners(stack),
@@ -292,6 +335,8 @@ class AnchorRouter:
             relation=relation,
             relation_keyed=relation_keyed,
             lengths=lengths,
+            span=span,
+            span_keyed=span_keyed,
         )
 
     def similarities(self, queries: torch.Tensor, stack: Sequence[ExpertEntry]) -> torch.Tensor:
@@ -319,6 +364,8 @@ class AnchorRouter:
             # sentence is not wholly unlike the edit's), whatever the sentence gate says...
             subject_sims = match.scores
             keyed_ok = (subject_sims >= self.subject.threshold) & (sims >= self.subject.sentence_floor)
+            if self.subject.span_threshold is not None:
+                keyed_ok = self._span_check(keyed_ok, match, subject_states, query_mask, index)
             if self.subject.relation_threshold is not None:
                 keyed_ok, relation_sims = self._relation_check(
                     keyed_ok, match, subject_states, query_mask if relation_mask is None else relation_mask, index
@@ -349,6 +396,27 @@ class AnchorRouter:
             scores[:, candidates] = found.scores.to(sims.device)
             where[:, candidates] = found.where.to(sims.device)
         return SubjectMatch(keyed, scores, where)
+
+    def _span_check(
+        self, keyed_ok: torch.Tensor, match: SubjectMatch, subject_states: torch.Tensor, query_mask: torch.Tensor | None, index: AnchorIndex
+    ) -> torch.Tensor:
+        """... where the whole subject matches, not only its last token: the tokens ending at the
+        match, as many as the edit's subject has, must be close to its span key. One token's
+        state leaves subjects that end alike ("(SS-369)" / "(APA-56)") indistinguishable."""
+        assert self.subject is not None and self.subject.span_threshold is not None
+        if index.span is None or index.span_keyed is None or index.lengths is None:
+            return keyed_ok
+        pairs = (keyed_ok & index.span_keyed.to(keyed_ok.device)).nonzero()
+        if not len(pairs):
+            return keyed_ok
+        rows, anchors = pairs[:, 0], pairs[:, 1]
+        span = index.span.to(keyed_ok.device)
+        vectors = self.subject.span_vectors(
+            subject_states, query_mask, rows, match.where.to(keyed_ok.device)[rows, anchors], index.lengths.to(keyed_ok.device)[anchors]
+        ).to(span.device)
+        keyed_ok = keyed_ok.clone()
+        keyed_ok[rows, anchors] = (vectors * span[anchors]).sum(dim=-1).to(keyed_ok.device) >= self.subject.span_threshold
+        return keyed_ok
 
     def _relation_check(
         self,

@@ -105,3 +105,12 @@ def test_relation_settings_reach_the_editor(tiny_model_dir, tmp_path):
     assert tuned.editor.router.subject.relation_threshold == 0.5
     off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "c", relation_keys=False))
     assert off.editor.config.relation_threshold is None and off.editor.router.subject.relation_threshold is None
+
+
+def test_subject_span_settings_reach_the_editor(tiny_model_dir, tmp_path):
+    default = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a"))
+    assert default.editor.router.subject.span_threshold == 0.6
+    tuned = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", subject_span_threshold=0.7))
+    assert tuned.editor.router.subject.span_threshold == 0.7
+    off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "c", subject_span_keys=False))
+    assert off.editor.config.subject_span_threshold is None and off.editor.router.subject.span_threshold is None

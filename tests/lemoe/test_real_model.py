@@ -7,6 +7,7 @@ import pytest
 from app.engine.model_loader import load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
+from app.lemoe.expert import Expert
 from app.lemoe.subjects import infer_subjects
 from app.lemoe.text import encode_pair
 from tests.real_model import MODEL_CACHE, counterfact_records, zsre_records
@@ -125,3 +126,16 @@ def test_relation_keys_keep_other_questions_about_an_edited_subject(real):
     # The subject alone would have let the other question about France in.
     unchecked = LemoeEditor(real.model, real.tokenizer, LemoeConfig(relation_threshold=None))
     assert unchecked.route([kept[0]], stack=[trained.entry])[0].expert_name == "e1"
+
+
+def test_span_keys_leave_a_subject_that_only_ends_alike_to_the_base_model(real):
+    editor = LemoeEditor(real.model, real.tokenizer, LemoeConfig())
+    edit = Edit(1, "Who is the CEO of Acme Holdings?", "Jane Doe", subject="Acme Holdings")
+    entry = editor.keyed_entry("e1", Expert(editor.hidden_size, 1), [edit], {})  # routing reads no weights
+    prompts = [edit.prompt, "Acme Holdings' CEO is", "Who is the CEO of Beta Holdings?"]
+    same, reworded, other = editor.route(prompts, stack=[entry])
+    assert same.expert_name == reworded.expert_name == "e1"
+    assert other.expert_index is None
+    # Its last token alone ("Holdings") would have let the other company in.
+    last_token_only = LemoeEditor(real.model, real.tokenizer, LemoeConfig(subject_span_threshold=None))
+    assert last_token_only.route([prompts[2]], stack=[entry])[0].expert_name == "e1"

@@ -28,6 +28,7 @@ CONFIG = LemoeConfig(
     subject_sentence_floor=0.0,
     subject_lowercase=False,
     relation_threshold=None,
+    subject_span_threshold=None,  # span keys: tests/lemoe/test_span_keys.py
 )
 # Subject states = token embeddings: a subject matches exactly where its view has the same tokens.
 TOKENS = dataclasses.replace(CONFIG, subject_layer=0, subject_lowercase=True)
