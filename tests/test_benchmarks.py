@@ -351,3 +351,27 @@ def test_routing_only_locality_compares_relation_thresholds_without_training(tin
     assert impossible["edit"]["score"] == 0.0 and impossible["loc"]["score"] == 1.0
     table = format_routing_table(result)
     assert "rel none" in table and "rel 2.0" in table and "subject+other-q" in table
+
+
+def test_routing_only_locality_compares_span_thresholds(tiny_model_dir, locality_data, tmp_path):  # noqa: F811
+    from app.benchmarks.locality import format_routing_table, run_routing
+
+    opts = LocalityOptions(
+        data=locality_data,
+        format="zsre",
+        edits=2,
+        subjects="none",
+        batch_size=2,
+        model_path=tiny_model_dir,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        config=LemoeConfig(layer=2),
+    )
+    result = run_routing(opts, [None], [None, 2.0])
+    assert "relation_thresholds" not in result and result["relation_threshold"] is None
+    unchecked, impossible = result["span_thresholds"]["none"], result["span_thresholds"]["2.0"]
+    assert unchecked["edit"]["score"] == 1.0
+    # A span threshold no cosine reaches shuts every subject-keyed edit.
+    assert impossible["edit"]["score"] == 0.0 and impossible["loc"]["score"] == 1.0
+    table = format_routing_table(result)
+    assert "span none" in table and "span 2.0" in table

@@ -63,7 +63,7 @@ def add_bench_parser(subparsers) -> None:
         "--routing-only",
         action="store_true",
         help="no training, no generation: plan the edits, make their keys and report which probes reach "
-        "an expert (its own, for edited probes), once per --relation-thresholds value",
+        "an expert (its own, for edited probes), once per --relation-thresholds (or --span-thresholds) value",
     )
     lo.add_argument(
         "--relation-thresholds",
@@ -71,6 +71,13 @@ def add_bench_parser(subparsers) -> None:
         default=None,
         metavar="T",
         help="with --routing-only: relation thresholds to compare ('none': no relation check)",
+    )
+    lo.add_argument(
+        "--span-thresholds",
+        nargs="+",
+        default=None,
+        metavar="T",
+        help="with --routing-only: subject span thresholds to compare ('none': no span check), at the (first) relation threshold",
     )
     lo.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     lo.set_defaults(handler=_run_locality)
@@ -292,17 +299,22 @@ def _run_locality(args: argparse.Namespace) -> int:
     )
     if args.relation_thresholds and not args.routing_only:
         raise SystemExit("--relation-thresholds needs --routing-only (use --set relation_threshold=T for a full run)")
+    if args.span_thresholds and not args.routing_only:
+        raise SystemExit("--span-thresholds needs --routing-only (use --set subject_span_threshold=T for a full run)")
     if args.routing_only:
         from app.benchmarks.locality import main_routing
 
-        try:
-            thresholds = [
-                None if t.lower() == "none" else float(t) for t in args.relation_thresholds or [str(opts.config.relation_threshold)]
-            ]
-        except ValueError as exc:
-            raise SystemExit(f"--relation-thresholds: {exc}") from None
-        return main_routing(opts, thresholds, as_json=args.json)
+        thresholds = _thresholds("--relation-thresholds", args.relation_thresholds or [str(opts.config.relation_threshold)])
+        spans = _thresholds("--span-thresholds", args.span_thresholds or [])
+        return main_routing(opts, thresholds, spans, as_json=args.json)
     return main(opts, as_json=args.json)
+
+
+def _thresholds(option: str, values: list[str]) -> list[float | None]:
+    try:
+        return [None if t.lower() == "none" else float(t) for t in values]
+    except ValueError as exc:
+        raise SystemExit(f"{option}: {exc}") from None
 
 
 def _run_gate(args: argparse.Namespace) -> int:

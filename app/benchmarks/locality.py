@@ -315,9 +315,10 @@ def run_locality(opts: LocalityOptions) -> dict:
     }
 
 
-def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | None]) -> dict:
+def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | None], span_thresholds: Sequence[float | None] = ()) -> dict:
     """Routing alone (no training, no generation): the edits are planned and keyed as for training
     (subjects inferred where none is sent), and each probe's route is read once per relation
+    threshold or, given `span_thresholds`, once per span threshold at the first relation
     threshold. An edited probe counts when it reaches its own edit's expert, a kept one when it
     reaches none (it then gets the unedited model's output bit for bit)."""
     run = _prepare(opts)
@@ -342,9 +343,12 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
         states, mask = editor.subject_states(prompts)
         relation_mask = editor.relation_mask(prompts, mask)
     rows = {}
-    for threshold in relation_thresholds:
+    varied = "span" if span_thresholds else "relation"
+    for threshold in span_thresholds or relation_thresholds:
         if editor.router.subject is not None:
-            editor.router.subject.relation_threshold = threshold
+            editor.router.subject.relation_threshold = relation_thresholds[0] if span_thresholds else threshold
+            if span_thresholds:
+                editor.router.subject.span_threshold = threshold
         decisions = editor.router.route(queries, stack, states, mask, relation_mask)
         row = {}
         for kind in KINDS:
@@ -366,25 +370,28 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
         "infer_s_per_edit": round(infer_s / max(len(inferred), 1), 3) if inferred else None,
         "experts": len(stack),
         "held_back": len(held),
-        "relation_thresholds": rows,
+        f"{varied}_thresholds": rows,
+        **({"relation_threshold": relation_thresholds[0]} if span_thresholds else {}),
     }
 
 
 def format_routing_table(result: dict) -> str:
-    thresholds = list(result["relation_thresholds"])
+    varied, label = ("span_thresholds", "span") if "span_thresholds" in result else ("relation_thresholds", "rel")
+    columns = result[varied]
+    thresholds = list(columns)
     lines = [
         f"{result['model']} on {Path(result['data']).name} ({result['format']}), T={result['edits']}, "
         f"subjects={result['subjects']} ({result['subjects_inferred']} inferred, {_share(result['inferred_exact'])} of them "
         f"equal to the data's subject, {_share(result['infer_s_per_edit'])} s each), {result['experts']} experts, routing only: "
         "share of edited probes reaching their own expert / of kept probes reaching none",
-        f"  {'probe':<15} {'must':<10} {'n':>5}  " + "  ".join(f"{'rel ' + t:>9}" for t in thresholds),
+        f"  {'probe':<15} {'must':<10} {'n':>5}  " + "  ".join(f"{label + ' ' + t:>9}" for t in thresholds),
     ]
-    first = result["relation_thresholds"][thresholds[0]]
+    first = columns[thresholds[0]]
     for kind, row in first.items():
         must = "be edited" if row["edited"] else "stay"
         cells = []
         for t in thresholds:
-            score = result["relation_thresholds"][t][kind]["score"]
+            score = columns[t][kind]["score"]
             cells.append(f"{'–' if score is None else f'{score:.3f}':>9}")
         lines.append(f"  {kind:<15} {must:<10} {row['n']:>5}  " + "  ".join(cells))
     return "\n".join(lines)
@@ -394,8 +401,10 @@ def _share(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
-def main_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | None], *, as_json: bool) -> int:
-    result = run_routing(opts, relation_thresholds)
+def main_routing(
+    opts: LocalityOptions, relation_thresholds: Sequence[float | None], span_thresholds: Sequence[float | None] = (), *, as_json: bool
+) -> int:
+    result = run_routing(opts, relation_thresholds, span_thresholds)
     print(format_routing_table(result))
     if as_json:
         print(json.dumps(result))
