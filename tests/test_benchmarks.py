@@ -329,21 +329,24 @@ def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(ti
     assert [line.split()[0] for line in lines[chat_header + 1 : -1]] == list(counts)
 
 
-def test_routing_only_locality_compares_relation_thresholds_without_training(tiny_model_dir, locality_data, tmp_path):  # noqa: F811
-    from app.benchmarks.locality import format_routing_table, run_routing
-
-    opts = LocalityOptions(
-        data=locality_data,
+def _routing_options(model_dir, data, tmp_path) -> LocalityOptions:
+    return LocalityOptions(
+        data=data,
         format="zsre",
         edits=2,
         subjects="none",
         batch_size=2,
-        model_path=tiny_model_dir,
+        model_path=model_dir,
         cache_dir=tmp_path / "cache",
         device="cpu",
         config=LemoeConfig(layer=2),
     )
-    result = run_routing(opts, [None, 2.0])
+
+
+def test_routing_only_locality_compares_relation_thresholds_without_training(tiny_model_dir, locality_data, tmp_path):  # noqa: F811
+    from app.benchmarks.locality import format_routing_table, run_routing
+
+    result = run_routing(_routing_options(tiny_model_dir, locality_data, tmp_path), [None, 2.0])
     assert result["subjects_inferred"] == 2 and 0.0 <= result["inferred_exact"] <= 1.0
     unchecked, impossible = result["relation_thresholds"]["none"], result["relation_thresholds"]["2.0"]
     assert unchecked["edit"]["score"] == 1.0  # an edit's own prompt reaches its own expert
@@ -356,18 +359,7 @@ def test_routing_only_locality_compares_relation_thresholds_without_training(tin
 def test_routing_only_locality_compares_span_thresholds(tiny_model_dir, locality_data, tmp_path):  # noqa: F811
     from app.benchmarks.locality import format_routing_table, run_routing
 
-    opts = LocalityOptions(
-        data=locality_data,
-        format="zsre",
-        edits=2,
-        subjects="none",
-        batch_size=2,
-        model_path=tiny_model_dir,
-        cache_dir=tmp_path / "cache",
-        device="cpu",
-        config=LemoeConfig(layer=2),
-    )
-    result = run_routing(opts, [None], [None, 2.0])
+    result = run_routing(_routing_options(tiny_model_dir, locality_data, tmp_path), [None], [None, 2.0])
     assert "relation_thresholds" not in result and result["relation_threshold"] is None
     unchecked, impossible = result["span_thresholds"]["none"], result["span_thresholds"]["2.0"]
     assert unchecked["edit"]["score"] == 1.0

@@ -3,6 +3,8 @@ a client's subject is kept. On SQLite and PostgreSQL, with the tiny random model
 
 from __future__ import annotations
 
+import pytest
+
 from app.engine.engine import Engine
 from tests.api.support import FRANCE, submit, tiny_settings, worker_for
 
@@ -98,19 +100,17 @@ def test_infer_subjects_setting_reaches_the_editor(tiny_model_dir, tmp_path):
     assert off.infer_subjects([Edit(1, BARE["prompt"], BARE["target"])]) == {}
 
 
-def test_relation_settings_reach_the_editor(tiny_model_dir, tmp_path):
-    default = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a"))
-    assert default.editor.router.subject.relation_threshold == 0.35
-    tuned = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", relation_threshold=0.5))
-    assert tuned.editor.router.subject.relation_threshold == 0.5
-    off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "c", relation_keys=False))
-    assert off.editor.config.relation_threshold is None and off.editor.router.subject.relation_threshold is None
-
-
-def test_subject_span_settings_reach_the_editor(tiny_model_dir, tmp_path):
-    default = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a"))
-    assert default.editor.router.subject.span_threshold == 0.6
-    tuned = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", subject_span_threshold=0.7))
-    assert tuned.editor.router.subject.span_threshold == 0.7
-    off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "c", subject_span_keys=False))
-    assert off.editor.config.subject_span_threshold is None and off.editor.router.subject.span_threshold is None
+@pytest.mark.parametrize(
+    ("switch", "threshold", "default", "attribute"),
+    [
+        ("relation_keys", "relation_threshold", 0.35, "relation_threshold"),
+        ("subject_span_keys", "subject_span_threshold", 0.6, "span_threshold"),
+    ],
+)
+def test_relation_and_span_settings_reach_the_editor(tiny_model_dir, tmp_path, switch, threshold, default, attribute):
+    plain = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a"))
+    assert getattr(plain.editor.router.subject, attribute) == default
+    tuned = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", **{threshold: 0.5}))
+    assert getattr(tuned.editor.router.subject, attribute) == 0.5
+    off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "c", **{switch: False}))
+    assert getattr(off.editor.config, threshold) is None and getattr(off.editor.router.subject, attribute) is None

@@ -15,13 +15,11 @@ from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.io import ExpertFileError, load_expert, save_expert
 from app.lemoe.routing import AnchorRouter, SubjectKeys
 from app.lemoe.text import subject_token_span, subject_view
-
-E = torch.eye(6)
+from tests.lemoe.synthetic_keys import E, keyed_router, token_states
 
 
 def _router(relation_threshold: float | None = 0.5) -> AnchorRouter:
-    keys = SubjectKeys(torch.zeros(6), torch.ones(6), threshold=0.75, sentence_floor=-1.0, relation_threshold=relation_threshold)
-    return AnchorRouter(torch.zeros(6), threshold=0.5, supersede_margin=0.02, subject=keys)
+    return keyed_router(relation_threshold=relation_threshold)
 
 
 # The edit asks relation E[0] (its non-subject tokens) about subject E[2] (one token long).
@@ -35,9 +33,7 @@ KEYED = ExpertEntry(
     subject_lengths=torch.tensor([1]),
 )
 
-
-def _states(*tokens: torch.Tensor) -> torch.Tensor:
-    return torch.stack(list(tokens))[None]
+_states = token_states
 
 
 def test_relation_vectors_leave_out_the_subject_span():

@@ -13,13 +13,11 @@ from app.lemoe.editor import Edit, LemoeEditor
 from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.io import ExpertFileError, load_expert, save_expert
 from app.lemoe.routing import AnchorRouter, SubjectKeys
-
-E = torch.eye(6)
+from tests.lemoe.synthetic_keys import E, keyed_router, token_states
 
 
 def _router(span_threshold: float | None = 0.6) -> AnchorRouter:
-    keys = SubjectKeys(torch.zeros(6), torch.ones(6), threshold=0.75, sentence_floor=-1.0, span_threshold=span_threshold)
-    return AnchorRouter(torch.zeros(6), threshold=0.5, supersede_margin=0.02, subject=keys)
+    return keyed_router(span_threshold=span_threshold)
 
 
 # The edit's subject is two tokens, E[2] then E[3]: its subject key is E[3], its span key their mean.
@@ -33,9 +31,7 @@ KEYED = ExpertEntry(
     subject_span_anchors=(E[2:3] + E[3:4]) / 2,
 )
 
-
-def _states(*tokens: torch.Tensor) -> torch.Tensor:
-    return torch.stack(list(tokens))[None]
+_states = token_states
 
 
 def test_span_vectors_average_the_tokens_ending_at_the_match():
