@@ -144,25 +144,28 @@ class SubjectKeys:
         """(P, d) unit vectors: for each (row, span) pair, the standardised mean of that row's
         matchable tokens outside tokens last-length+1..last (its subject). A prompt that is all
         subject gives a zero vector, which matches nothing."""
-        valid = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool()
-        z = self.standardise(states) * valid.unsqueeze(-1)
-        running = torch.cat([torch.zeros_like(z[:, :1]), z.cumsum(dim=1)], dim=1)  # (B, T+1, d)
-        rows, last, length = rows.to(z.device), last.to(z.device), length.to(z.device)
-        first = (last - length + 1).clamp(min=0)
-        outside = running[rows, -1] - (running[rows, last + 1] - running[rows, first])
-        return torch.nn.functional.normalize(outside, dim=-1)
+        inside, total = self._span_sums(states, mask, rows, last, length)
+        return torch.nn.functional.normalize(total - inside, dim=-1)
 
     def span_vectors(
         self, states: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor, last: torch.Tensor, length: torch.Tensor
     ) -> torch.Tensor:
         """(P, d) unit vectors: for each (row, span) pair, the standardised mean of that row's
         matchable tokens last-length+1..last (where a subject of that length would lie)."""
+        inside, _ = self._span_sums(states, mask, rows, last, length)
+        return torch.nn.functional.normalize(inside, dim=-1)
+
+    def _span_sums(
+        self, states: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor, last: torch.Tensor, length: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each (row, span) pair: the sum of the row's standardised matchable tokens inside
+        last-length+1..last, and over the whole row."""
         valid = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool()
         z = self.standardise(states) * valid.unsqueeze(-1)
         running = torch.cat([torch.zeros_like(z[:, :1]), z.cumsum(dim=1)], dim=1)  # (B, T+1, d)
         rows, last, length = rows.to(z.device), last.to(z.device), length.to(z.device)
         first = (last - length + 1).clamp(min=0)
-        return torch.nn.functional.normalize(running[rows, last + 1] - running[rows, first], dim=-1)
+        return running[rows, last + 1] - running[rows, first], running[rows, -1]
 
 
 @dataclass(frozen=True)
