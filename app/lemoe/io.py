@@ -55,7 +55,7 @@ def save_expert(entry: ExpertEntry, directory: Path, *, weights_dtype: torch.dty
     if entry.relation_anchors is not None and entry.subject_lengths is not None:
         tensors["relation_anchors"] = entry.relation_anchors.detach().cpu().float().contiguous()
         tensors["subject_lengths"] = entry.subject_lengths.detach().cpu().long().contiguous()
-    if entry.subject_span_anchors is not None:
+    if entry.subject_span_anchors is not None and entry.subject_lengths is not None:  # a span key needs its length
         tensors["subject_span_anchors"] = entry.subject_span_anchors.detach().cpu().float().contiguous()
     config = {
         "name": entry.name,
