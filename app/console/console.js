@@ -480,6 +480,7 @@ async function compare(prompt, maxNewTokens) {
     ["Nearest edit", edited.nearest_edit_id ? `#${edited.nearest_edit_id}` : "—"],
     ["Subject match", edited.subject_score === null ? (t.subject === null ? "subject keys off" : "— (only for an edit with a subject that served)") : verdict(edited.subject_score, t.subject)],
     ["Relation match", edited.relation_score === null ? "—" : verdict(edited.relation_score, t.relation)],
+    ["Whole-subject match", edited.span_score == null ? "—" : verdict(edited.span_score, t.span)],
   ];
   $("#compare-why").replaceChildren(...facts.flatMap(([name, value]) => [h("dt", {}, name), h("dd", { "data-fact": name }, value)]));
   $("#compare-result").hidden = false;

@@ -52,6 +52,7 @@ class RouteThresholds:
     subject: float | None
     relation: float | None  # None also when there is no relation check
     sentence_floor: float | None
+    span: float | None = None  # the whole-subject match such an edit also needs; None: no span check
 
 
 class Engine:
@@ -115,7 +116,13 @@ class Engine:
         config = self.editor.config
         if not config.subject_keys:
             return RouteThresholds(config.gate_threshold, None, None, None)
-        return RouteThresholds(config.gate_threshold, config.subject_threshold, config.relation_threshold, config.subject_sentence_floor)
+        return RouteThresholds(
+            config.gate_threshold,
+            config.subject_threshold,
+            config.relation_threshold,
+            config.subject_sentence_floor,
+            config.subject_span_threshold,
+        )
 
     def warm_up(self) -> None:
         """The first generate in a process is slow; pay it at start-up, not on a user's request."""

@@ -425,7 +425,7 @@ class LemoeEditor:
         if self.subject_layer is not None:
             states, mask = self.subject_states([e.prompt for e in edits])
             relation_mask = self.relation_mask([e.prompt for e in edits], mask)
-        sims, eligible, _, _ = self.router.eligibility(queries, stack, states, mask, relation_mask)
+        sims, eligible, *_ = self.router.eligibility(queries, stack, states, mask, relation_mask)
         own = sims[torch.arange(len(edits)), offset + torch.arange(len(edits))]
         near = eligible & (sims >= own[:, None] - self.config.supersede_margin) & (owner.to(sims.device) < len(older))
         pairs = []

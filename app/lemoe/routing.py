@@ -24,6 +24,7 @@ class RouteDecision:
     nearest_edit_id: int | None
     subject_score: float | None = None  # the chosen anchor's subject match, if it has a subject key
     relation_score: float | None = None  # what the prompt asks about that subject against the edit's (relation key)
+    span_score: float | None = None  # the whole subject's match where its last token matched (span key)
 
 
 @dataclass
@@ -353,13 +354,14 @@ class AnchorRouter:
         subject_states: torch.Tensor | None = None,
         query_mask: torch.Tensor | None = None,
         relation_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """(sentence cosines, which anchors may fire, subject cosines or None, relation cosines or
-        None), each (B, n_anchors); relation cosines are NaN where they were not needed."""
+        None, span cosines or None), each (B, n_anchors); relation and span cosines are NaN where
+        they were not needed."""
         index = self.index(stack)
         sims = self.normalise(queries) @ index.sentence.to(queries.device).T
         eligible = sims >= self.threshold
-        subject_sims = relation_sims = None
+        subject_sims = relation_sims = span_sims = None
         if self.subject is not None and subject_states is not None and index.any_keyed:
             assert index.subject is not None
             match = self._subject_match(sims, subject_states, query_mask, index)
@@ -368,13 +370,13 @@ class AnchorRouter:
             subject_sims = match.scores
             keyed_ok = (subject_sims >= self.subject.threshold) & (sims >= self.subject.sentence_floor)
             if self.subject.span_threshold is not None:
-                keyed_ok = self._span_check(keyed_ok, match, subject_states, query_mask, index)
+                keyed_ok, span_sims = self._span_check(keyed_ok, match, subject_states, query_mask, index)
             if self.subject.relation_threshold is not None:
                 keyed_ok, relation_sims = self._relation_check(
                     keyed_ok, match, subject_states, query_mask if relation_mask is None else relation_mask, index
                 )
             eligible = torch.where(match.keyed.to(sims.device), keyed_ok, eligible)
-        return sims, eligible, subject_sims, relation_sims
+        return sims, eligible, subject_sims, relation_sims, span_sims
 
     def _subject_match(
         self, sims: torch.Tensor, subject_states: torch.Tensor, query_mask: torch.Tensor | None, index: AnchorIndex
@@ -402,24 +404,26 @@ class AnchorRouter:
 
     def _span_check(
         self, keyed_ok: torch.Tensor, match: SubjectMatch, subject_states: torch.Tensor, query_mask: torch.Tensor | None, index: AnchorIndex
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """... where the whole subject matches, not only its last token: the tokens ending at the
         match, as many as the edit's subject has, must be close to its span key. One token's
         state leaves subjects that end alike ("(SS-369)" / "(APA-56)") indistinguishable."""
         assert self.subject is not None and self.subject.span_threshold is not None
+        span_sims = torch.full(keyed_ok.shape, float("nan"), device=keyed_ok.device)
         if index.span is None or index.span_keyed is None or index.lengths is None:
-            return keyed_ok
+            return keyed_ok, span_sims
         pairs = (keyed_ok & index.span_keyed.to(keyed_ok.device)).nonzero()
         if not len(pairs):
-            return keyed_ok
+            return keyed_ok, span_sims
         rows, anchors = pairs[:, 0], pairs[:, 1]
         span = index.span.to(keyed_ok.device)
         vectors = self.subject.span_vectors(
             subject_states, query_mask, rows, match.where.to(keyed_ok.device)[rows, anchors], index.lengths.to(keyed_ok.device)[anchors]
         ).to(span.device)
+        span_sims[rows, anchors] = (vectors * span[anchors]).sum(dim=-1).to(keyed_ok.device)
         keyed_ok = keyed_ok.clone()
-        keyed_ok[rows, anchors] = (vectors * span[anchors]).sum(dim=-1).to(keyed_ok.device) >= self.subject.span_threshold
-        return keyed_ok
+        keyed_ok[rows, anchors] = span_sims[rows, anchors] >= self.subject.span_threshold
+        return keyed_ok, span_sims
 
     def _relation_check(
         self,
@@ -461,7 +465,7 @@ class AnchorRouter:
     ) -> list[RouteDecision]:
         if not stack:
             return [RouteDecision(None, None, None, None) for _ in range(queries.shape[0])]
-        sims, eligible, subject_sims, relation_sims = self.eligibility(queries, stack, subject_states, query_mask, relation_mask)
+        sims, eligible, subject_sims, relation_sims, span_sims = self.eligibility(queries, stack, subject_states, query_mask, relation_mask)
         index = self.index(stack)
         owner = index.owners.to(sims.device)
         edit_ids = index.edit_ids
@@ -482,7 +486,12 @@ class AnchorRouter:
             relation_score = None
             if relation_sims is not None and not torch.isnan(relation_sims[r, pick]):
                 relation_score = float(relation_sims[r, pick])
-            decisions.append(RouteDecision(idx, stack[idx].name, float(row[pick]), edit_ids[pick], subject_score, relation_score))
+            span_score = None
+            if span_sims is not None and not torch.isnan(span_sims[r, pick]):
+                span_score = float(span_sims[r, pick])
+            decisions.append(
+                RouteDecision(idx, stack[idx].name, float(row[pick]), edit_ids[pick], subject_score, relation_score, span_score)
+            )
         return decisions
 
 

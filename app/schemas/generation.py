@@ -122,6 +122,11 @@ class GenerationPublic(BaseModel):
         description="How close the prompt asks what the serving edit asks about its subject (relation key); "
         "null unless such an edit served the request",
     )
+    span_score: float | None = Field(
+        default=None,
+        description="How well the prompt's tokens ending at the subject match matched the serving edit's whole subject "
+        "(span key); null unless an edit with a span key served the request",
+    )
     model: str
     completion_tokens: int
 
@@ -134,6 +139,7 @@ class RouteThresholdsPublic(BaseModel):
         description="The subject match an edit with a subject needs (instead of the gate); null: subject keys are off"
     )
     relation: float | None = Field(description="The relation match such an edit also needs; null: no relation check")
+    span: float | None = Field(default=None, description="The whole-subject match such an edit also needs; null: no span check")
     sentence_floor: float | None = Field(description="The route score such an edit also needs; null: subject keys are off")
 
 

@@ -165,6 +165,7 @@ class LemoeRouting(BaseModel):
     relation_score: float | None = Field(
         default=None, description="How close the routed text asks what the serving edit asks about its subject"
     )
+    span_score: float | None = Field(default=None, description="How well the routed text matched the serving edit's whole subject")
     edits: bool = Field(description="Whether the experts were consulted (false when the request turned them off)")
     route_text: Literal["prompt", "last_user_message", "chat_prompt"] = Field(description="What the route was decided on")
 

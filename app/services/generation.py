@@ -33,6 +33,7 @@ class Generated:
     nearest_edit_id: int | None
     subject_score: float | None
     relation_score: float | None
+    span_score: float | None
     model: str
     completion_tokens: int
     seconds: float
@@ -160,6 +161,7 @@ def _generated(result: Generation, engine: Engine, stack: LiveStack, seconds: fl
         nearest_edit_id=route.nearest_edit_id,
         subject_score=route.subject_score,
         relation_score=route.relation_score,
+        span_score=route.span_score,
         model=engine.model_name,
         completion_tokens=result.completion_tokens,
         seconds=seconds,

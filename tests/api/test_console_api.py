@@ -21,7 +21,13 @@ def test_compare_shows_the_base_answer_beside_the_edited_one(client):
     before = compare(client, FRANCE["prompt"])
     assert before["edited"]["expert"] is None and before["changed"] is False
     assert before["base"]["text"] == before["edited"]["text"]
-    assert before["thresholds"] == {"gate": TINY_GATE, "subject": 0.75, "relation": 0.35, "sentence_floor": 0.4}  # the defaults
+    assert before["thresholds"] == {
+        "gate": TINY_GATE,
+        "subject": 0.75,
+        "relation": 0.35,
+        "sentence_floor": 0.4,
+        "span": 0.6,
+    }  # the defaults
     [edit_id] = submit(client, FRANCE)
     worker_for(client).run_once()
 
@@ -34,6 +40,7 @@ def test_compare_shows_the_base_answer_beside_the_edited_one(client):
     assert after["edited"]["route_score"] >= TINY_GATE and after["edited"]["nearest_edit_id"] == edit_id
     assert after["edited"]["subject_score"] >= after["thresholds"]["subject"]
     assert after["edited"]["relation_score"] >= after["thresholds"]["relation"]
+    assert after["edited"]["span_score"] >= after["thresholds"]["span"]
     assert unrelated["edited"]["expert"] is None and unrelated["changed"] is False
     assert unrelated["edited"]["route_score"] < TINY_GATE
 

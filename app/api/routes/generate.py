@@ -51,6 +51,7 @@ def _public(g: Generated) -> GenerationPublic:
         nearest_edit_id=g.nearest_edit_id,
         subject_score=g.subject_score,
         relation_score=g.relation_score,
+        span_score=g.span_score,
         model=g.model,
         completion_tokens=g.completion_tokens,
     )
@@ -113,7 +114,7 @@ async def generate_get(
 
 
 def _thresholds(t: RouteThresholds) -> RouteThresholdsPublic:
-    return RouteThresholdsPublic(gate=t.gate, subject=t.subject, relation=t.relation, sentence_floor=t.sentence_floor)
+    return RouteThresholdsPublic(gate=t.gate, subject=t.subject, relation=t.relation, sentence_floor=t.sentence_floor, span=t.span)
 
 
 @router.post("/generate/compare", dependencies=[requires(Scope.GENERATE)])

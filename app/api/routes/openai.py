@@ -236,6 +236,7 @@ def _routing(g: Generated, prepared: PreparedCompletion) -> LemoeRouting:
         nearest_edit_id=g.nearest_edit_id,
         subject_score=g.subject_score,
         relation_score=g.relation_score,
+        span_score=g.span_score,
         edits=prepared.edits,
         route_text=prepared.route_kind,
     )
