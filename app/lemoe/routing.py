@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -409,21 +409,19 @@ class AnchorRouter:
         match, as many as the edit's subject has, must be close to its span key. One token's
         state leaves subjects that end alike ("(SS-369)" / "(APA-56)") indistinguishable."""
         assert self.subject is not None and self.subject.span_threshold is not None
-        span_sims = torch.full(keyed_ok.shape, float("nan"), device=keyed_ok.device)
         if index.span is None or index.span_keyed is None or index.lengths is None:
-            return keyed_ok, span_sims
-        pairs = (keyed_ok & index.span_keyed.to(keyed_ok.device)).nonzero()
-        if not len(pairs):
-            return keyed_ok, span_sims
-        rows, anchors = pairs[:, 0], pairs[:, 1]
-        span = index.span.to(keyed_ok.device)
-        vectors = self.subject.span_vectors(
-            subject_states, query_mask, rows, match.where.to(keyed_ok.device)[rows, anchors], index.lengths.to(keyed_ok.device)[anchors]
-        ).to(span.device)
-        span_sims[rows, anchors] = (vectors * span[anchors]).sum(dim=-1).to(keyed_ok.device)
-        keyed_ok = keyed_ok.clone()
-        keyed_ok[rows, anchors] = span_sims[rows, anchors] >= self.subject.span_threshold
-        return keyed_ok, span_sims
+            return keyed_ok, torch.full(keyed_ok.shape, float("nan"), device=keyed_ok.device)
+        return self._check_pairs(
+            keyed_ok,
+            match,
+            index,
+            index.span,
+            index.span_keyed,
+            self.subject.span_threshold,
+            self.subject.span_vectors,
+            subject_states,
+            query_mask,
+        )
 
     def _relation_check(
         self,
@@ -437,23 +435,48 @@ class AnchorRouter:
         matched the subject, its tokens must be close to the edit prompt's (the relation key).
         Without this, every question about an edited subject gets the edit's answer."""
         assert self.subject is not None and self.subject.relation_threshold is not None
-        assert index.relation is not None and index.relation_keyed is not None and index.lengths is not None
-        relation = index.relation.to(keyed_ok.device)
-        relation_sims = torch.full(keyed_ok.shape, float("nan"), device=keyed_ok.device)
-        pairs = (keyed_ok & index.relation_keyed.to(keyed_ok.device)).nonzero()
-        if len(pairs):
-            rows, anchors = pairs[:, 0], pairs[:, 1]
-            vectors = self.subject.relation_vectors(
-                subject_states,
-                relation_mask,
-                rows,
-                match.where.to(keyed_ok.device)[rows, anchors],
-                index.lengths.to(keyed_ok.device)[anchors],
-            ).to(relation.device)
-            relation_sims[rows, anchors] = (vectors * relation[anchors]).sum(dim=-1)
-            keyed_ok = keyed_ok.clone()
-            keyed_ok[rows, anchors] = relation_sims[rows, anchors] >= self.subject.relation_threshold
-        return keyed_ok, relation_sims
+        assert index.relation is not None and index.relation_keyed is not None
+        return self._check_pairs(
+            keyed_ok,
+            match,
+            index,
+            index.relation,
+            index.relation_keyed,
+            self.subject.relation_threshold,
+            self.subject.relation_vectors,
+            subject_states,
+            relation_mask,
+        )
+
+    @staticmethod
+    def _check_pairs(
+        keyed_ok: torch.Tensor,
+        match: SubjectMatch,
+        index: AnchorIndex,
+        keys: torch.Tensor,
+        has_key: torch.Tensor,
+        threshold: float,
+        vectors_of: Callable[..., torch.Tensor],
+        states: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each (row, anchor) pair still allowed whose anchor has a key: the row's vector for the
+        span that matched the anchor's subject (`vectors_of`, e.g. `SubjectKeys.relation_vectors`)
+        must be within cosine `threshold` of it. Returns the pairs still allowed and the cosines
+        (NaN where none was needed)."""
+        assert index.lengths is not None
+        sims = torch.full(keyed_ok.shape, float("nan"), device=keyed_ok.device)
+        pairs = (keyed_ok & has_key.to(keyed_ok.device)).nonzero()
+        if not len(pairs):
+            return keyed_ok, sims
+        rows, anchors = pairs[:, 0], pairs[:, 1]
+        keys = keys.to(keyed_ok.device)
+        where, lengths = match.where.to(keyed_ok.device)[rows, anchors], index.lengths.to(keyed_ok.device)[anchors]
+        vectors = vectors_of(states, mask, rows, where, lengths).to(keys.device)
+        sims[rows, anchors] = (vectors * keys[anchors]).sum(dim=-1)
+        keyed_ok = keyed_ok.clone()
+        keyed_ok[rows, anchors] = sims[rows, anchors] >= threshold
+        return keyed_ok, sims
 
     def route(
         self,
