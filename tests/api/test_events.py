@@ -116,6 +116,17 @@ def test_a_client_waits_for_applied_while_another_app_on_the_database_trains(db_
     """The stream is served by one app; the edit is trained by another (a trainer replica): the
     client sees its edit applied and the run's progress without polling."""
     monkeypatch.setattr(training, "PROGRESS_WRITE_INTERVAL_S", 0.0)  # every step is written
+    # The run may train faster than the stream polls: after its first write of a step done it
+    # waits until the stream has delivered such progress (a run that finished unseen shows none).
+    progress_seen = threading.Event()
+    write_progress = training.record_progress
+
+    def record_progress_then_wait(*args, **kwargs) -> None:
+        write_progress(*args, **kwargs)
+        if (kwargs.get("steps_done") or 0) >= 1:
+            progress_seen.wait(DEADLINE_S)
+
+    monkeypatch.setattr(training, "record_progress", record_progress_then_wait)
     settings = db_settings.model_copy(update={"events_poll_interval_s": 0.1, "edits_per_expert": 1, "planning": False})
     with live_server(create_app(settings, engine=shared_engine)) as server, running_app(settings, shared_engine) as trainer:
         [first, second] = submit(trainer, FRANCE, FOX)
@@ -129,6 +140,8 @@ def test_a_client_waits_for_applied_while_another_app_on_the_database_trains(db_
                     opened.set()
                     for event in parse(response.iter_lines()):
                         seen.append(event)
+                        if event.event == "training_run.progress" and (event.json()["steps_done"] or 0) >= 1:
+                            progress_seen.set()
                         if event.event in ("edit.applied", "edit.failed"):
                             return  # the client hangs up
 
