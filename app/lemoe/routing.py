@@ -409,8 +409,7 @@ class AnchorRouter:
         match, as many as the edit's subject has, must be close to its span key. One token's
         state leaves subjects that end alike ("(SS-369)" / "(APA-56)") indistinguishable."""
         assert self.subject is not None and self.subject.span_threshold is not None
-        if index.span is None or index.span_keyed is None or index.lengths is None:
-            return keyed_ok, torch.full(keyed_ok.shape, float("nan"), device=keyed_ok.device)
+        assert index.span is not None and index.span_keyed is not None
         return self._check_pairs(
             keyed_ok,
             match,
@@ -506,16 +505,25 @@ class AnchorRouter:
             subject_score = None
             if subject_sims is not None and float(subject_sims[r, pick]) > -2.0:
                 subject_score = float(subject_sims[r, pick])
-            relation_score = None
-            if relation_sims is not None and not torch.isnan(relation_sims[r, pick]):
-                relation_score = float(relation_sims[r, pick])
-            span_score = None
-            if span_sims is not None and not torch.isnan(span_sims[r, pick]):
-                span_score = float(span_sims[r, pick])
             decisions.append(
-                RouteDecision(idx, stack[idx].name, float(row[pick]), edit_ids[pick], subject_score, relation_score, span_score)
+                RouteDecision(
+                    idx,
+                    stack[idx].name,
+                    float(row[pick]),
+                    edit_ids[pick],
+                    subject_score,
+                    _checked_score(relation_sims, r, pick),
+                    _checked_score(span_sims, r, pick),
+                )
             )
         return decisions
+
+
+def _checked_score(sims: torch.Tensor | None, row: int, anchor: int) -> float | None:
+    """One cosine of a relation or span check, or None where that check did not run."""
+    if sims is None or bool(torch.isnan(sims[row, anchor])):
+        return None
+    return float(sims[row, anchor])
 
 
 def anchor_owners(stack: Sequence[ExpertEntry]) -> torch.Tensor:
