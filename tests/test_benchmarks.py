@@ -243,6 +243,14 @@ def locality_data(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture()
+def other_subjects_data(tmp_path: Path) -> Path:
+    """A second file whose (unedited) subject fills the other-subject probes."""
+    path = tmp_path / "zsre-other-subjects.json"
+    path.write_text(json.dumps([{**LOCALITY_RECORDS[0], "src": "The capital of Spain is", "subject": "Spain"}]))
+    return path
+
+
 def test_locality_holds_back_a_partner_and_builds_every_probe_from_the_data(locality_data):
     records = load_records(locality_data, "zsre")
     edited, held = select_edits(records, 2)
@@ -254,7 +262,12 @@ def test_locality_holds_back_a_partner_and_builds_every_probe_from_the_data(loca
     assert probes[("same-fact", 0)].prompt == "The capital city of France is"  # same true answer: must be edited
     assert probes[("same-fact", 0)].target == "Rome"
     assert probes[("same-subject", 0)].prompt == "The language of France is"  # another answer: must stay
-    assert probes[("other-subject", 0)].prompt == "The capital of novel is"  # every subject is edited: any other one
+    # Every subject of the file is edited: no other-subject probe unless other subjects are given
+    # (an edited one would ask an edited fact); an edited subject among those is passed over.
+    assert not [p for p in probes.values() if p.kind == "other-subject"]
+    given = {(p.kind, p.record): p for p in build_probes(records, edited, ["France", " Spain "])}
+    assert given[("other-subject", 0)].prompt == "The capital of Spain is"
+    assert given[("other-subject", 1)].prompt == "Who wrote the Spain?"
     assert probes[("subject+other-q", 0)].prompt == "Who wrote the France?"  # no content word shared with "capital"
     assert probes[("subject+other-q", 1)].prompt in {"The capital of novel is", "The language of novel is", "The capital city of novel is"}
     assert probes[("lower-case", 0)].prompt == "the capital of france is"
@@ -274,7 +287,13 @@ def test_subject_first_rewording_needs_the_subject_verbatim_and_not_first():
 
 
 @pytest.mark.parametrize("subjects", ["none", "given"])
-def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(tiny_model_dir, locality_data, tmp_path, subjects):  # noqa: F811
+def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(
+    tiny_model_dir,  # noqa: F811
+    locality_data,
+    other_subjects_data,
+    tmp_path,
+    subjects,
+):
     config = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=0, loss_threshold=0.05)
     opts = LocalityOptions(
         data=locality_data,
@@ -284,6 +303,7 @@ def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(ti
         batch_size=2,
         max_new_tokens=10,
         forms=("plain", "chat"),
+        other_subjects=other_subjects_data,
         model_path=tiny_model_dir,
         cache_dir=tmp_path / "cache",
         device="cpu",

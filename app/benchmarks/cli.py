@@ -55,6 +55,14 @@ def add_bench_parser(subparsers) -> None:
     lo.add_argument(
         "--kinds", nargs="+", default=None, metavar="KIND", help="only these probe kinds (default: all; e.g. edit paraphrase loc)"
     )
+    lo.add_argument(
+        "--other-subjects",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="another file of the same format whose unedited subjects also fill the other-subject probes "
+        "(at large T the data file has none left: ZsRE dev at --edits 600)",
+    )
     lo.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
     lo.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
     lo.add_argument("--device", default="auto")
@@ -292,6 +300,7 @@ def _run_locality(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         forms=tuple(dict.fromkeys(args.forms)),
         kinds=None if args.kinds is None else tuple(args.kinds),
+        other_subjects=args.other_subjects,
         model_path=args.model,
         cache_dir=args.cache_dir,
         device=args.device,

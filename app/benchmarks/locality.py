@@ -13,7 +13,9 @@ Probe kinds (each edited record gives at most one of each):
                      another wording (ZsRE dev: all of its records that share a subject are such)
   must stay (the output must equal the unedited model's, token for token)
     other-subject    the edit's prompt with its subject replaced by another record's subject (one
-                     about which nothing was edited), where the subject is in the prompt verbatim
+                     about which nothing was edited: from the data file's unedited records and
+                     --other-subjects; none where there is no such subject), where the subject is
+                     in the prompt verbatim
     same-subject     an unedited record about the same subject with another true answer
     subject+other-q  another record's question asked about the edit's subject: that record's
                      prompt with its own subject replaced by the edit's, taken from a record whose
@@ -74,6 +76,9 @@ class LocalityOptions:
     # as the user's message in the model's chat template (routed on the message, as the server is).
     forms: tuple[Form, ...] = ("plain",)
     kinds: tuple[str, ...] | None = None  # only these probe kinds (None: all); their rows show n = 0 otherwise
+    # Another file of the same format whose subjects also fill the other-subject probes: at large T
+    # the data file has no unedited subject left (ZsRE dev at T = 600 has none).
+    other_subjects: Path | None = None
     model_path: Path | None = None
     cache_dir: Path = Path("lemoe-data/model-cache")
     device: str = "auto"
@@ -124,8 +129,9 @@ def _content_words(text: str, subject: str) -> set[str]:
     return {w for w in words if w not in _STOPWORDS}
 
 
-def build_probes(records: Sequence[BenchRecord], edited: Sequence[int]) -> list[Probe]:
-    """Every probe of every edited record (see the module docstring for the rules)."""
+def build_probes(records: Sequence[BenchRecord], edited: Sequence[int], other_subjects: Sequence[str] = ()) -> list[Probe]:
+    """Every probe of every edited record (see the module docstring for the rules); the
+    other-subject probes draw on the unedited records' subjects and `other_subjects`."""
     edited_set = set(edited)
     edited_prompts = {_key(records[i].prompt) for i in edited}
     edited_subjects = {_key(records[i].subject) for i in edited if records[i].subject}
@@ -133,9 +139,13 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int]) -> list[
     for i, r in enumerate(records):
         if r.subject:
             by_subject.setdefault(_key(r.subject), []).append(i)
-    # Other subjects: those nothing was edited about (the probe then asks no edited fact).
-    subjects = list(dict.fromkeys(r.subject.strip() for r in records if r.subject and r.subject.strip()))
-    fresh = [s for s in subjects if _key(s) not in edited_subjects] or subjects
+    # Other subjects: only those nothing was edited about. An edited one would make the probe ask
+    # an edited fact (the same question of an edited subject) or another question of an edited
+    # subject, which the same-subject probes already count.
+    subjects = [r.subject.strip() for r in records if r.subject and r.subject.strip()] + [s.strip() for s in other_subjects if s.strip()]
+    fresh = [s for s in dict.fromkeys(subjects) if _key(s) not in edited_subjects]
+    if not fresh:
+        log.warning("no unedited subject is left for the other-subject probes: pass --other-subjects FILE")
     templates = [
         (i, r.prompt.replace(r.subject.strip(), "\0", 1))
         for i, r in enumerate(records)
@@ -257,12 +267,13 @@ def _prepare(opts: LocalityOptions) -> _Run:
     if len(records) < opts.edits:
         raise ValueError(f"{opts.data} has {len(records)} usable records; --edits {opts.edits} asked for more")
     edited, held = select_edits(records, opts.edits)
+    others = [] if opts.other_subjects is None else [r.subject for r in load_records(opts.other_subjects, opts.format) if r.subject]
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
     edits = [
         Edit(i, records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None) for i in edited
     ]
     editor = LemoeEditor(loaded.model, loaded.tokenizer, opts.config, device=loaded.device)
-    probes = [p for p in build_probes(records, edited) if opts.kinds is None or p.kind in opts.kinds]
+    probes = [p for p in build_probes(records, edited, others) if opts.kinds is None or p.kind in opts.kinds]
     return _Run(records, edited, held, probes, loaded, editor, edits)
 
 
