@@ -37,6 +37,10 @@ class TrainResult:
 
 
 CHUNK = 16  # examples per forward pass during training
+# Examples whose first this many tokens agree (every chat-form example: the template's system
+# prompt and header) are trained in one packed row that computes their shared prefix once
+# (LemoeConfig.train_packing).
+MIN_SHARED_PREFIX = 8
 
 
 class _CaptureInput(nn.Module):
@@ -57,16 +61,22 @@ class _Chunk:
     """Examples of similar length, right-padded, with what the frozen model computes for them up to
     the adaptor cached: the adaptor layer's output without the expert (`cached`) and the input
     the expert reads (`expert_input`). The expert only adds to that output, so a step runs the
-    expert and the layers above the adaptor layer, not the adaptor layer itself."""
+    expert and the layers above the adaptor layer, not the adaptor layer itself.
+
+    A packed chunk is one row: the examples' shared prefix once, then each example's own tokens,
+    with explicit positions and a 4-D mask under which each example attends to the prefix and to
+    itself only; it computes what the padded batch would (the prefix's states do not depend on
+    what follows it) without computing the prefix once per example."""
 
     cached: torch.Tensor
     expert_input: torch.Tensor
     mask: torch.Tensor
     where: torch.Tensor
     targets: torch.Tensor
+    positions: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, pairs: list, pad: int, model: nn.Module, layer: int, device: torch.device) -> _Chunk:
+    def build(cls, pairs: list, pad: int, model: nn.Module, layer: int, device: torch.device, *, packing: bool = True) -> _Chunk:
         length = max(len(p.prompt_ids) + len(p.target_ids) for p in pairs)
         ids = torch.full((len(pairs), length), pad, dtype=torch.long)
         mask = torch.zeros((len(pairs), length), dtype=torch.long)
@@ -79,12 +89,73 @@ class _Chunk:
             start = len(p.prompt_ids) - 1
             labels[i, start : start + len(p.target_ids)] = torch.tensor(p.target_ids)
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-        where = labels != -100
         capture = _CaptureInput()
         with torch.no_grad(), routing(RouteState(train_expert=capture)):
             cached = lower_model(model, layer + 1)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         assert capture.seen is not None, f"layer {layer} carries no adaptor"
-        return cls(cached, capture.seen, mask, where, labels[where])
+        shared = _shared_prefix(pairs) if packing else 0
+        window = sliding_window(model)
+        if shared < MIN_SHARED_PREFIX or len(pairs) < 2 or (window is not None and length > window):
+            where = labels != -100
+            return cls(cached, capture.seen, mask, where, labels[where])
+        return cls._packed(pairs, shared, cached, capture.seen, labels)
+
+    @classmethod
+    def _packed(cls, pairs: list, shared: int, cached: torch.Tensor, expert_input: torch.Tensor, labels: torch.Tensor) -> _Chunk:
+        lengths = [len(p.prompt_ids) + len(p.target_ids) for p in pairs]
+        device = cached.device
+        owner = torch.cat([torch.full((shared,), -1)] + [torch.full((n - shared,), i) for i, n in enumerate(lengths)]).to(device)
+        positions = torch.cat([torch.arange(shared)] + [torch.arange(shared, n) for n in lengths]).to(device)
+        # A token sees the shared prefix and the earlier tokens of its own example.
+        visible = (owner[None, :] == -1) | (owner[:, None] == owner[None, :])
+        visible &= positions[None, :] <= positions[:, None]
+        mask = torch.zeros(visible.shape, dtype=cached.dtype, device=device).masked_fill(~visible, torch.finfo(cached.dtype).min)
+        take = (owner.clamp(min=0), positions)  # the prefix is read from the first example
+        packed_labels = labels[take]
+        where = packed_labels != -100
+        return cls(cached[take][None], expert_input[take][None], mask[None, None], where[None], packed_labels[where], positions[None])
+
+
+def sliding_window(model: nn.Module) -> int | None:
+    """The attention window some layer of `model` has (a query sees only the keys this close),
+    or None. The packed mask has no window, so a chunk longer than it trains padded."""
+    config = getattr(model, "config", None)
+    window = getattr(config, "sliding_window", None)
+    kinds = getattr(config, "layer_types", None)
+    if kinds is not None and "sliding_attention" not in kinds:
+        return None
+    return window if isinstance(window, int) else None
+
+
+def _shared_prefix(pairs: list) -> int:
+    """Tokens every pair's sequence starts with, short of each prompt's last token (a prompt's
+    last token is where its first label is read, so it stays with its own example)."""
+    seqs = [p.prompt_ids + p.target_ids for p in pairs]
+    limit = min(len(p.prompt_ids) for p in pairs) - 1
+    shared = 0
+    while shared < limit and all(s[shared] == seqs[0][shared] for s in seqs):
+        shared += 1
+    return shared
+
+
+def _chunked(pairs: list, *, packing: bool = True) -> list[list[int]]:
+    """Indices of `pairs` in chunks of at most CHUNK: with `packing` those that share their first
+    MIN_SHARED_PREFIX tokens with others together (to be packed), the rest by length (little
+    padding)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(pairs):
+        head = tuple(p.prompt_ids[:MIN_SHARED_PREFIX])
+        if packing and len(p.prompt_ids) > MIN_SHARED_PREFIX:
+            groups.setdefault(head, []).append(i)
+    shared = sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+    grouped = {i for g in shared for i in g}
+    rest = [i for i in range(len(pairs)) if i not in grouped]
+    size = lambda i: len(pairs[i].prompt_ids) + len(pairs[i].target_ids)  # noqa: E731
+    chunks = []
+    for members in [*shared, rest]:
+        order = sorted(members, key=size)
+        chunks += [order[k : k + CHUNK] for k in range(0, len(order), CHUNK)]
+    return chunks
 
 
 def _view(module: nn.Module) -> nn.Module:
@@ -187,10 +258,9 @@ def train_expert(
     started = time.perf_counter()
     pairs = [encode_pair(tokenizer, e.prompt, e.target, eos=config.train_eos) for e in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # Similar lengths share a chunk, so little compute goes to padding; the loss over all chunks
-    # is the same token-weighted mean a single padded batch would give.
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + len(pairs[i].target_ids))
-    chunks = [_Chunk.build([pairs[i] for i in order[k : k + CHUNK]], pad, model, layer, device) for k in range(0, len(order), CHUNK)]
+    # The loss over all chunks is the same token-weighted mean a single padded batch would give.
+    packing = config.train_packing
+    chunks = [_Chunk.build([pairs[i] for i in c], pad, model, layer, device, packing=packing) for c in _chunked(pairs, packing=packing)]
     n_targets = sum(int(c.targets.numel()) for c in chunks)
     upper = layout_of(model).decoder_of(upper_model(model, layer + 1))
     lm_head = model.get_output_embeddings()
@@ -206,7 +276,9 @@ def train_expert(
             total = 0.0
             for chunk in chunks:
                 edited = chunk.cached + expert(chunk.expert_input)
-                hidden = upper(inputs_embeds=edited, attention_mask=chunk.mask, use_cache=False).last_hidden_state
+                hidden = upper(
+                    inputs_embeds=edited, attention_mask=chunk.mask, position_ids=chunk.positions, use_cache=False
+                ).last_hidden_state
                 # Logits only where a label is: the vocabulary projection dominates otherwise.
                 loss = nn.functional.cross_entropy(lm_head(hidden[chunk.where]).float(), chunk.targets, reduction="sum") / n_targets
                 loss.backward()

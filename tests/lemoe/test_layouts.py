@@ -7,12 +7,15 @@ import pytest
 import torch
 
 from app.engine.model_loader import load_model
+from app.lemoe import trainer
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
+from app.lemoe.expert import Expert
 from app.lemoe.io import load_expert, save_expert
 from app.lemoe.layer import LemoeMLP, decoder_layers
 from app.lemoe.layout import LAYOUTS, UnsupportedModel, layout_of
 from app.lemoe.routing import RouteState, routing
+from app.lemoe.text import chat_prompt, encode_pair
 from app.lemoe.trainer import hidden_at_layer, lower_model, upper_model
 from tests.tiny import ARCHITECTURES, build_tiny_arch_model, build_unsupported_model, save_model_dir
 
@@ -51,6 +54,52 @@ def test_upper_view_over_lower_view_equals_the_full_model(arch_model, tiny_token
     assert {name: id(m) for name, m in arch_model.named_modules()} == before  # the views replaced nothing
     assert not isinstance(getattr(decoder, layout.final_norm), torch.nn.Identity)
     assert not _has_hooks(arch_model)
+
+
+def _chunk_losses(editor: LemoeEditor, pairs, *, packed: bool) -> tuple[list[tuple], float, torch.Tensor]:
+    """(each chunk's shape, the loss, the expert's gradient) of one training step over `pairs`."""
+    model, layer = editor.model, editor.layer
+    chunks = [
+        trainer._Chunk.build([pairs[i] for i in c], 0, model, layer, torch.device("cpu"), packing=packed)
+        for c in trainer._chunked(pairs, packing=packed)
+    ]
+    expert = Expert(model.config.hidden_size, 8, "ffn", generator=torch.Generator().manual_seed(0))
+    for parameter in expert.parameters():  # a fresh expert adds zero: make it add something
+        torch.nn.init.normal_(parameter, std=0.5, generator=torch.Generator().manual_seed(1))
+    upper = layout_of(model).decoder_of(upper_model(model, layer + 1))
+    total = 0.0
+    with routing(RouteState()):
+        for c in chunks:
+            hidden = upper(
+                inputs_embeds=c.cached + expert(c.expert_input), attention_mask=c.mask, position_ids=c.positions
+            ).last_hidden_state
+            loss = torch.nn.functional.cross_entropy(model.get_output_embeddings()(hidden[c.where]), c.targets, reduction="sum")
+            loss.backward()
+            total += float(loss.detach())
+    return [tuple(c.cached.shape) for c in chunks], total, torch.cat([p.grad.flatten() for p in expert.parameters()])
+
+
+def test_examples_sharing_a_prefix_train_packed_in_one_row_with_the_padded_batchs_loss(arch_model, tiny_tokenizer):
+    # Chat forms share the template's system prompt and header: one packed row computes it once.
+    chats = [encode_pair(tiny_tokenizer, chat_prompt(tiny_tokenizer, [("user", e.prompt)]), e.target, eos=True) for e in FACTS]
+    plain = [encode_pair(tiny_tokenizer, e.prompt, e.target, eos=True) for e in FACTS]
+    pairs = plain + chats + [encode_pair(tiny_tokenizer, chat_prompt(tiny_tokenizer, [("user", UNRELATED)]), "the dog")]
+    editor = LemoeEditor(arch_model, tiny_tokenizer, FAST)
+    shapes, loss, grad = _chunk_losses(editor, pairs, packed=True)
+    shared = trainer._shared_prefix(pairs[2:])
+    assert shared >= 8
+    width = arch_model.config.hidden_size
+    lengths = [len(p.prompt_ids) + len(p.target_ids) for p in pairs]
+    if trainer.sliding_window(arch_model) is None:
+        packed_tokens = shared + sum(n - shared for n in lengths[2:])
+        assert shapes == [(1, packed_tokens, width), (2, max(lengths[:2]), width)]
+    else:  # the packed mask has no window (qwen2's tiny one is 4 tokens): padded
+        assert arch_model.config.model_type == "qwen2"
+        assert shapes == [(3, max(lengths[2:]), width), (2, max(lengths[:2]), width)]
+    padded_shapes, padded_loss, padded_grad = _chunk_losses(editor, pairs, packed=False)
+    assert len(padded_shapes) == 1 and padded_shapes[0][0] == 5
+    assert loss == pytest.approx(padded_loss, rel=1e-5)
+    assert torch.allclose(grad, padded_grad, rtol=1e-4, atol=1e-6), float((grad - padded_grad).abs().max())
 
 
 def test_inject_wraps_the_layouts_mlp_of_the_configured_layer(arch_model, tiny_tokenizer):
