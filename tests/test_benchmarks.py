@@ -387,3 +387,34 @@ def test_routing_only_locality_compares_span_thresholds(tiny_model_dir, locality
     assert impossible["edit"]["score"] == 0.0 and impossible["loc"]["score"] == 1.0
     table = format_routing_table(result)
     assert "span none" in table and "span 2.0" in table
+
+
+def test_training_bench_times_variants_in_alternating_runs_and_packing_computes_the_padded_loss(
+    tiny_model_dir,  # noqa: F811
+    data,
+    tmp_path,
+    capsys,
+):
+    from app import cli
+
+    common = f"--data {data} --format zsre --edits 3 --batch-size 2 --repeats 2 --model {tiny_model_dir} --device cpu"
+    argv = ["bench", "training", *common.split(), "--cache-dir", str(tmp_path / "cache"), "--json"]
+    argv += ["--variant", "packed:max_steps=4,lr=0.03", "--variant", "padded:max_steps=4,lr=0.03,train_packing=false"]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert (result["edits"], result["experts_per_run"], result["repeats"], result["torch_threads"]) == (3, 2, 2, 1)
+    packed, padded = result["variants"]["packed"], result["variants"]["padded"]
+    assert packed["overrides"] == {"max_steps": 4, "lr": 0.03}
+    assert padded["overrides"] == {"max_steps": 4, "lr": 0.03, "train_packing": False}
+    assert packed["cpu_vs_first"] == 1.0 and len(packed["cpu_s_per_edit_runs"]) == 2
+    assert all(x > 0 for x in packed["cpu_s_per_edit_runs"] + padded["cpu_s_per_edit_runs"])
+    # The tiny tokenizer's chat template gives each edit a chat form: those train packed, with the
+    # padded rows' loss.
+    assert packed["mean_steps"] == padded["mean_steps"] == 4.0
+    assert packed["final_losses"] == pytest.approx(padded["final_losses"], rel=1e-4)
+    assert [line.split()[0] for line in lines[2:4]] == ["packed", "padded"]
+    with pytest.raises(SystemExit, match="labels must differ"):
+        cli.main(["bench", "training", *common.split(), "--variant", "a", "--variant", "a:lr=0.1"])
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        cli.main(["bench", "training", *common.split(), "--variant", "a:nonsense=1"])

@@ -149,6 +149,58 @@ def add_bench_parser(subparsers) -> None:
     _add_serve(kinds)
     _add_routing(kinds)
     _add_expert_files(kinds)
+    _add_training(kinds)
+
+
+def _add_training(kinds) -> None:
+    tr = kinds.add_parser("training", help="training cost per edit, editor settings compared in alternating runs")
+    tr.add_argument("--data", type=Path, required=True, help="a ZsRE- or CounterFact-format JSON file")
+    tr.add_argument("--format", choices=["zsre", "counterfact"], required=True)
+    tr.add_argument("--edits", type=int, required=True, help="records trained per run (the file's first ones)")
+    tr.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL[:KEY=VALUE,...]",
+        help="an editor setting to time (repeatable; default: one variant 'default'), e.g. --variant packed "
+        "--variant padded:train_packing=false; the first is the baseline of the 'vs first' column",
+    )
+    tr.add_argument("--batch-size", type=int, default=16, help="edits per expert")
+    tr.add_argument("--repeats", type=int, default=2, help="alternating runs per variant")
+    tr.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's own choice)")
+    tr.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
+    tr.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    tr.set_defaults(handler=_run_training)
+
+
+def _run_training(args: argparse.Namespace) -> int:
+    from app.benchmarks.training import TrainingOptions, Variant, main
+
+    if args.edits < 1 or args.batch_size < 1 or args.repeats < 1:
+        raise SystemExit("--edits, --batch-size and --repeats must be at least 1")
+    variants = []
+    for spec in args.variant or ["default"]:
+        label, _, settings = spec.partition(":")
+        if not label:
+            raise SystemExit(f"--variant {spec!r}: expected LABEL[:KEY=VALUE,...]")
+        variants.append(Variant(label, _parse_overrides([s for s in settings.split(",") if s])))
+    if len({v.label for v in variants}) != len(variants):
+        raise SystemExit(f"--variant labels must differ: {[v.label for v in variants]}")
+    opts = TrainingOptions(
+        data=args.data,
+        format=args.format,
+        edits=args.edits,
+        variants=tuple(variants),
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        threads=args.threads or None,
+        model_path=args.model,
+        cache_dir=args.cache_dir,
+        device=args.device,
+    )
+    return main(opts, as_json=args.json)
 
 
 def _add_expert_files(kinds) -> None:
