@@ -77,43 +77,60 @@ class _Chunk:
 
     @classmethod
     def build(cls, pairs: list, pad: int, model: nn.Module, layer: int, device: torch.device, *, packing: bool = True) -> _Chunk:
-        length = max(len(p.prompt_ids) + len(p.target_ids) for p in pairs)
-        ids = torch.full((len(pairs), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(pairs), length), dtype=torch.long)
-        labels = torch.full((len(pairs), length), -100, dtype=torch.long)
-        for i, p in enumerate(pairs):
-            seq = p.prompt_ids + p.target_ids
-            ids[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = 1
-            # Label at position t is the token at t+1 (next-token prediction on target tokens only).
-            start = len(p.prompt_ids) - 1
-            labels[i, start : start + len(p.target_ids)] = torch.tensor(p.target_ids)
+        shared = _shared_prefix(pairs) if packing and len(pairs) > 1 else 0
+        window = sliding_window(model)
+        longest = max(len(p.prompt_ids) + len(p.target_ids) for p in pairs)
+        if shared >= MIN_SHARED_PREFIX and (window is None or longest <= window):
+            ids, mask, labels, positions = _packed_rows(pairs, shared, next(model.parameters()).dtype)
+        else:
+            ids, mask, labels, positions = _padded_rows(pairs, pad)
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+        positions = None if positions is None else positions.to(device)
         capture = _CaptureInput()
         with torch.no_grad(), routing(RouteState(train_expert=capture)):
-            cached = lower_model(model, layer + 1)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            lower = lower_model(model, layer + 1)
+            cached = lower(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
         assert capture.seen is not None, f"layer {layer} carries no adaptor"
-        shared = _shared_prefix(pairs) if packing else 0
-        window = sliding_window(model)
-        if shared < MIN_SHARED_PREFIX or len(pairs) < 2 or (window is not None and length > window):
-            where = labels != -100
-            return cls(cached, capture.seen, mask, where, labels[where])
-        return cls._packed(pairs, shared, cached, capture.seen, labels)
+        where = labels != -100
+        return cls(cached, capture.seen, mask, where, labels[where], positions)
 
-    @classmethod
-    def _packed(cls, pairs: list, shared: int, cached: torch.Tensor, expert_input: torch.Tensor, labels: torch.Tensor) -> _Chunk:
-        lengths = [len(p.prompt_ids) + len(p.target_ids) for p in pairs]
-        device = cached.device
-        owner = torch.cat([torch.full((shared,), -1)] + [torch.full((n - shared,), i) for i, n in enumerate(lengths)]).to(device)
-        positions = torch.cat([torch.arange(shared)] + [torch.arange(shared, n) for n in lengths]).to(device)
-        # A token sees the shared prefix and the earlier tokens of its own example.
-        visible = (owner[None, :] == -1) | (owner[:, None] == owner[None, :])
-        visible &= positions[None, :] <= positions[:, None]
-        mask = torch.zeros(visible.shape, dtype=cached.dtype, device=device).masked_fill(~visible, torch.finfo(cached.dtype).min)
-        take = (owner.clamp(min=0), positions)  # the prefix is read from the first example
-        packed_labels = labels[take]
-        where = packed_labels != -100
-        return cls(cached[take][None], expert_input[take][None], mask[None, None], where[None], packed_labels[where], positions[None])
+
+Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]  # ids, mask, labels, positions
+
+
+def _padded_rows(pairs: list, pad: int) -> Rows:
+    """One right-padded row per pair; the label at position t is the token at t+1, on target
+    tokens only (next-token prediction)."""
+    length = max(len(p.prompt_ids) + len(p.target_ids) for p in pairs)
+    ids = torch.full((len(pairs), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(pairs), length), dtype=torch.long)
+    labels = torch.full((len(pairs), length), -100, dtype=torch.long)
+    for i, p in enumerate(pairs):
+        seq = p.prompt_ids + p.target_ids
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        start = len(p.prompt_ids) - 1
+        labels[i, start : start + len(p.target_ids)] = torch.tensor(p.target_ids)
+    return ids, mask, labels, None
+
+
+def _packed_rows(pairs: list, shared: int, dtype: torch.dtype) -> Rows:
+    """One row: the pairs' first `shared` tokens once, then each pair's other tokens, with their
+    positions in their own sequence and a (1, 1, L, L) additive mask under which a token sees the
+    shared tokens and the earlier tokens of its own pair."""
+    seqs = [p.prompt_ids + p.target_ids for p in pairs]
+    ids = seqs[0][:shared] + [t for s in seqs for t in s[shared:]]
+    owner = torch.tensor([-1] * shared + [i for i, s in enumerate(seqs) for _ in s[shared:]])
+    positions = torch.tensor(list(range(shared)) + [t for s in seqs for t in range(shared, len(s))])
+    labels = torch.full((len(ids),), -100, dtype=torch.long)
+    offset = shared
+    for p, seq in zip(pairs, seqs, strict=True):
+        start = offset + len(p.prompt_ids) - 1 - shared  # _shared_prefix keeps each prompt's last token
+        labels[start : start + len(p.target_ids)] = torch.tensor(p.target_ids)
+        offset += len(seq) - shared
+    visible = ((owner[None, :] == -1) | (owner[:, None] == owner[None, :])) & (positions[None, :] <= positions[:, None])
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
+    return torch.tensor([ids]), mask[None, None], labels[None], positions[None]
 
 
 def sliding_window(model: nn.Module) -> int | None:
