@@ -416,5 +416,5 @@ def test_training_bench_times_variants_in_alternating_runs_and_packing_computes_
     assert [line.split()[0] for line in lines[2:4]] == ["packed", "padded"]
     with pytest.raises(SystemExit, match="labels must differ"):
         cli.main(["bench", "training", *common.split(), "--variant", "a", "--variant", "a:lr=0.1"])
-    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+    with pytest.raises(SystemExit, match="--variant a: 'nonsense=1': expected KEY=VALUE"):
         cli.main(["bench", "training", *common.split(), "--variant", "a:nonsense=1"])

@@ -185,7 +185,7 @@ def _run_training(args: argparse.Namespace) -> int:
         label, _, settings = spec.partition(":")
         if not label:
             raise SystemExit(f"--variant {spec!r}: expected LABEL[:KEY=VALUE,...]")
-        variants.append(Variant(label, _parse_overrides([s for s in settings.split(",") if s])))
+        variants.append(Variant(label, _parse_overrides([s for s in settings.split(",") if s], option=f"--variant {label}:")))
     if len({v.label for v in variants}) != len(variants):
         raise SystemExit(f"--variant labels must differ: {[v.label for v in variants]}")
     opts = TrainingOptions(
@@ -292,14 +292,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     return main(opts, as_json=args.json)
 
 
-def _parse_overrides(pairs: list[str]) -> LemoeConfig:
+def _parse_overrides(pairs: list[str], option: str = "--set") -> LemoeConfig:
     config = LemoeConfig()
     defaults = config.to_dict()
     changes = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or key not in defaults:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(defaults)}")
+            raise SystemExit(f"{option} {pair!r}: expected KEY=VALUE with KEY one of {sorted(defaults)}")
         current = defaults[key]
         if raw.lower() in ("none", "null"):
             changes[key] = None
