@@ -41,15 +41,28 @@ class InferredSubject:
 
 def candidate_spans(prompt: str) -> list[str]:
     """Runs of up to 8 whole words of `prompt`, cleaned of what cannot end or start a name; not
-    the whole prompt (a subject is what the prompt asks about, not all of it)."""
+    the whole prompt (a subject is what the prompt asks about, not all of it). Where the prompt
+    names something (a word with a capital past its first letter of the prompt, or a digit), only
+    the runs that include such a word: otherwise the model sometimes names the relation's noun
+    ("university" of "What is the university where Gerald Kelly went?"), a key that every such
+    question about anyone would match."""
     words = [m.span() for m in re.finditer(r"\S+", prompt)]
-    spans: dict[str, None] = {}
+    spans: dict[str, bool] = {}
     for i in range(len(words)):
         for j in range(i, min(i + _MAX_WORDS, len(words))):
             span = _clean(prompt[words[i][0] : words[j][1]])
             if span and (len(words) < 3 or j - i + 1 < len(words)):
-                spans[span] = None
+                spans[span] = spans.get(span, False) or any(_names(prompt[a:b], first=a == words[0][0]) for a, b in words[i : j + 1])
+    if any(spans.values()):
+        return [span for span, named in spans.items() if named]
     return list(spans)
+
+
+def _names(word: str, *, first: bool) -> bool:
+    """Whether `word` looks like (part of) a name: a digit, or a capital that is not merely the
+    one every prompt's first word has."""
+    rest = word[1:] if first else word
+    return any(c.isdigit() for c in word) or any(c.isupper() for c in rest)
 
 
 def _clean(span: str) -> str:

@@ -16,6 +16,19 @@ def test_candidate_spans_are_whole_words_cleaned_of_punctuation():
     assert candidate_spans("Paris") == ["Paris"]  # a one-word prompt is its own only span
 
 
+def test_where_a_prompt_names_something_every_candidate_includes_a_name():
+    spans = candidate_spans("What is the university where Gerald Kelly went?")
+    assert "Gerald Kelly" in spans and "university" not in spans and "the university where" not in spans
+    assert all("Gerald" in s or "Kelly" in s for s in spans)
+    assert "PRDM16" in candidate_spans("Which species has the PRDM16 gene?")
+    assert "species" not in candidate_spans("Which species has the PRDM16 gene?")  # a digit names too
+    # The first word's capital is every prompt's: "The year" names nothing.
+    assert "The year" not in candidate_spans("The year Augusta Joyce Crocheron died was what?")
+    # Nothing named beyond the first word: every span stays a candidate.
+    assert {"France", "capital city"} <= set(candidate_spans("France's capital city is"))
+    assert "the novel" in candidate_spans("Who wrote the novel?")
+
+
 def test_inferred_subjects_are_spans_of_their_prompts(tiny_model, tiny_tokenizer):
     prompts = ["Who is the CEO of Acme?", "The capital of France is", "Who wrote the novel?"]
     found = infer_subjects(tiny_model, tiny_tokenizer, prompts, tiny_model.device)
