@@ -9,13 +9,23 @@ from pathlib import Path
 from app.lemoe.config import LemoeConfig
 
 
+def _data_arguments(parser: argparse.ArgumentParser, edits_help: str = "T: how many records to edit in sequence") -> None:
+    parser.add_argument("--data", type=Path, required=True, help="a ZsRE- or CounterFact-format JSON file")
+    parser.add_argument("--format", choices=["zsre", "counterfact"], required=True)
+    parser.add_argument("--edits", type=int, required=True, help=edits_help)
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"), help="the converted bundled model's cache")
+    parser.add_argument("--device", default="auto")
+
+
 def add_bench_parser(subparsers) -> None:
     bench = subparsers.add_parser("bench", help="run a benchmark and print a table")
     kinds = bench.add_subparsers(dest="bench_kind", required=True)
     q = kinds.add_parser("quality", help="lifelong editing quality (Rel/Gen/Loc + exact match)")
-    q.add_argument("--data", type=Path, required=True, help="a ZsRE- or CounterFact-format JSON file")
-    q.add_argument("--format", choices=["zsre", "counterfact"], required=True)
-    q.add_argument("--edits", type=int, required=True, help="T: how many records to edit in sequence")
+    _data_arguments(q)
     q.add_argument("--batch-size", type=int, default=16, help="edits per expert")
     q.add_argument("--no-planning", action="store_true", help="arrival order instead of clustering")
     q.add_argument("--no-gate", action="store_true", help="always route to the nearest expert")
@@ -24,9 +34,7 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument(
         "--check", action="store_true", help="run the server's check before going live on each expert; report its figures and cost"
     )
-    q.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
-    q.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
-    q.add_argument("--device", default="auto")
+    _model_arguments(q)
     q.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override an editor setting, e.g. --set layer=20 --set max_steps=40"
     )
@@ -34,9 +42,7 @@ def add_bench_parser(subparsers) -> None:
     q.set_defaults(handler=_run_quality)
 
     lo = kinds.add_parser("locality", help="greedy answers to probes built from the data: edited facts, other subjects, other questions")
-    lo.add_argument("--data", type=Path, required=True, help="a ZsRE- or CounterFact-format JSON file")
-    lo.add_argument("--format", choices=["zsre", "counterfact"], required=True)
-    lo.add_argument("--edits", type=int, required=True, help="T: how many records to edit in sequence")
+    _data_arguments(lo)
     lo.add_argument(
         "--subjects",
         choices=["none", "given"],
@@ -63,9 +69,7 @@ def add_bench_parser(subparsers) -> None:
         help="another file of the same format whose unedited subjects also fill the other-subject probes "
         "(at large T the data file has none left: ZsRE dev at --edits 600)",
     )
-    lo.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
-    lo.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
-    lo.add_argument("--device", default="auto")
+    _model_arguments(lo)
     lo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an editor setting")
     lo.add_argument(
         "--routing-only",
@@ -91,9 +95,7 @@ def add_bench_parser(subparsers) -> None:
     lo.set_defaults(handler=_run_locality)
 
     g = kinds.add_parser("gate", help="how well routing queries separate paraphrases from unrelated prompts")
-    g.add_argument("--data", type=Path, required=True)
-    g.add_argument("--format", choices=["zsre", "counterfact"], required=True)
-    g.add_argument("--edits", type=int, required=True)
+    _data_arguments(g)
     g.add_argument("--layers", type=int, nargs="*", default=[], help="route layers to compare (default: the adaptor layer)")
     g.add_argument("--poolings", nargs="*", default=["mean", "last", "mean_last"], choices=["mean", "last", "mean_last", "subject"])
     g.add_argument(
@@ -103,9 +105,7 @@ def add_bench_parser(subparsers) -> None:
         default=[],
         help="with --poolings subject: sentence floors to compare (default: the editor's)",
     )
-    g.add_argument("--model", type=Path, default=None)
-    g.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
-    g.add_argument("--device", default="auto")
+    _model_arguments(g)
     g.add_argument("--json", action="store_true")
     g.set_defaults(handler=_run_gate)
 
@@ -118,9 +118,7 @@ def add_bench_parser(subparsers) -> None:
         help="store of the server started here: a temporary SQLite file or a throw-away PostgreSQL schema",
     )
     ld.add_argument("--postgres-url", default=None, help="PostgreSQL for --database postgresql (a schema is created in it and dropped)")
-    ld.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
-    ld.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"), help="converted bundled model cache")
-    ld.add_argument("--device", default="auto")
+    _model_arguments(ld)
     ld.add_argument("--seconds", type=float, default=60.0, help="length of the load window")
     ld.add_argument("--max-requests", type=int, default=5000, help="load requests at most (all clients together)")
     ld.add_argument("--max-edits", type=int, default=1000, help="edits submitted at most")
@@ -154,9 +152,7 @@ def add_bench_parser(subparsers) -> None:
 
 def _add_training(kinds) -> None:
     tr = kinds.add_parser("training", help="training cost per edit, editor settings compared in alternating runs")
-    tr.add_argument("--data", type=Path, required=True, help="a ZsRE- or CounterFact-format JSON file")
-    tr.add_argument("--format", choices=["zsre", "counterfact"], required=True)
-    tr.add_argument("--edits", type=int, required=True, help="records trained per run (the file's first ones)")
+    _data_arguments(tr, edits_help="records trained per run (the file's first ones)")
     tr.add_argument(
         "--variant",
         action="append",
@@ -168,9 +164,7 @@ def _add_training(kinds) -> None:
     tr.add_argument("--batch-size", type=int, default=16, help="edits per expert")
     tr.add_argument("--repeats", type=int, default=2, help="alternating runs per variant")
     tr.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's own choice)")
-    tr.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
-    tr.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
-    tr.add_argument("--device", default="auto")
+    _model_arguments(tr)
     tr.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     tr.set_defaults(handler=_run_training)
 
@@ -228,9 +222,7 @@ def _add_routing(kinds) -> None:
     rt.add_argument("--edits-per-expert", type=int, default=16)
     rt.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (the median is reported)")
     rt.add_argument("--max-new-tokens", type=int, default=32)
-    rt.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
-    rt.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
-    rt.add_argument("--device", default="auto")
+    _model_arguments(rt)
     rt.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     rt.add_argument(
         "--every-anchor-a-candidate",
@@ -267,9 +259,7 @@ def _add_serve(kinds) -> None:
     sv.add_argument("--requests", type=int, default=32, help="requests per level (at least the concurrency)")
     sv.add_argument("--max-new-tokens", type=int, default=32)
     sv.add_argument("--max-batch", type=int, default=16, help="rows decoded together at most (LEMOE_MAX_BATCH_SIZE)")
-    sv.add_argument("--model", type=Path, default=None, help="a local HF model dir (default: bundled SmolLM2)")
-    sv.add_argument("--cache-dir", type=Path, default=Path("lemoe-data/model-cache"))
-    sv.add_argument("--device", default="auto")
+    _model_arguments(sv)
     sv.add_argument("--json", action="store_true")
     sv.set_defaults(handler=_run_serve)
 
