@@ -282,7 +282,9 @@ function histogram(container, scores, gate, floor) {
 }
 
 // --- edits -------------------------------------------------------------------------------
-const editList = { cursors: [null], page: 0, next: null, filters: {}, open: null };
+// `renders` counts renders begun: an answer that comes back after a newer render began (the event
+// stream's refresh under the old filter, answered late) is dropped instead of drawn over the newer.
+const editList = { cursors: [null], page: 0, next: null, filters: {}, open: null, renders: 0 };
 
 function editRows(items) {
   const rows = items.map((e) =>
@@ -300,10 +302,12 @@ function editRows(items) {
 }
 
 async function renderEdits() {
+  const render = ++editList.renders;
   const [page, daily] = await Promise.all([
     api("GET", `/v1/edits${query({ ...editList.filters, limit: EDIT_PAGE_SIZE, cursor: editList.cursors[editList.page] })}`),
     api("GET", "/v1/audit/daily?action=edit.applied&days=30"),
   ]);
+  if (render !== editList.renders) return;
   barChart($("#applied-chart"), daily.items, "Edits applied per day");
   editList.next = page.next_cursor;
   fill($("#edits-table tbody"), page.items, () => editRows(page.items));

@@ -328,6 +328,46 @@ def walk_through(page, server: LiveServer, release: threading.Event, expect) -> 
     assert errors == []
 
 
+# Answers to edit lists filtered by status wait until the page says go: they come back after later
+# ones. `heldRead` is set in a task after the held answer's body was read, so whatever the page
+# does with it (promise continuations, no I/O) has been done by then.
+HOLD_STATUS_FILTERS = """() => {
+  const held = new Promise((resolve) => { window.releaseHeld = resolve; });
+  const fetchNow = window.fetch;
+  window.fetch = async (path, init) => {
+    const response = await fetchNow(path, init);
+    if (!String(path).includes("status=rolled_back")) return response;
+    await held;
+    const read = response.text.bind(response);
+    response.text = async () => { const body = await read(); setTimeout(() => { window.heldRead = true; }, 0); return body; };
+    return response;
+  };
+}"""
+
+
+def test_an_edit_list_answered_late_does_not_replace_a_newer_one(browser, tiny_model_dir, shared_engine, tmp_path, expect):
+    settings = tiny_settings(tiny_model_dir, tmp_path / "data")
+    with live_server(create_app(settings, engine=shared_engine)) as server:
+        for i in range(3):
+            assert httpx.post(f"{server.url}/v1/edits", json={"prompt": f"Fact number {i} is", "target": f"value {i}"}).status_code == 202
+        with open_page(browser, DESKTOP) as page:
+            visit(page, server, "edits", expect)
+            expect(page.locator("#edits-table tbody tr")).to_have_count(3)
+            page.evaluate(HOLD_STATUS_FILTERS)
+            page.get_by_label("Status").select_option("rolled_back")
+            page.get_by_role("button", name="Filter").click()  # its answer is held
+            page.get_by_label("Status").select_option("")
+            page.get_by_label("Text").fill("number 1 ")
+            page.get_by_role("button", name="Filter").click()
+            expect(page.locator("#edits-table tbody tr")).to_have_count(1)
+            expect(page.locator("#edits-table tbody")).to_contain_text("Fact number 1 is")
+            page.evaluate("window.releaseHeld()")
+            page.wait_for_function("window.heldRead === true")
+            # The older filter's answer (no rolled-back edit) came last and was not drawn.
+            assert "Fact number 1 is" in page.locator("#edits-table tbody").inner_text()
+            assert "No edits match" not in page.locator("#edits-table tbody").inner_text()
+
+
 def test_the_console_asks_for_a_key_and_shows_what_it_lacks(browser, tiny_model_dir, shared_engine, tmp_path, expect):
     settings = tiny_settings(tiny_model_dir, tmp_path / "data", auth=AuthMode.ON)
     with live_server(create_app(settings, engine=shared_engine)) as server:
