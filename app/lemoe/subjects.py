@@ -47,12 +47,13 @@ def candidate_spans(prompt: str) -> list[str]:
     ("university" of "What is the university where Gerald Kelly went?"), a key that every such
     question about anyone would match."""
     words = [m.span() for m in re.finditer(r"\S+", prompt)]
+    naming = [_names(prompt[a:b], first=k == 0) for k, (a, b) in enumerate(words)]
     spans: dict[str, bool] = {}
     for i in range(len(words)):
         for j in range(i, min(i + _MAX_WORDS, len(words))):
             span = _clean(prompt[words[i][0] : words[j][1]])
             if span and (len(words) < 3 or j - i + 1 < len(words)):
-                spans[span] = spans.get(span, False) or any(_names(prompt[a:b], first=a == words[0][0]) for a, b in words[i : j + 1])
+                spans[span] = spans.get(span, False) or any(naming[i : j + 1])
     if any(spans.values()):
         return [span for span, named in spans.items() if named]
     return list(spans)
