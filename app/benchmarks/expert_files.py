@@ -38,8 +38,9 @@ class ExpertFilesOptions:
 
 def synthetic_entry(name: str, opts: ExpertFilesOptions, generator: torch.Generator) -> ExpertEntry:
     n, d = opts.edits_per_expert, opts.hidden_size
-    module = Expert(d, opts.expert_hidden, generator=generator)
+    module = Expert(d, opts.expert_hidden, generator=generator, codes=n)
     torch.nn.init.normal_(module.up.weight, std=0.02, generator=generator)
+    torch.nn.init.normal_(module.codes, std=1.0, generator=generator)
     return ExpertEntry(
         name=name,
         module=module,

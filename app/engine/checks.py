@@ -25,7 +25,7 @@ import torch
 from app.lemoe.editor import LemoeEditor, RouteInputs
 from app.lemoe.expert import ExpertEntry
 from app.lemoe.reference import LOCALITY_PROMPTS
-from app.lemoe.routing import anchor_edit_ids
+from app.lemoe.routing import RouteDecision, anchor_edit_ids
 from app.lemoe.text import encode_pair
 from app.lemoe.types import Edit, SamplingParams
 
@@ -167,8 +167,8 @@ def _changed(
         return []
     subset = [prompts[i] for i in moved]
     lengths = [tokens[i] for i in moved]
-    old = _generate(editor, subset, lengths, before, forced=[routes_before[i].expert_index for i in moved])
-    new = _generate(editor, subset, lengths, after, forced=[routes_after[i].expert_index for i in moved])
+    old = _generate(editor, subset, lengths, before, forced=[routes_before[i] for i in moved])
+    new = _generate(editor, subset, lengths, after, forced=[routes_after[i] for i in moved])
     return [i for i, a, b in zip(moved, old, new, strict=True) if a != b]
 
 
@@ -178,7 +178,7 @@ def _generate(
     lengths: list[int],
     stack: tuple[ExpertEntry, ...],
     *,
-    forced: list[int | None],
+    forced: list[RouteDecision],
     batch_size: int = 16,
 ) -> list[str]:
     """Greedy text of each prompt on the route given, batched by similar length: a batch generates

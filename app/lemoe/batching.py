@@ -90,8 +90,7 @@ class DecodeBatch:
         enc = encode_batch(editor.tokenizer, [r.prompt for r in requests], side="left")
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         routed = editor.route([r.route_on for r in requests], stack=stack) if route_elsewhere else None
-        forced = None if routed is None else [d.expert_index for d in routed]
-        state = editor.route_state(mask, stack=stack, prompts=[r.prompt for r in requests], forced=forced)
+        state = editor.route_state(mask, stack=stack, prompts=[r.prompt for r in requests], forced=routed)
         cache = DynamicCache()
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         with routing(state):
@@ -189,6 +188,7 @@ class DecodeBatch:
         """Each row on its own expert (held from its prefill), the base model for the rest."""
         experts: list[ExpertEntry] = []
         rows: dict[int, list[int]] = {}
+        slots: dict[int, list[int]] = {}
         for r, row in enumerate(self.rows):
             if row.expert is None:
                 continue
@@ -197,11 +197,12 @@ class DecodeBatch:
                 experts.append(row.expert)
                 index = len(experts) - 1
             rows.setdefault(index, []).append(r)
+            slots.setdefault(index, []).append(row.expert.slot_of(row.route.nearest_edit_id))
         device = self.editor.device
         return RouteState(
             stack=experts,
             decisions=[row.route for row in self.rows],  # decided: the query probe leaves them be
-            groups=[(k, torch.tensor(r, device=device)) for k, r in rows.items()],
+            groups=[(k, torch.tensor(r, device=device), torch.tensor(slots[k], device=device)) for k, r in rows.items()],
         )
 
     # --- the shared cache ----------------------------------------------------------------------

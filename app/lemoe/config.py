@@ -67,6 +67,13 @@ class LemoeConfig:
     # packed row that computes the prefix once: the same loss as padded rows, 18% less CPU per
     # expert (docs/BENCHMARKS.md). False: padded rows, for comparison.
     train_packing: bool = True
+    # Edit codes: each expert also learns one code per edit, added to its hidden layer where the
+    # answer is read (from the prompt's last token on); a routed request gets the code of the edit
+    # whose anchor routed it. The expert then answers with that edit's fact however the prompt
+    # words it, instead of with a neighbour's whose prompt reads alike (docs/BENCHMARKS.md).
+    # `edit_code_lr`: the codes' own learning rate, high so that they outweigh the prompt's states.
+    edit_codes: bool = True
+    edit_code_lr: float = 0.5
     seed: int = 0
 
     def resolved_layer(self, num_layers: int) -> int:

@@ -327,8 +327,8 @@ class LemoeEditor:
         rng = random.Random(f"{self.config.seed}:{name}")
         examples: list[TrainingExample] = []
         chat = self._chat_form if self.config.chat_examples and has_chat_template(self.tokenizer) else None
-        for e in edits:
-            examples += augment(TrainingExample(e.prompt, e.target), e.rephrases, self.config, rng, chat=chat)
+        for slot, e in enumerate(edits):
+            examples += augment(TrainingExample(e.prompt, e.target, slot), e.rephrases, self.config, rng, chat=chat)
         result = train_expert(
             self.model,
             self.tokenizer,
@@ -445,7 +445,7 @@ class LemoeEditor:
         query_mask: torch.Tensor,
         *,
         stack: Sequence[ExpertEntry] | None,
-        forced: Sequence[int | None] | None = None,
+        forced: Sequence[RouteDecision] | None = None,
         prompts: Sequence[str] | None = None,
     ) -> RouteState:
         """The routing state of one batch; with `prompts`, their subject states too, when some
@@ -465,7 +465,7 @@ class LemoeEditor:
         *,
         stack: Sequence[ExpertEntry] | None = None,
         stop: StopSignal | None = None,
-        forced: Sequence[int | None] | None = None,
+        forced: Sequence[RouteDecision] | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> list[Generation]:
         """Generate through the routed stack; the route is fixed on the prompt at prefill.
@@ -567,7 +567,7 @@ class LemoeEditor:
         that `route_texts` (e.g. that message alone) take: decided first, held for every token."""
         stack = self._stack if stack is None else tuple(stack)
         decisions = self.route(route_texts, stack=stack)
-        results = self.generate(prompts, params, stack=stack, stop=stop, on_text=on_text, forced=[d.expert_index for d in decisions])
+        results = self.generate(prompts, params, stack=stack, stop=stop, on_text=on_text, forced=decisions)
         return [dataclasses.replace(g, route=d) for g, d in zip(results, decisions, strict=True)]
 
     @torch.inference_mode()

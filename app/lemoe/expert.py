@@ -13,31 +13,54 @@ from app.lemoe.config import ExpertKind
 
 
 class Expert(nn.Module):
-    """`up(act(down(x)))`; `up` starts at zero so a fresh expert changes nothing until trained."""
+    """`up(act(down(x) + code))`; `up` starts at zero so a fresh expert changes nothing until trained.
 
-    def __init__(self, hidden_size: int, expert_hidden: int, kind: ExpertKind = "ffn", *, generator: torch.Generator | None = None) -> None:
+    `codes` (one row per edit of the expert, or None): the code of the edit a request was routed
+    by, added where the answer is read (`slots`, -1: none; `LemoeConfig.edit_codes`).
+    """
+
+    def __init__(
+        self, hidden_size: int, expert_hidden: int, kind: ExpertKind = "ffn", *, generator: torch.Generator | None = None, codes: int = 0
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.down = nn.Linear(hidden_size, expert_hidden, bias=False)
         self.up = nn.Linear(expert_hidden, hidden_size, bias=False)
+        self.codes: nn.Parameter | None
+        self.register_parameter("codes", nn.Parameter(torch.zeros(codes, expert_hidden)) if codes else None)
         if generator is not None:  # nn.Linear's own initialisation, drawn from `generator`
             nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(self.up.weight)
 
     @classmethod
-    def from_weights(cls, down: torch.Tensor, up: torch.Tensor, kind: ExpertKind = "ffn", *, dtype: torch.dtype = torch.float32) -> Expert:
+    def from_weights(
+        cls,
+        down: torch.Tensor,
+        up: torch.Tensor,
+        kind: ExpertKind = "ffn",
+        *,
+        dtype: torch.dtype = torch.float32,
+        codes: torch.Tensor | None = None,
+    ) -> Expert:
         """A frozen expert holding these weights (converted to `dtype`), without drawing an
         initialisation first: loading many experts should cost the reading of their files."""
         if down.dim() != 2 or up.dim() != 2 or up.shape != down.shape[::-1]:
             raise ValueError(f"down {tuple(down.shape)} and up {tuple(up.shape)} are not an expert's weights")
+        if codes is not None and (codes.dim() != 2 or codes.shape[1] != down.shape[0]):
+            raise ValueError(f"codes {tuple(codes.shape)} do not fit an expert of hidden size {down.shape[0]}")
         with torch.device("meta"):
             expert = cls(down.shape[1], down.shape[0], kind)
         expert.down.weight = nn.Parameter(converted(down, dtype), requires_grad=False)
         expert.up.weight = nn.Parameter(converted(up, dtype), requires_grad=False)
+        if codes is not None:
+            expert.codes = nn.Parameter(converted(codes, dtype), requires_grad=False)
         return expert.eval()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, slots: torch.Tensor | None = None) -> torch.Tensor:
         h = self.down(x)
+        if self.codes is not None and slots is not None:
+            code = self.codes[slots.clamp(min=0)] * (slots >= 0).unsqueeze(-1).to(h.dtype)
+            h = h + (code.unsqueeze(1) if slots.dim() == 1 else code)
         if self.kind == "ffn":
             h = nn.functional.silu(h)
         return self.up(h)
@@ -62,6 +85,14 @@ class ExpertEntry:
     # (n_edits, d) subject-layer states averaged over each anchor's subject tokens (span keys;
     # `SubjectKeys.span_vectors`); a NaN row: no span check. None: made before they existed.
     subject_span_anchors: torch.Tensor | None = None
+
+    def slot_of(self, edit_id: int | None) -> int:
+        """The code slot of `edit_id`: its place among the expert's edits, which come first among
+        its anchors, in training order (-1: not one of them, or the expert has no codes)."""
+        if edit_id is None or self.module.codes is None or edit_id not in self.edit_ids:
+            return -1
+        slot = self.edit_ids.index(edit_id)
+        return slot if slot < len(self.module.codes) else -1
 
     @property
     def key(self) -> torch.Tensor:

@@ -50,6 +50,8 @@ def save_expert(entry: ExpertEntry, directory: Path, *, weights_dtype: torch.dty
         "up.weight": converted(module.up.weight.detach().cpu(), weights_dtype).contiguous(),
         "anchors": entry.anchors.detach().cpu().float().contiguous(),
     }
+    if module.codes is not None:
+        tensors["codes"] = converted(module.codes.detach().cpu(), weights_dtype).contiguous()
     if entry.subject_anchors is not None:
         tensors["subject_anchors"] = entry.subject_anchors.detach().cpu().float().contiguous()
     if entry.relation_anchors is not None and entry.subject_lengths is not None:
@@ -108,7 +110,7 @@ def load_expert(
     try:
         config = json.loads(config_path.read_text())
         tensors = load_file(str(weights_path))
-        module = Expert.from_weights(tensors["down.weight"], tensors["up.weight"], config["kind"], dtype=dtype)
+        module = Expert.from_weights(tensors["down.weight"], tensors["up.weight"], config["kind"], dtype=dtype, codes=tensors.get("codes"))
         if (module.down.in_features, module.down.out_features) != (config["hidden_size"], config["expert_hidden"]):
             raise ValueError(f"weights of shape {tuple(tensors['down.weight'].shape)} do not match its config")
         anchors = tensors["anchors"]
@@ -116,6 +118,8 @@ def load_expert(
     except Exception as exc:  # any file we cannot make sense of (JSON, safetensors, shapes, keys)
         raise ExpertFileError(f"cannot load its files: {type(exc).__name__}: {exc}", directory=directory) from exc
     module.to(device).requires_grad_(False)
+    if module.codes is not None and len(module.codes) > anchors.shape[0]:
+        raise ExpertFileError("edit codes do not match its anchors", directory=directory)
     subject_anchors = tensors.get("subject_anchors")
     if subject_anchors is not None and subject_anchors.shape[0] != anchors.shape[0]:
         raise ExpertFileError("subject keys do not match its anchors", directory=directory)

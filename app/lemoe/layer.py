@@ -7,7 +7,7 @@ from torch import nn
 
 from app.lemoe.config import Pooling
 from app.lemoe.layout import layout_of
-from app.lemoe.routing import current_route, decide
+from app.lemoe.routing import answer_slots, current_route, decide
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -32,8 +32,8 @@ class LemoeMLP(nn.Module):
         if not state.groups:
             return out
         out = out.clone()
-        for expert_index, rows in state.groups:
-            out[rows] = out[rows] + state.stack[expert_index].module(x[rows])
+        for expert_index, rows, slots in state.groups:
+            out[rows] = out[rows] + state.stack[expert_index].module(x[rows], answer_slots(slots, state.query_mask, rows, x.shape[1]))
         return out
 
 

@@ -41,13 +41,13 @@ class RouteState:
     router: AnchorRouter | None = None
     train_expert: Expert | None = None
     capture_only: bool = False
-    forced: Sequence[int | None] | None = None  # bypass routing: expert index per row
+    forced: Sequence[RouteDecision] | None = None  # bypass routing: each row's decision as given
     queries: torch.Tensor | None = None
     subject_states: torch.Tensor | None = None  # (B, T, d) subject-layer states (LemoeEditor.subject_states)
     subject_mask: torch.Tensor | None = None  # (B, T) which of those tokens may match a subject
     relation_mask: torch.Tensor | None = None  # (B, T) which are read for the relation (LemoeEditor.relation_mask)
     decisions: list[RouteDecision] | None = None
-    groups: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    groups: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # expert, rows, code slots
 
 
 _ROUTE: contextvars.ContextVar[RouteState | None] = contextvars.ContextVar("lemoe_route", default=None)
@@ -536,20 +536,33 @@ def anchor_edit_ids(stack: Sequence[ExpertEntry]) -> list[int | None]:
     return [eid for e in stack for eid in (e.edit_ids or [None] * len(e.anchors))]
 
 
+def answer_slots(slots: torch.Tensor, query_mask: torch.Tensor | None, rows: torch.Tensor, length: int) -> torch.Tensor:
+    """The code slot of each of `rows`' positions: at a prefill of `length` tokens only from each
+    prompt's last token on (where the answer is read, as in training); at later steps every position."""
+    if query_mask is None or query_mask.shape[1] != length:
+        return slots
+    mask = query_mask[rows.to(query_mask.device)].long()
+    last = (mask * torch.arange(length, device=mask.device)).argmax(dim=1)
+    after = torch.arange(length, device=mask.device)[None, :] >= last[:, None]
+    return torch.where(after.to(slots.device), slots[:, None], torch.full_like(slots[:, None], -1))
+
+
 def decide(state: RouteState, x: torch.Tensor, pooling: Pooling) -> None:
     """Compute the prompt queries from `x` and fix the route for the whole request."""
     state.queries = pool(x, state.query_mask, pooling).detach().float()
     if state.capture_only:
         raise QueryCaptured
     if state.forced is not None:
-        state.decisions = [RouteDecision(i, None if i is None else state.stack[i].name, None, None) for i in state.forced]
+        state.decisions = list(state.forced)
     elif state.router is None:
         state.decisions = [RouteDecision(None, None, None, None)] * x.shape[0]
     else:
         state.decisions = state.router.route(state.queries, state.stack, state.subject_states, state.subject_mask, state.relation_mask)
     state.subject_states = state.subject_mask = state.relation_mask = None  # only needed for the decision; free them
     rows: dict[int, list[int]] = {}
+    slots: dict[int, list[int]] = {}
     for r, d in enumerate(state.decisions):
         if d.expert_index is not None:
             rows.setdefault(d.expert_index, []).append(r)
-    state.groups = [(i, torch.tensor(r, device=x.device)) for i, r in rows.items()]
+            slots.setdefault(d.expert_index, []).append(state.stack[d.expert_index].slot_of(d.nearest_edit_id))
+    state.groups = [(i, torch.tensor(r, device=x.device), torch.tensor(slots[i], device=x.device)) for i, r in rows.items()]

@@ -25,6 +25,7 @@ ProgressFn = Callable[[int, float], None]  # (step, loss)
 class TrainingExample:
     prompt: str
     target: str
+    slot: int = 0  # which edit of the batch it teaches (LemoeConfig.edit_codes)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class _Chunk:
     where: torch.Tensor
     targets: torch.Tensor
     positions: torch.Tensor | None = None
+    slots: torch.Tensor | None = None
 
     @classmethod
     def build(cls, pairs: list, pad: int, model: nn.Module, layer: int, device: torch.device, *, packing: bool = True) -> _Chunk:
@@ -242,6 +244,22 @@ def hidden_at_layer(model: nn.Module, layer: int, input_ids: torch.Tensor, atten
         return lower_model(model, layer)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
+def _answer_slots(chunk: _Chunk, slots: list[int]) -> torch.Tensor:
+    """(rows, T) the code slot of each labelled position (from an example's last prompt token on:
+    where the answer is read), -1 elsewhere. A packed row holds its examples in order and each
+    example's last token has no label, so the k-th run of labelled positions is the k-th example's."""
+    where = chunk.where
+    out = torch.full(where.shape, -1, dtype=torch.long, device=where.device)
+    if chunk.positions is None:  # one example per row
+        return torch.where(where, torch.tensor(slots, device=where.device)[:, None], out)
+    labelled = where[0].nonzero().flatten()
+    # A new run starts where the position does not follow the previous labelled one.
+    starts = torch.ones(len(labelled), dtype=torch.long, device=where.device)
+    starts[1:] = (labelled[1:] != labelled[:-1] + 1).long()
+    out[0, labelled] = torch.tensor(slots, device=where.device)[starts.cumsum(0) - 1]
+    return out
+
+
 def augment(
     edit: TrainingExample,
     rephrases: Sequence[str],
@@ -252,11 +270,11 @@ def augment(
 ) -> list[TrainingExample]:
     """The edit itself, its given rephrases, copies behind random context prefixes and, given
     `chat` (a user message -> the model's chat prompt), the edit asked as a chat."""
-    out = [edit] + [TrainingExample(r, edit.target) for r in rephrases]
+    out = [edit] + [TrainingExample(r, edit.target, edit.slot) for r in rephrases]
     prefixes = rng.sample(CONTEXT_PREFIXES, k=min(config.augmentations, len(CONTEXT_PREFIXES)))
-    out += [TrainingExample(f"{p} {edit.prompt}", edit.target) for p in prefixes]
+    out += [TrainingExample(f"{p} {edit.prompt}", edit.target, edit.slot) for p in prefixes]
     if chat is not None:
-        out.append(TrainingExample(chat(edit.prompt), edit.target))
+        out.append(TrainingExample(chat(edit.prompt), edit.target, edit.slot))
     return out
 
 
@@ -277,14 +295,23 @@ def train_expert(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # The loss over all chunks is the same token-weighted mean a single padded batch would give.
     packing = config.train_packing
-    chunks = [_Chunk.build([pairs[i] for i in c], pad, model, layer, device, packing=packing) for c in _chunked(pairs, packing=packing)]
+    chunks = []
+    for c in _chunked(pairs, packing=packing):
+        chunk = _Chunk.build([pairs[i] for i in c], pad, model, layer, device, packing=packing)
+        if config.edit_codes:
+            chunk.slots = _answer_slots(chunk, [examples[i].slot for i in c])
+        chunks.append(chunk)
     n_targets = sum(int(c.targets.numel()) for c in chunks)
     upper = layout_of(model).decoder_of(upper_model(model, layer + 1))
     lm_head = model.get_output_embeddings()
     # A generator of its own: seeding the global RNG would reach concurrent sampled requests.
     seeded = torch.Generator().manual_seed(config.seed)
-    expert = Expert(hidden_size, config.expert_hidden, config.expert_kind, generator=seeded).to(device)
-    optimizer = torch.optim.Adam(expert.parameters(), lr=config.lr)
+    codes = max(e.slot for e in examples) + 1 if config.edit_codes else 0
+    expert = Expert(hidden_size, config.expert_hidden, config.expert_kind, generator=seeded, codes=codes).to(device)
+    groups: list[dict] = [{"params": [expert.down.weight, expert.up.weight]}]
+    if expert.codes is not None:
+        groups.append({"params": [expert.codes], "lr": config.edit_code_lr})
+    optimizer = torch.optim.Adam(groups, lr=config.lr)
     loss_value = float("inf")
     step = 0
     with routing(RouteState()):
@@ -292,7 +319,7 @@ def train_expert(
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for chunk in chunks:
-                edited = chunk.cached + expert(chunk.expert_input)
+                edited = chunk.cached + expert(chunk.expert_input, chunk.slots)
                 hidden = upper(
                     inputs_embeds=edited, attention_mask=chunk.mask, position_ids=chunk.positions, use_cache=False
                 ).last_hidden_state

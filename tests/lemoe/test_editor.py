@@ -9,7 +9,7 @@ from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
 from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.layer import LemoeMLP, decoder_layers
-from app.lemoe.routing import RouteState, routing
+from app.lemoe.routing import RouteDecision, RouteState, routing
 from app.lemoe.text import chat_prompt, encode_pair
 from app.lemoe.trainer import hidden_at_layer, upper_model
 
@@ -42,7 +42,7 @@ def test_layer_out_of_range_raises(tiny_model, tiny_tokenizer):
 def test_fresh_expert_is_a_no_op_until_trained(editor):
     before = logits(editor, "The capital of France is")
     fresh = ExpertEntry("fresh", Expert(64, 16), anchors=torch.zeros(1, 64))
-    after = logits(editor, "The capital of France is", stack=(fresh,), forced=[0])
+    after = logits(editor, "The capital of France is", stack=(fresh,), forced=[RouteDecision(0, "fresh", None, None)])
     assert torch.equal(before, after)
 
 
