@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # its last token decides. The threshold: None keeps the editor's default.
     subject_span_keys: bool = True
     subject_span_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    # Each expert learns one code per edit and answers a request with the code of the edit that
+    # routed it; None: the editor's default (on). Experts keep what they were trained with.
+    edit_codes: bool | None = None
     edits_per_expert: int = Field(default=16, ge=1, le=256)
     planning: bool = True
     # Training knobs for tests and experiments; None: the editor's default (app/lemoe/config.py).

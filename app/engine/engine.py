@@ -84,6 +84,7 @@ class Engine:
             ("train_augmentations", "augmentations"),
             ("train_loss_threshold", "loss_threshold"),
             ("train_chat_examples", "chat_examples"),
+            ("edit_codes", "edit_codes"),
         ):
             value = getattr(settings, setting, None)
             if value is not None:

@@ -114,3 +114,8 @@ def test_relation_and_span_settings_reach_the_editor(tiny_model_dir, tmp_path, s
     assert getattr(tuned.editor.router.subject, attribute) == 0.5
     off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "c", **{switch: False}))
     assert getattr(off.editor.config, threshold) is None and getattr(off.editor.router.subject, attribute) is None
+
+
+def test_edit_codes_setting_reaches_the_editor(tiny_model_dir, tmp_path):
+    assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.config.edit_codes is True
+    assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", edit_codes=False)).editor.config.edit_codes is False
