@@ -71,7 +71,9 @@ def synthetic_stack(editor: LemoeEditor, count: int, edits_per_expert: int, seed
         entries.append(
             ExpertEntry(
                 name=f"synthetic-{k}",
-                module=Expert(d, hidden, editor.config.expert_kind, generator=generator, codes=edits_per_expert if editor.config.edit_codes else 0),
+                module=Expert(
+                    d, hidden, editor.config.expert_kind, generator=generator, codes=edits_per_expert if editor.config.edit_codes else 0
+                ),
                 anchors=anchors,
                 edit_ids=[k * edits_per_expert + i for i in range(edits_per_expert)],
                 meta={"subject_view": {"context": editor.config.subject_context, "lowercase": editor.config.subject_lowercase}},
