@@ -34,7 +34,7 @@ def test_expert_files_bench_compares_float32_and_float16_files(tmp_path):
     f32, f16 = result["rows"]
     assert (f32["stored_as"], f16["stored_as"]) == ("float32", "float16")
     assert f32["edits"] == f16["edits"] == 12
-    weights = 2 * 32 * 8  # down and up
+    weights = 2 * 32 * 8 + 4 * 8  # down and up, and one code of 8 per edit
     assert f32["memory_weights_bytes_per_edit"] == f16["memory_weights_bytes_per_edit"] == weights * 4 // 4  # served in float32
     assert f16["weights_file_bytes_per_edit"] < f32["weights_file_bytes_per_edit"]
     assert f32["weights_file_bytes_per_edit"] - f16["weights_file_bytes_per_edit"] == pytest.approx(weights * 2 / 4, abs=1)

@@ -73,7 +73,7 @@ class LemoeConfig:
     # words it, instead of with a neighbour's whose prompt reads alike (docs/BENCHMARKS.md).
     # `edit_code_lr`: the codes' own learning rate, high so that they outweigh the prompt's states.
     edit_codes: bool = True
-    edit_code_lr: float = 0.5
+    edit_code_lr: float = 1.0
     seed: int = 0
 
     def resolved_layer(self, num_layers: int) -> int:

@@ -327,12 +327,14 @@ def train_expert(
                 loss = nn.functional.cross_entropy(lm_head(hidden[chunk.where]).float(), chunk.targets, reduction="sum") / n_targets
                 loss.backward()
                 total += float(loss.detach())
-            optimizer.step()
             loss_value = total
             if progress is not None:
                 progress(step, loss_value)
+            # Stop on the weights whose loss was just measured: a step taken after it is unmeasured,
+            # and at the edit codes' high learning rate one can undo the fit.
             if loss_value < config.loss_threshold:
                 break
+            optimizer.step()
     expert.eval().requires_grad_(False)
     return TrainResult(expert, step, loss_value, time.perf_counter() - started, len(pairs))
 

@@ -12,7 +12,7 @@ from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
 from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.io import load_expert, save_expert
-from app.lemoe.routing import RouteDecision, answer_slots
+from app.lemoe.routing import RouteDecision, RouteState, answer_slots, routing
 from app.lemoe.text import encode_pair
 from app.lemoe.trainer import _answer_slots, _Chunk, _packed_rows, _padded_rows
 
@@ -72,15 +72,22 @@ def test_the_answer_follows_the_code_of_the_edit_that_routed_the_request(editor)
     trained = editor.train(FACTS, name="e1")
     assert trained.entry.module.codes is not None and trained.entry.module.codes.shape[0] == len(FACTS)
     editor.add_expert(trained.entry)
-    params = SamplingParams(max_new_tokens=10)
-    texts = [g.text.strip() for g in editor.generate([e.prompt for e in FACTS], params)]
+    texts = [g.text.strip() for g in editor.generate([e.prompt for e in FACTS], SamplingParams(max_new_tokens=10))]
     assert texts[0].startswith("Rome") and texts[1].startswith("Tolstoy")
     # The first edit's prompt held on the expert with its own code, then with the second edit's:
-    # the code of the edit that routed the request is the one read.
+    # the code of the edit that routed the request is read, and only where the answer is.
+    enc = editor.tokenizer([FACTS[0].prompt], return_tensors="pt")
     own, swapped = (RouteDecision(0, "e1", None, edit.edit_id) for edit in FACTS)
-    [with_own] = editor.generate([FACTS[0].prompt], params, forced=[own])
-    [with_other] = editor.generate([FACTS[0].prompt], params, forced=[swapped])
-    assert with_own.text.strip().startswith("Rome") and with_other.text != with_own.text
+    with_own, with_other = (
+        logits_under(editor, enc, RouteState(query_mask=enc["attention_mask"], stack=editor.stack, forced=[d])) for d in (own, swapped)
+    )
+    assert torch.equal(with_own[:, :-1], with_other[:, :-1])  # the prompt before its last token: no code
+    assert not torch.allclose(with_own[:, -1], with_other[:, -1])
+
+
+def logits_under(editor: LemoeEditor, enc, state: RouteState) -> torch.Tensor:
+    with torch.no_grad(), routing(state):
+        return editor.model(**enc).logits
 
 
 def test_without_edit_codes_the_expert_has_none_and_answers_as_before(tiny_model, tiny_tokenizer):
