@@ -22,7 +22,10 @@ def test_routing_bench_reports_each_stack_size_beside_a_generation(tiny_model_di
     assert [r["experts"] for r in rows] == [2, 7]
     for r in rows:
         assert r["search_ms"] > 0 and r["route_ms"] > 0 and r["generation_ms"] > 0
-        assert r["search_pct"] == pytest.approx(100 * r["search_ms"] / r["generation_ms"], rel=0.05, abs=0.02)  # of rounded figures
+        # Of figures rounded to 0.01 ms and 0.1 ms: the share lies within what those roundings allow.
+        search, generation = r["search_ms"], r["generation_ms"]
+        low, high = 100 * max(search - 0.005, 0) / (generation + 0.05), 100 * (search + 0.005) / max(generation - 0.05, 1e-9)
+        assert low - 0.005 <= r["search_pct"] <= high + 0.005
         assert r["same_text"]  # the synthetic anchors reach no prompt: the answer is the base model's
         assert r["key_mb_per_10k"] > 0 and r["index_mb_per_10k"] > 0
     table = format_routing_table(result)
