@@ -43,6 +43,7 @@ class _Row:
     request: RowRequest
     route: RouteDecision
     expert: ExpertEntry | None
+    slot: int  # the routed edit's code in `expert` (-1: none), held like the route
     position: int  # position id of the next token fed in
     sampler: SeededSampler | None
     deltas: TextDeltas | None
@@ -122,7 +123,8 @@ class DecodeBatch:
             deltas = TextDeltas(tokenizer, request.on_text, stops=params.stop, eos=tokenizer.eos_token_id)
             deltas.put(prompt_ids)  # the prompt: TextDeltas skips it, as transformers' streamers do
         expert = None if route.expert_index is None else request.stack[route.expert_index]
-        return _Row(key, request, route, expert, len(prompt_ids), sampler, deltas)
+        slot = -1 if expert is None else expert.slot_of(route.nearest_edit_id)
+        return _Row(key, request, route, expert, slot, len(prompt_ids), sampler, deltas)
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Hashable, Generation]]:
@@ -197,7 +199,7 @@ class DecodeBatch:
                 experts.append(row.expert)
                 index = len(experts) - 1
             rows.setdefault(index, []).append(r)
-            slots.setdefault(index, []).append(row.expert.slot_of(row.route.nearest_edit_id))
+            slots.setdefault(index, []).append(row.slot)
         device = self.editor.device
         return RouteState(
             stack=experts,

@@ -76,13 +76,17 @@ def pool(x: torch.Tensor, mask: torch.Tensor | None, how: Pooling) -> torch.Tens
         mask = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
     m = mask.to(x.dtype).unsqueeze(-1)
     mean = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
-    last_idx = (mask.long() * torch.arange(mask.shape[1], device=x.device)).argmax(dim=1)
-    last = x[torch.arange(x.shape[0], device=x.device), last_idx]
+    last = x[torch.arange(x.shape[0], device=x.device), last_positions(mask)]
     if how == "mean":
         return mean
     if how == "last":
         return last
     return torch.cat([mean, last], dim=-1)
+
+
+def last_positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) the position of each row's last masked-in token (its prompt's last, left- or right-padded)."""
+    return (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(dim=1)
 
 
 class SubjectKeys:
@@ -541,9 +545,8 @@ def answer_slots(slots: torch.Tensor, query_mask: torch.Tensor | None, rows: tor
     prompt's last token on (where the answer is read, as in training); at later steps every position."""
     if query_mask is None or query_mask.shape[1] != length:
         return slots
-    mask = query_mask[rows.to(query_mask.device)].long()
-    last = (mask * torch.arange(length, device=mask.device)).argmax(dim=1)
-    after = torch.arange(length, device=mask.device)[None, :] >= last[:, None]
+    last = last_positions(query_mask[rows.to(query_mask.device)])
+    after = torch.arange(length, device=last.device)[None, :] >= last[:, None]
     return torch.where(after.to(slots.device), slots[:, None], torch.full_like(slots[:, None], -1))
 
 
