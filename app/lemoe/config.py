@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 Pooling = Literal["mean", "last", "mean_last"]
 ExpertKind = Literal["ffn", "lowrank"]
+ExpertPositions = Literal["answer", "all"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ class LemoeConfig:
     # `edit_code_lr`: the codes' own learning rate, high so that they outweigh the prompt's states.
     edit_codes: bool = True
     edit_code_lr: float = 1.0
+    # Where an expert adds to the adaptor layer's output: "answer", only where the answer is read
+    # (from the prompt's last token on, as the codes); "all", at every token. "answer" trains
+    # ~2x cheaper (the other tokens' states above the adaptor are fixed, so computed once per
+    # expert) at the same quality (docs/BENCHMARKS.md). Recorded in each expert's meta.
+    expert_positions: ExpertPositions = "answer"
     seed: int = 0
 
     def resolved_layer(self, num_layers: int) -> int:

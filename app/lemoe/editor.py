@@ -340,7 +340,15 @@ class LemoeEditor:
             progress=progress,
         )
         entry = self.keyed_entry(
-            name, result.expert, edits, {"steps": result.steps, "final_loss": result.final_loss, "examples": result.examples}
+            name,
+            result.expert,
+            edits,
+            {
+                "steps": result.steps,
+                "final_loss": result.final_loss,
+                "examples": result.examples,
+                "expert_positions": self.config.expert_positions,
+            },
         )
         return TrainedExpert(entry, result.steps, result.final_loss, result.seconds, entry.meta)
 

@@ -95,6 +95,12 @@ class ExpertEntry:
         return slot if slot < len(self.module.codes) else -1
 
     @property
+    def answer_only(self) -> bool:
+        """Whether the expert adds only where the answer is read (`LemoeConfig.expert_positions`);
+        experts saved before the setting existed add at every position."""
+        return self.meta.get("expert_positions", "all") == "answer"
+
+    @property
     def key(self) -> torch.Tensor:
         """The expert's key: the mean of its edits' anchors."""
         return self.anchors.mean(dim=0)

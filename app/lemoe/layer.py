@@ -7,7 +7,7 @@ from torch import nn
 
 from app.lemoe.config import Pooling
 from app.lemoe.layout import layout_of
-from app.lemoe.routing import answer_slots, current_route, decide
+from app.lemoe.routing import answer_positions, answer_slots, current_route, decide
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -33,7 +33,13 @@ class LemoeMLP(nn.Module):
             return out
         out = out.clone()
         for expert_index, rows, slots in state.groups:
-            out[rows] = out[rows] + state.stack[expert_index].module(x[rows], answer_slots(slots, state.query_mask, rows, x.shape[1]))
+            entry = state.stack[expert_index]
+            added = entry.module(x[rows], answer_slots(slots, state.query_mask, rows, x.shape[1]))
+            if entry.answer_only:
+                at = answer_positions(state.query_mask, rows, x.shape[1])
+                if at is not None:
+                    added = added * at.unsqueeze(-1).to(device=added.device, dtype=added.dtype)
+            out[rows] = out[rows] + added
         return out
 
 

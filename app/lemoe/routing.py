@@ -540,13 +540,22 @@ def anchor_edit_ids(stack: Sequence[ExpertEntry]) -> list[int | None]:
     return [eid for e in stack for eid in (e.edit_ids or [None] * len(e.anchors))]
 
 
-def answer_slots(slots: torch.Tensor, query_mask: torch.Tensor | None, rows: torch.Tensor, length: int) -> torch.Tensor:
-    """The code slot of each of `rows`' positions: at a prefill of `length` tokens only from each
-    prompt's last token on (where the answer is read, as in training); at later steps every position."""
+def answer_positions(query_mask: torch.Tensor | None, rows: torch.Tensor, length: int) -> torch.Tensor | None:
+    """(len(rows), length) which of `rows`' positions read the answer: at a prefill of `length`
+    tokens each prompt's last token and those after it (as in training); None at later steps,
+    where every position is a generated token's."""
     if query_mask is None or query_mask.shape[1] != length:
-        return slots
+        return None
     last = last_positions(query_mask[rows.to(query_mask.device)])
-    after = torch.arange(length, device=last.device)[None, :] >= last[:, None]
+    return torch.arange(length, device=last.device)[None, :] >= last[:, None]
+
+
+def answer_slots(slots: torch.Tensor, query_mask: torch.Tensor | None, rows: torch.Tensor, length: int) -> torch.Tensor:
+    """The code slot of each of `rows`' positions: each row's slot where the answer is read
+    (`answer_positions`), -1 elsewhere; at later steps the row's slot."""
+    after = answer_positions(query_mask, rows, length)
+    if after is None:
+        return slots
     return torch.where(after.to(slots.device), slots[:, None], torch.full_like(slots[:, None], -1))
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from app.lemoe.config import LemoeConfig
 from app.lemoe.expert import Expert
@@ -95,6 +96,84 @@ class _Chunk:
         assert capture.seen is not None, f"layer {layer} carries no adaptor"
         where = labels != -100
         return cls(cached, capture.seen, mask, where, labels[where], positions)
+
+    def labelled_hidden(self, expert: Expert, upper: nn.Module, *, answer_only: bool) -> torch.Tensor:
+        """The last layer's states at the labelled positions with `expert` in the adaptor (with
+        `answer_only`, adding to those positions alone), in the order of `targets`."""
+        added = expert(self.expert_input, self.slots)
+        if answer_only:
+            added = added * self.where.unsqueeze(-1).to(added.dtype)
+        hidden = upper(
+            inputs_embeds=self.cached + added, attention_mask=self.mask, position_ids=self.positions, use_cache=False
+        ).last_hidden_state
+        return hidden[self.where]
+
+    def visible(self) -> torch.Tensor:
+        """(rows, T, T) which tokens each token attends to."""
+        if self.positions is not None:  # packed: the additive mask says
+            return self.mask[:, 0] == 0
+        length = self.mask.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=self.mask.device).tril()
+        return causal[None] & self.mask.bool()[:, None, :]
+
+    def answer_rows(self, upper: nn.Module, start: int) -> _AnswerRows:
+        """This chunk for an expert that acts at the labelled positions only: the other tokens'
+        keys and values in the layers from `start` (the first above the adaptor) are computed here
+        once, with the layers of `upper`."""
+        cache = DynamicCache()
+        with torch.no_grad():
+            upper(inputs_embeds=self.cached, attention_mask=self.mask, position_ids=self.positions, cache=cache, use_cache=True)
+        past = [None] * start + [(layer.keys, layer.values) for layer in cache.layers[start:]]
+        rows, length = self.where.shape
+        counts = self.where.sum(dim=1)
+        width = int(counts.max())
+        slot = torch.arange(width, device=self.where.device)
+        valid = slot[None, :] < counts[:, None]
+        # Each row's labelled positions in order, then 0 in the slots a shorter row leaves empty.
+        order = torch.sort((~self.where).long(), dim=1, stable=True).indices[:, :width]
+        index = torch.where(valid, order, torch.zeros_like(order))
+        visible = self.visible()
+        seen = torch.gather(visible, 1, index[:, :, None].expand(rows, width, length))
+        fixed = seen & ~self.where[:, None, :]  # a labelled token's cached state predates the expert
+        among = torch.gather(seen, 2, index[:, None, :].expand(rows, width, width)) & valid[:, None, :]
+        among |= torch.eye(width, dtype=torch.bool, device=among.device)[None] & ~valid[:, :, None]  # empty slots see themselves
+        allowed = torch.cat([fixed, among], dim=2)
+        dtype = self.cached.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        positions = torch.arange(length, device=index.device).expand(rows, length) if self.positions is None else self.positions
+        take = lambda t: torch.gather(t, 1, index[:, :, None].expand(rows, width, t.shape[-1]))  # noqa: E731
+        slots = None if self.slots is None else torch.where(valid, torch.gather(self.slots, 1, index), -1)
+        return _AnswerRows(
+            take(self.cached), take(self.expert_input), valid, torch.gather(positions, 1, index), mask[:, None], past, self.targets, slots
+        )
+
+
+@dataclass
+class _AnswerRows:
+    """A chunk trained for an expert that acts only where the answer is read (its labelled
+    positions; `LemoeConfig.expert_positions`). Every other token's states above the adaptor are
+    then the same at every step, so their keys and values there are computed once (`past`) and a
+    step runs the labelled tokens alone, attending to them and to each other as in the full rows.
+    The same loss as the full rows with the expert masked to those positions (a test checks)."""
+
+    cached: torch.Tensor  # (rows, A, d) the adaptor layer's output without the expert, at each labelled token
+    expert_input: torch.Tensor  # (rows, A, d)
+    valid: torch.Tensor  # (rows, A) which slots hold a labelled token (rows hold different numbers)
+    positions: torch.Tensor  # (rows, A)
+    mask: torch.Tensor  # (rows, 1, A, T + A) additive: the chunk's tokens (cached keys), then the labelled ones
+    past: list[tuple[torch.Tensor, torch.Tensor] | None]  # per decoder layer: keys and values of the T tokens
+    targets: torch.Tensor
+    slots: torch.Tensor | None = None
+
+    def labelled_hidden(self, expert: Expert, upper: nn.Module, *, answer_only: bool = True) -> torch.Tensor:
+        hidden = upper(
+            inputs_embeds=self.cached + expert(self.expert_input, self.slots),
+            attention_mask=self.mask,
+            position_ids=self.positions,
+            cache=DynamicCache(ddp_cache_data=[(None, None) if kv is None else kv for kv in self.past]),
+            use_cache=True,
+        ).last_hidden_state
+        return hidden[self.valid]
 
 
 Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]  # ids, mask, labels, positions
@@ -304,6 +383,11 @@ def train_expert(
     n_targets = sum(int(c.targets.numel()) for c in chunks)
     upper = layout_of(model).decoder_of(upper_model(model, layer + 1))
     lm_head = model.get_output_embeddings()
+    answer_only = config.expert_positions == "answer"
+    steps: list[_Chunk | _AnswerRows] = list(chunks)
+    if answer_only and sliding_window(model) is None:  # the cached keys' mask has no window
+        with routing(RouteState()):
+            steps = [c.answer_rows(upper, layer + 1) for c in chunks]
     # A generator of its own: seeding the global RNG would reach concurrent sampled requests.
     seeded = torch.Generator().manual_seed(config.seed)
     codes = max(e.slot for e in examples) + 1 if config.edit_codes else 0
@@ -318,13 +402,10 @@ def train_expert(
         for step in range(1, config.max_steps + 1):
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
-            for chunk in chunks:
-                edited = chunk.cached + expert(chunk.expert_input, chunk.slots)
-                hidden = upper(
-                    inputs_embeds=edited, attention_mask=chunk.mask, position_ids=chunk.positions, use_cache=False
-                ).last_hidden_state
+            for chunk in steps:
+                hidden = chunk.labelled_hidden(expert, upper, answer_only=answer_only)
                 # Logits only where a label is: the vocabulary projection dominates otherwise.
-                loss = nn.functional.cross_entropy(lm_head(hidden[chunk.where]).float(), chunk.targets, reduction="sum") / n_targets
+                loss = nn.functional.cross_entropy(lm_head(hidden).float(), chunk.targets, reduction="sum") / n_targets
                 loss.backward()
                 total += float(loss.detach())
             loss_value = total
