@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,10 @@ class Settings(BaseSettings):
     # Each expert learns one code per edit and answers a request with the code of the edit that
     # routed it; None: the editor's default (on). Experts keep what they were trained with.
     edit_codes: bool | None = None
+    # Where a new expert adds to the adaptor's output: "answer" (from the prompt's last token on;
+    # ~2x cheaper training) or "all" (every token); None: the editor's default ("answer").
+    # Experts keep what they were trained with.
+    expert_positions: Literal["answer", "all"] | None = None
     edits_per_expert: int = Field(default=16, ge=1, le=256)
     planning: bool = True
     # Training knobs for tests and experiments; None: the editor's default (app/lemoe/config.py).

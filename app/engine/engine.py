@@ -85,6 +85,7 @@ class Engine:
             ("train_loss_threshold", "loss_threshold"),
             ("train_chat_examples", "chat_examples"),
             ("edit_codes", "edit_codes"),
+            ("expert_positions", "expert_positions"),
         ):
             value = getattr(settings, setting, None)
             if value is not None:

@@ -119,3 +119,9 @@ def test_relation_and_span_settings_reach_the_editor(tiny_model_dir, tmp_path, s
 def test_edit_codes_setting_reaches_the_editor(tiny_model_dir, tmp_path):
     assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.config.edit_codes is True
     assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", edit_codes=False)).editor.config.edit_codes is False
+
+
+def test_expert_positions_setting_reaches_the_editor(tiny_model_dir, tmp_path):
+    assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.config.expert_positions == "answer"
+    settings = tiny_settings(tiny_model_dir, tmp_path / "b", expert_positions="all")
+    assert Engine.from_settings(settings).editor.config.expert_positions == "all"
