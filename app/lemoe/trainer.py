@@ -388,6 +388,7 @@ def train_expert(
     if answer_only and sliding_window(model) is None:  # the cached keys' mask has no window
         with routing(RouteState()):
             steps = [c.answer_rows(upper, layer + 1) for c in chunks]
+        del chunks  # the full rows' states are no longer needed
     # A generator of its own: seeding the global RNG would reach concurrent sampled requests.
     seeded = torch.Generator().manual_seed(config.seed)
     codes = max(e.slot for e in examples) + 1 if config.edit_codes else 0
