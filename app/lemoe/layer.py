@@ -34,11 +34,10 @@ class LemoeMLP(nn.Module):
         out = out.clone()
         for expert_index, rows, slots in state.groups:
             entry = state.stack[expert_index]
-            added = entry.module(x[rows], answer_slots(slots, state.query_mask, rows, x.shape[1]))
-            if entry.answer_only:
-                at = answer_positions(state.query_mask, rows, x.shape[1])
-                if at is not None:
-                    added = added * at.unsqueeze(-1).to(device=added.device, dtype=added.dtype)
+            at = answer_positions(state.query_mask, rows, x.shape[1])
+            added = entry.module(x[rows], answer_slots(slots, at))
+            if entry.answer_only and at is not None:
+                added = added * at.unsqueeze(-1).to(device=added.device, dtype=added.dtype)
             out[rows] = out[rows] + added
         return out
 

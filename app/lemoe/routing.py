@@ -550,13 +550,13 @@ def answer_positions(query_mask: torch.Tensor | None, rows: torch.Tensor, length
     return torch.arange(length, device=last.device)[None, :] >= last[:, None]
 
 
-def answer_slots(slots: torch.Tensor, query_mask: torch.Tensor | None, rows: torch.Tensor, length: int) -> torch.Tensor:
-    """The code slot of each of `rows`' positions: each row's slot where the answer is read
-    (`answer_positions`), -1 elsewhere; at later steps the row's slot."""
-    after = answer_positions(query_mask, rows, length)
-    if after is None:
+def answer_slots(slots: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
+    """The code slot of each position of the rows holding `slots`: each row's slot where the
+    answer is read (`at`, from `answer_positions`), -1 elsewhere; with `at` None (a later step)
+    the row's slot."""
+    if at is None:
         return slots
-    return torch.where(after.to(slots.device), slots[:, None], torch.full_like(slots[:, None], -1))
+    return torch.where(at.to(slots.device), slots[:, None], torch.full_like(slots[:, None], -1))
 
 
 def decide(state: RouteState, x: torch.Tensor, pooling: Pooling) -> None:

@@ -12,7 +12,7 @@ from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
 from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.io import load_expert, save_expert
-from app.lemoe.routing import RouteDecision, RouteState, answer_slots, routing
+from app.lemoe.routing import RouteDecision, RouteState, answer_positions, answer_slots, routing
 from app.lemoe.text import encode_pair
 from app.lemoe.trainer import _answer_slots, _Chunk, _packed_rows, _padded_rows
 
@@ -57,10 +57,10 @@ def test_a_code_is_added_before_the_activation_and_slot_minus_one_adds_none():
 
 def test_at_prefill_only_positions_from_the_prompts_last_token_on_get_the_code():
     query_mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])  # right- and left-padded prompts
-    slots = answer_slots(torch.tensor([3, 5]), query_mask, torch.tensor([0, 1]), 5)
+    slots = answer_slots(torch.tensor([3, 5]), answer_positions(query_mask, torch.tensor([0, 1]), 5))
     assert slots.tolist() == [[-1, -1, 3, 3, 3], [-1, -1, -1, -1, 5]]
     # A later step (one new token per row) reads the answer everywhere.
-    assert answer_slots(torch.tensor([3, 5]), query_mask, torch.tensor([0, 1]), 1).tolist() == [3, 5]
+    assert answer_slots(torch.tensor([3, 5]), answer_positions(query_mask, torch.tensor([0, 1]), 1)).tolist() == [3, 5]
 
 
 @pytest.fixture()
