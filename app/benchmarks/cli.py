@@ -34,6 +34,12 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument(
         "--check", action="store_true", help="run the server's check before going live on each expert; report its figures and cost"
     )
+    q.add_argument(
+        "--score-sample",
+        type=int,
+        metavar="N",
+        help="score a seeded sample of N of the T edited records (all are trained); default: all",
+    )
     _model_arguments(q)
     q.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override an editor setting, e.g. --set layer=20 --set max_steps=40"
@@ -309,6 +315,8 @@ def _run_quality(args: argparse.Namespace) -> int:
 
     if args.edits < 1:
         raise SystemExit("--edits must be at least 1")
+    if args.score_sample is not None and args.score_sample < 1:
+        raise SystemExit("--score-sample must be at least 1")
     opts = QualityOptions(
         data=args.data,
         format=args.format,
@@ -318,6 +326,7 @@ def _run_quality(args: argparse.Namespace) -> int:
         gate=not args.no_gate,
         base_only=args.base,
         check=args.check,
+        score_sample=args.score_sample,
         model_path=args.model,
         cache_dir=args.cache_dir,
         device=args.device,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import resource
 import statistics
 import sys
 import time
@@ -37,6 +39,9 @@ class QualityOptions:
     device: str = "auto"
     config: LemoeConfig = LemoeConfig()
     check: bool = False  # run the server's check before going live on each expert (and time it)
+    # Score a seeded sample of this many of the T edited records (None: all of them). Every edit is
+    # trained either way; at T = 10,000 scoring all of them costs as much as a third of training.
+    score_sample: int | None = None
 
 
 def _mean(xs: list[float]) -> float:
@@ -50,15 +55,16 @@ def _quantiles(xs: list[float]) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (1, 5, 50, 95, 99)}
 
 
-def evaluate(editor: LemoeEditor, records: list[BenchRecord], owner: dict[int, str]) -> dict:
-    """Rel/Gen/Loc (teacher-forced), exact match, and how requests were routed."""
+def evaluate(editor: LemoeEditor, records: list[BenchRecord], owner: dict[int, str], ids: list[int] | None = None) -> dict:
+    """Rel/Gen/Loc (teacher-forced), exact match, and how requests were routed; `ids`: the
+    records' edit ids (their places in the edited sequence; default 0..n-1)."""
     prompts = [r.prompt for r in records]
     rephrases = [r.rephrase for r in records]
     targets = [r.target for r in records]
     rel = metrics.teacher_forced_scores(editor, prompts, targets)
     gen = metrics.teacher_forced_scores(editor, rephrases, targets)
     loc = metrics.locality_scores(editor, [r.loc_prompt for r in records], [r.loc_answer for r in records])
-    ids = list(range(len(records)))
+    ids = list(range(len(records))) if ids is None else ids
 
     def right_expert(routes) -> float:
         return _mean([float(rt.expert_name is not None and rt.expert_name == owner.get(i)) for rt, i in zip(routes, ids)])
@@ -96,8 +102,13 @@ def run_quality(opts: QualityOptions) -> dict:
     if not opts.base_only:
         edits = [Edit(i, r.prompt, r.target, subject=r.subject) for i, r in enumerate(records)]
         trained = train_lifelong(editor, edits, batch_size=opts.batch_size, planning=opts.planning, check=opts.check)
-    log.info("evaluating %d records", len(records))
-    scores = evaluate(editor, records, trained["owner"])
+    ids = list(range(len(records)))
+    if opts.score_sample is not None and opts.score_sample < len(records):
+        ids = sorted(random.Random(opts.config.seed).sample(ids, opts.score_sample))
+    log.info("evaluating %d of %d records", len(ids), len(records))
+    scored_from = time.perf_counter()
+    scores = evaluate(editor, [records[i] for i in ids], trained["owner"], ids)
+    score_s = time.perf_counter() - scored_from
     return {
         "data": str(opts.data),
         "format": opts.format,
@@ -111,8 +122,28 @@ def run_quality(opts: QualityOptions) -> dict:
         **{k: v for k, v in scores.items()},
         **{k: trained[k] for k in ("train_s", "s_per_edit", "train_cpu_s", "cpu_s_per_edit")},
         **({"check": summarise_checks(trained["checks"], trained["train_s"])} if opts.check and not opts.base_only else {}),
+        "scored": len(ids),
+        "score_s": round(score_s, 1),
+        **stack_memory(editor, 0 if opts.base_only else len(records)),
+        # Linux reports kilobytes: the most resident memory this process held, model included.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
         "config": asdict(config),
+    }
+
+
+def stack_memory(editor: LemoeEditor, edits: int) -> dict:
+    """Bytes the live stack's experts hold in memory: their weights (and codes) and their routing
+    keys (sentence anchors, subject, span and relation keys); per edit of the `edits` trained."""
+    weights = keys = 0
+    for entry in editor.stack:
+        weights += sum(p.numel() * p.element_size() for p in entry.module.parameters())
+        held = (entry.anchors, entry.subject_anchors, entry.relation_anchors, entry.subject_lengths, entry.subject_span_anchors)
+        keys += sum(t.numel() * t.element_size() for t in held if t is not None)
+    return {
+        "expert_weight_bytes": weights,
+        "expert_key_bytes": keys,
+        "expert_bytes_per_edit": round((weights + keys) / edits) if edits else None,
     }
 
 
@@ -221,6 +252,9 @@ def format_table(result: dict) -> str:
         ("training seconds", result["train_s"]),
         ("seconds per edit", result["s_per_edit"]),
         ("training CPU seconds per edit", result["cpu_s_per_edit"]),
+        ("records scored", f"{result['scored']} of {result['edits']} ({result['score_s']} s)"),
+        ("expert bytes per edit in memory", result["expert_bytes_per_edit"]),
+        ("peak RSS MB", result["peak_rss_mb"]),
         ("torch threads", result["torch_threads"]),
     ]
     if "check" in result:
