@@ -75,6 +75,30 @@ def test_quality_run_reports_every_metric_and_the_subject_keys(tiny_model_dir, d
     assert "edits with a subject key" in format_table(result)
 
 
+def test_quality_scores_a_sample_and_counts_the_stack_bytes(tiny_model_dir, data, tmp_path):  # noqa: F811
+    config = LemoeConfig(layer=2, max_steps=2)
+    opts = QualityOptions(
+        data=data,
+        format="zsre",
+        edits=3,
+        batch_size=2,
+        score_sample=2,
+        model_path=tiny_model_dir,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        config=config,
+    )
+    result = run_quality(opts)
+    assert (result["edits"], result["scored"]) == (3, 2)
+    d, h = json.loads((tiny_model_dir / "config.json").read_text())["hidden_size"], config.expert_hidden
+    # Two float32 experts (of 2 and 1 edits): down and up, and one code per edit.
+    assert result["expert_weight_bytes"] == 4 * (2 * 2 * d * h + 3 * h)
+    assert result["expert_key_bytes"] > 3 * d * 4  # at least the sentence anchors
+    assert result["expert_bytes_per_edit"] == round((result["expert_weight_bytes"] + result["expert_key_bytes"]) / 3)
+    assert result["peak_rss_mb"] > 0
+    assert "2 of 3" in format_table(result)
+
+
 def test_quality_without_subject_keys_counts_none(tiny_model_dir, data, tmp_path):  # noqa: F811
     config = LemoeConfig(layer=2, max_steps=2, subject_keys=False)
     opts = QualityOptions(
