@@ -303,11 +303,19 @@ def _parse_overrides(pairs: list[str], option: str = "--set") -> LemoeConfig:
             changes[key] = raw.lower() in ("1", "true", "yes")
         elif isinstance(current, int) or key in ("layer", "route_layer"):
             changes[key] = int(raw)
-        elif isinstance(current, float):
+        elif isinstance(current, float) or (current is None and _is_number(raw)):  # None: an optional number
             changes[key] = float(raw)
         else:
             changes[key] = raw
     return replace(config, **changes)
+
+
+def _is_number(raw: str) -> bool:
+    try:
+        float(raw)
+    except ValueError:
+        return False
+    return True
 
 
 def _run_quality(args: argparse.Namespace) -> int:

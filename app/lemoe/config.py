@@ -57,6 +57,9 @@ class LemoeConfig:
     lr: float = 5e-2
     max_steps: int = 25
     loss_threshold: float = 0.05
+    # Train first on the edits' own prompts alone (a third of the labelled tokens: cheaper steps)
+    # until their loss is below this, then on every example; None: every example from the start.
+    warmup_loss: float | None = None
     # Extra copies of each edit prompt behind a random context prefix (generalisation).
     augmentations: int = 1
     train_eos: bool = True

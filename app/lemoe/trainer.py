@@ -6,7 +6,7 @@ import copy
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ class TrainingExample:
     prompt: str
     target: str
     slot: int = 0  # which edit of the batch it teaches (LemoeConfig.edit_codes)
+    own: bool = False  # the edit's own prompt (not a rephrase, a prefixed copy or the chat form)
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,7 @@ def augment(
 ) -> list[TrainingExample]:
     """The edit itself, its given rephrases, copies behind random context prefixes and, given
     `chat` (a user message -> the model's chat prompt), the edit asked as a chat."""
-    out = [edit] + [TrainingExample(r, edit.target, edit.slot) for r in rephrases]
+    out = [replace(edit, own=True)] + [TrainingExample(r, edit.target, edit.slot) for r in rephrases]
     prefixes = rng.sample(CONTEXT_PREFIXES, k=min(config.augmentations, len(CONTEXT_PREFIXES)))
     out += [TrainingExample(f"{p} {edit.prompt}", edit.target, edit.slot) for p in prefixes]
     if chat is not None:
@@ -374,21 +375,32 @@ def train_expert(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # The loss over all chunks is the same token-weighted mean a single padded batch would give.
     packing = config.train_packing
-    chunks = []
-    for c in _chunked(pairs, packing=packing):
-        chunk = _Chunk.build([pairs[i] for i in c], pad, model, layer, device, packing=packing)
-        if config.edit_codes:
-            chunk.slots = _answer_slots(chunk, [examples[i].slot for i in c])
-        chunks.append(chunk)
-    n_targets = sum(int(c.targets.numel()) for c in chunks)
+    warm = config.warmup_loss is not None and any(e.own for e in examples) and not all(e.own for e in examples)
+    parts = (
+        [[i for i, e in enumerate(examples) if e.own], [i for i, e in enumerate(examples) if not e.own]]
+        if warm
+        else [list(range(len(examples)))]
+    )
     upper = layout_of(model).decoder_of(upper_model(model, layer + 1))
-    lm_head = model.get_output_embeddings()
     answer_only = config.expert_positions == "answer"
-    steps: list[_Chunk | _AnswerRows] = list(chunks)
-    if answer_only and sliding_window(model) is None:  # the cached keys' mask has no window
-        with routing(RouteState()):
-            steps = [c.answer_rows(upper, layer + 1) for c in chunks]
-        del chunks  # the full rows' states are no longer needed
+    phases: list[list[_Chunk | _AnswerRows]] = []
+    for part in parts:
+        chunks = []
+        for c in _chunked([pairs[i] for i in part], packing=packing):
+            members = [part[j] for j in c]
+            chunk = _Chunk.build([pairs[i] for i in members], pad, model, layer, device, packing=packing)
+            if config.edit_codes:
+                chunk.slots = _answer_slots(chunk, [examples[i].slot for i in members])
+            chunks.append(chunk)
+        if answer_only and sliding_window(model) is None:  # the cached keys' mask has no window
+            with routing(RouteState()):
+                chunks = [c.answer_rows(upper, layer + 1) for c in chunks]  # the full rows' states are no longer needed
+        phases.append(chunks)
+    everything = [c for chunks in phases for c in chunks]
+    # With a warm-up, the first steps train on the edits' own prompts alone (about a third of the
+    # labelled tokens) until their loss falls below warmup_loss; then on every example.
+    steps: list[_Chunk | _AnswerRows] = phases[0] if warm else everything
+    lm_head = model.get_output_embeddings()
     # A generator of its own: seeding the global RNG would reach concurrent sampled requests.
     seeded = torch.Generator().manual_seed(config.seed)
     codes = max(e.slot for e in examples) + 1 if config.edit_codes else 0
@@ -399,9 +411,12 @@ def train_expert(
     optimizer = torch.optim.Adam(groups, lr=config.lr)
     loss_value = float("inf")
     step = 0
+    limit = config.max_steps  # steps on every example; a warm-up's come on top
     with routing(RouteState()):
-        for step in range(1, config.max_steps + 1):
+        while step < limit:
+            step += 1
             optimizer.zero_grad(set_to_none=True)
+            n_targets = sum(int(c.targets.numel()) for c in steps)
             total = 0.0
             for chunk in steps:
                 hidden = chunk.labelled_hidden(expert, upper, answer_only=answer_only)
@@ -412,10 +427,13 @@ def train_expert(
             loss_value = total
             if progress is not None:
                 progress(step, loss_value)
-            # Stop on the weights whose loss was just measured: a step taken after it is unmeasured,
-            # and at the edit codes' high learning rate one can undo the fit.
-            if loss_value < config.loss_threshold:
-                break
+            if steps is everything:
+                # Stop on the weights whose loss was just measured: a step taken after it is
+                # unmeasured, and at the edit codes' high learning rate one can undo the fit.
+                if loss_value < config.loss_threshold:
+                    break
+            elif loss_value < config.warmup_loss or step >= config.max_steps // 2:
+                steps, limit = everything, step + config.max_steps
             optimizer.step()
     expert.eval().requires_grad_(False)
     return TrainResult(expert, step, loss_value, time.perf_counter() - started, len(pairs))
