@@ -78,6 +78,7 @@ class _Chunk:
     targets: torch.Tensor
     positions: torch.Tensor | None = None
     slots: torch.Tensor | None = None
+    answer_only: bool = False  # the expert adds at the labelled positions alone (LemoeConfig.expert_positions)
 
     @classmethod
     def build(cls, pairs: list, pad: int, model: nn.Module, layer: int, device: torch.device, *, packing: bool = True) -> _Chunk:
@@ -98,11 +99,11 @@ class _Chunk:
         where = labels != -100
         return cls(cached, capture.seen, mask, where, labels[where], positions)
 
-    def labelled_hidden(self, expert: Expert, upper: nn.Module, *, answer_only: bool) -> torch.Tensor:
+    def labelled_hidden(self, expert: Expert, upper: nn.Module) -> torch.Tensor:
         """The last layer's states at the labelled positions with `expert` in the adaptor (with
         `answer_only`, adding to those positions alone), in the order of `targets`."""
         added = expert(self.expert_input, self.slots)
-        if answer_only:
+        if self.answer_only:
             added = added * self.where.unsqueeze(-1).to(added.dtype)
         hidden = upper(
             inputs_embeds=self.cached + added, attention_mask=self.mask, position_ids=self.positions, use_cache=False
@@ -166,7 +167,7 @@ class _AnswerRows:
     targets: torch.Tensor
     slots: torch.Tensor | None = None
 
-    def labelled_hidden(self, expert: Expert, upper: nn.Module, *, answer_only: bool = True) -> torch.Tensor:
+    def labelled_hidden(self, expert: Expert, upper: nn.Module) -> torch.Tensor:
         hidden = upper(
             inputs_embeds=self.cached + expert(self.expert_input, self.slots),
             attention_mask=self.mask,
@@ -391,6 +392,7 @@ def train_expert(
             chunk = _Chunk.build([pairs[i] for i in members], pad, model, layer, device, packing=packing)
             if config.edit_codes:
                 chunk.slots = _answer_slots(chunk, [examples[i].slot for i in members])
+            chunk.answer_only = answer_only
             chunks.append(chunk)
         if answer_only and sliding_window(model) is None:  # the cached keys' mask has no window
             with routing(RouteState()):
@@ -419,7 +421,7 @@ def train_expert(
             n_targets = sum(int(c.targets.numel()) for c in steps)
             total = 0.0
             for chunk in steps:
-                hidden = chunk.labelled_hidden(expert, upper, answer_only=answer_only)
+                hidden = chunk.labelled_hidden(expert, upper)
                 # Logits only where a label is: the vocabulary projection dominates otherwise.
                 loss = nn.functional.cross_entropy(lm_head(hidden).float(), chunk.targets, reduction="sum") / n_targets
                 loss.backward()

@@ -33,7 +33,7 @@ def _step(editor: LemoeEditor, chunks, expert: Expert, *, rows: bool) -> tuple[f
     with routing(RouteState()):
         steps = [c.answer_rows(upper, layer + 1) for c in chunks] if rows else chunks
         for c in steps:
-            hidden = c.labelled_hidden(expert, upper, answer_only=True)
+            hidden = c.labelled_hidden(expert, upper)
             loss = torch.nn.functional.cross_entropy(model.get_output_embeddings()(hidden), c.targets, reduction="sum")
             loss.backward()
             total += float(loss.detach())
@@ -52,6 +52,7 @@ def test_answer_rows_give_the_full_rows_loss_and_gradient(arch, tiny_tokenizer):
     assert any(c.positions is not None for c in chunks) and any(c.positions is None for c in chunks)  # packed and padded
     for chunk, group in zip(chunks, groups, strict=True):
         chunk.slots = trainer._answer_slots(chunk, list(range(len(group))))
+        chunk.answer_only = True
     expert = Expert(model.config.hidden_size, 8, generator=torch.Generator().manual_seed(0), codes=len(pairs))
     for parameter in expert.parameters():  # a fresh expert adds zero: make it add something
         torch.nn.init.normal_(parameter, std=0.5, generator=torch.Generator().manual_seed(1))
