@@ -99,6 +99,43 @@ def test_quality_scores_a_sample_and_counts_the_stack_bytes(tiny_model_dir, data
     assert "2 of 3" in format_table(result)
 
 
+def test_quality_scores_apart_the_locality_prompts_that_ask_another_edits_fact(tiny_model_dir, tmp_path):  # noqa: F811
+    def record(prompt, subject, new, true, loc_prompt, loc_answer):
+        return {
+            "prompt": prompt,
+            "subject": subject,
+            "target_new": new,
+            "ground_truth": true,
+            "rephrase_prompt": prompt,
+            "locality_prompt": loc_prompt,
+            "locality_ground_truth": loc_answer,
+        }
+
+    records = [
+        record("Toko Yasuda plays the", "Toko Yasuda", "piano", "guitar", "John Lennon performs on the", "guitar"),
+        record("John Lennon plays the", "John Lennon", "violin", "guitar", "The instrument of Toko Yasuda is the", "guitar"),
+        record("The capital of Peru is", "Peru", "Oslo", "Lima", "The quick brown fox jumps over", "the lazy dog"),
+    ]
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps(records))
+    opts = QualityOptions(
+        data=path,
+        format="counterfact",
+        edits=3,
+        model_path=tiny_model_dir,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        config=LemoeConfig(layer=2, max_steps=2),
+    )
+    result = run_quality(opts)
+    by_scope = result["loc_by_scope"]
+    assert by_scope["another edit's fact"]["n"] == 2 and by_scope["no edited subject"]["n"] == 1
+    assert 0.0 <= by_scope["another edit's fact"]["other_edit_rel"] <= 1.0
+    # Loc outside the edits is the third record's Loc alone.
+    assert result["loc_outside_edits"] == by_scope["no edited subject"]["loc"]
+    assert "locality: another edit's fact" in format_table(result)
+
+
 def test_quality_without_subject_keys_counts_none(tiny_model_dir, data, tmp_path):  # noqa: F811
     config = LemoeConfig(layer=2, max_steps=2, subject_keys=False)
     opts = QualityOptions(

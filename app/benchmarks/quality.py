@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from app.benchmarks.datasets import BenchRecord, DataFormat, load_records
+from app.benchmarks.scope import SCOPE_KINDS, locality_scopes
 from app.engine.model_loader import load_model
 from app.lemoe import metrics
 from app.lemoe.config import LemoeConfig
@@ -55,9 +56,16 @@ def _quantiles(xs: list[float]) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (1, 5, 50, 95, 99)}
 
 
-def evaluate(editor: LemoeEditor, records: list[BenchRecord], owner: dict[int, str], ids: list[int] | None = None) -> dict:
+def evaluate(
+    editor: LemoeEditor,
+    records: list[BenchRecord],
+    owner: dict[int, str],
+    ids: list[int] | None = None,
+    edited: list[BenchRecord] | None = None,
+) -> dict:
     """Rel/Gen/Loc (teacher-forced), exact match, and how requests were routed; `ids`: the
-    records' edit ids (their places in the edited sequence; default 0..n-1)."""
+    records' edit ids (their places in the edited sequence; default 0..n-1); `edited`: every
+    record the run edited (default `records`), against which Loc is also split by scope."""
     prompts = [r.prompt for r in records]
     rephrases = [r.rephrase for r in records]
     targets = [r.target for r in records]
@@ -80,7 +88,28 @@ def evaluate(editor: LemoeEditor, records: list[BenchRecord], owner: dict[int, s
         "loc_fired": _mean([float(rt.expert_name is not None) for rt in loc.routes]),
         "gen_score_quantiles": _quantiles([rt.score for rt in gen.routes]),
         "loc_score_quantiles": _quantiles([rt.score for rt in loc.routes]),
+        **_locality_by_scope(editor, records, records if edited is None else edited, loc),
     }
+
+
+def _locality_by_scope(editor: LemoeEditor, records: list[BenchRecord], edited: list[BenchRecord], loc: metrics.PairScores) -> dict:
+    """Loc over the locality prompts that ask no fact the run edited ("loc_outside_edits"), and
+    per scope kind (app.benchmarks.scope) the count, Loc and the share gated in; for the prompts
+    that ask another edit's fact, that edit's new answer scored on them as Rel is."""
+    scopes = locality_scopes(edited, records)
+    by_kind = {}
+    for kind in SCOPE_KINDS:
+        at = [i for i, s in enumerate(scopes) if s.kind == kind]
+        by_kind[kind] = {
+            "n": len(at),
+            "loc": _mean([loc.accuracy[i] for i in at]),
+            "fired": _mean([float(loc.routes[i].expert_name is not None) for i in at]),
+        }
+    asked = [(records[i].loc_prompt, s.target) for i, s in enumerate(scopes) if s.kind == "another edit's fact"]
+    other_fact = metrics.teacher_forced_scores(editor, [p for p, _ in asked], [t for _, t in asked]).accuracy if asked else []
+    by_kind["another edit's fact"]["other_edit_rel"] = _mean(other_fact)
+    outside = [loc.accuracy[i] for i, s in enumerate(scopes) if s.kind != "another edit's fact"]
+    return {"loc_outside_edits": _mean(outside), "loc_by_scope": by_kind}
 
 
 def run_quality(opts: QualityOptions) -> dict:
@@ -107,7 +136,7 @@ def run_quality(opts: QualityOptions) -> dict:
         ids = sorted(random.Random(opts.config.seed).sample(ids, opts.score_sample))
     log.info("evaluating %d of %d records", len(ids), len(records))
     scored_from = time.perf_counter()
-    scores = evaluate(editor, [records[i] for i in ids], trained["owner"], ids)
+    scores = evaluate(editor, [records[i] for i in ids], trained["owner"], ids, edited=records)
     score_s = time.perf_counter() - scored_from
     return {
         "data": str(opts.data),
@@ -249,6 +278,8 @@ def format_table(result: dict) -> str:
         ("routed to own expert: edit", result["rel_routed_right"]),
         ("routed to own expert: paraphrase", result["gen_routed_right"]),
         ("locality prompts gated in", result["loc_fired"]),
+        ("Loc, prompts asking no edited fact", result["loc_outside_edits"]),
+        *_scope_rows(result["loc_by_scope"]),
         ("training seconds", result["train_s"]),
         ("seconds per edit", result["s_per_edit"]),
         ("training CPU seconds per edit", result["cpu_s_per_edit"]),
@@ -271,6 +302,16 @@ def format_table(result: dict) -> str:
     lines = [f"{result['model']} on {Path(result['data']).name} ({result['format']}), planning={result['planning']}, gate={result['gate']}"]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
     return "\n".join(lines)
+
+
+def _scope_rows(by_kind: dict) -> list[tuple[str, str]]:
+    rows = []
+    for kind, figures in by_kind.items():
+        row = f"n {figures['n']}, Loc {figures['loc']}, gated in {figures['fired']}"
+        if "other_edit_rel" in figures:
+            row += f", that edit's answer (Rel) {figures['other_edit_rel']}"
+        rows.append((f"  locality: {kind}", row))
+    return rows
 
 
 def main(opts: QualityOptions, *, as_json: bool) -> int:
