@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -97,6 +98,10 @@ def test_quality_scores_a_sample_and_counts_the_stack_bytes(tiny_model_dir, data
     assert result["expert_bytes_per_edit"] == round((result["expert_weight_bytes"] + result["expert_key_bytes"]) / 3)
     assert result["peak_rss_mb"] > 0
     assert "2 of 3" in format_table(result)
+    # Two steps cannot fit an edit: both experts end at the step limit, above the loss threshold.
+    assert (result["steps_per_expert"], result["experts_at_step_limit"]) == (2, 2)
+    assert result["loss_at_step_limit"]["p50"] > config.loss_threshold
+    assert re.search(r"stopped by the step limit +2 \(final loss median", format_table(result))
 
 
 def test_quality_scores_apart_the_locality_prompts_that_ask_another_edits_fact(tiny_model_dir, tmp_path):  # noqa: F811

@@ -123,6 +123,9 @@ def run_quality(opts: QualityOptions) -> dict:
         "owner": {},
         "experts": 0,
         "subject_keyed_edits": 0,
+        "steps_per_expert": None,
+        "experts_at_step_limit": 0,
+        "loss_at_step_limit": {},
         "train_s": 0.0,
         "s_per_edit": 0.0,
         "train_cpu_s": 0.0,
@@ -145,6 +148,7 @@ def run_quality(opts: QualityOptions) -> dict:
         "edits": len(records),
         "experts": trained["experts"],
         "subject_keyed_edits": trained["subject_keyed_edits"],
+        **{k: trained[k] for k in ("steps_per_expert", "experts_at_step_limit", "loss_at_step_limit")},
         "batch_size": opts.batch_size,
         "planning": opts.planning,
         "gate": opts.gate,
@@ -186,6 +190,8 @@ def train_lifelong(
     server runs it, timed apart from training; every expert goes live whatever its figures)."""
     owner: dict[int, str] = {}
     keyed = 0
+    steps: list[int] = []
+    unconverged: list[float] = []  # final losses of the experts the step limit stopped
     checks: list[dict] = []
     check_s = 0.0
     by_id = {e.edit_id: e for e in edits}
@@ -205,6 +211,9 @@ def train_lifelong(
             checks.append({**result.to_dict(), "train_seconds": round(trained.seconds, 3)})
         editor.add_expert(trained.entry)
         keyed += int(trained.meta.get("subject_keyed_edits", 0))
+        steps.append(trained.steps)
+        if trained.final_loss >= editor.config.loss_threshold:
+            unconverged.append(trained.final_loss)
         owner.update({e.edit_id: name for e in batch})
         bar.update(len(batch))
     bar.close()
@@ -216,6 +225,9 @@ def train_lifelong(
         "experts": len(batches),
         "subject_keyed_edits": keyed,
         "subjects_inferred": len(inferred),
+        "steps_per_expert": _mean(steps),
+        "experts_at_step_limit": len(unconverged),
+        "loss_at_step_limit": _quantiles(unconverged),
         "train_s": round(train_s, 1),
         "s_per_edit": round(train_s / n, 3),
         # CPU seconds of this process: unlike wall time, not inflated by other jobs on the machine.
@@ -270,6 +282,8 @@ def format_table(result: dict) -> str:
         ("edits (T)", result["edits"]),
         ("experts", result["experts"]),
         ("edits with a subject key", result["subject_keyed_edits"]),
+        ("training steps per expert", result["steps_per_expert"]),
+        ("experts stopped by the step limit", _at_limit(result)),
         ("Rel (teacher-forced)", result["rel"]),
         ("Gen (teacher-forced)", result["gen"]),
         ("Loc (teacher-forced)", result["loc"]),
@@ -302,6 +316,13 @@ def format_table(result: dict) -> str:
     lines = [f"{result['model']} on {Path(result['data']).name} ({result['format']}), planning={result['planning']}, gate={result['gate']}"]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
     return "\n".join(lines)
+
+
+def _at_limit(result: dict) -> str:
+    at_limit, losses = result["experts_at_step_limit"], result["loss_at_step_limit"]
+    if not at_limit:
+        return "0"
+    return f"{at_limit} (final loss median {losses['p50']}, p95 {losses['p95']})"
 
 
 def _scope_rows(by_kind: dict) -> list[tuple[str, str]]:
