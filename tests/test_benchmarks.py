@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.benchmarks.datasets import load_records
+from app.benchmarks.datasets import BenchRecord, load_records
 from app.benchmarks.gate import GateOptions, run_gate
 from app.benchmarks.load import LoadOptions, passed, percentile, run_load
 from app.benchmarks.load import format_table as format_load_table
@@ -345,6 +345,26 @@ def test_locality_holds_back_a_partner_and_builds_every_probe_from_the_data(loca
     assert not [p for p in build_probes(records, edited) if p.kind in ("same-fact", "same-subject")]
 
 
+def test_a_locality_prompt_asking_an_edited_fact_is_a_probe_of_that_edit():
+    def record(prompt, subject, new, true, loc_prompt, loc_answer):
+        return BenchRecord(prompt, new, prompt, loc_prompt, loc_answer, subject=subject, answer=true)
+
+    records = [
+        record("Toko Yasuda plays the", "Toko Yasuda", "piano", "guitar", "John Lennon performs on the", "guitar"),
+        record("John Lennon plays the", "John Lennon", "violin", "guitar", "Toko Yasuda was born in", "Tokyo"),
+        record("The capital of Peru is", "Peru", "Oslo", "Lima", "The quick brown fox jumps over", "the lazy dog"),
+    ]
+    probes = {(p.kind, p.record): p for p in build_probes(records, [0, 1, 2]) if p.kind.startswith("loc")}
+    # Record 0's locality prompt asks John Lennon's instrument, which record 1 edits: that edit's probe.
+    assert probes[("loc-edited-fact", 1)].prompt == "John Lennon performs on the"
+    assert probes[("loc-edited-fact", 1)].target == "violin"
+    # Record 1's asks another fact of the edited Toko Yasuda: it must stay, counted apart from "loc".
+    assert probes[("loc-subject", 1)].prompt == "Toko Yasuda was born in"
+    assert set(probes) == {("loc-edited-fact", 1), ("loc-subject", 1), ("loc", 2)}
+    # Edit only record 0: John Lennon is no edited subject, and its prompt is a plain "loc" probe.
+    assert [(p.kind, p.record) for p in build_probes(records, [0]) if p.kind.startswith("loc")] == [("loc", 0)]
+
+
 def test_subject_first_rewording_needs_the_subject_verbatim_and_not_first():
     assert subject_first("What company made Volvo B12M?", "Volvo B12M") == "Volvo B12M: What company made it?"
     assert subject_first("Who is Nebaioth's father?", "Nebaioth") == "Nebaioth: Who is its father?"
@@ -388,6 +408,8 @@ def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(
         "same-subject": 1,
         "subject+other-q": 2,
         "loc": 2,
+        "loc-edited-fact": 0,
+        "loc-subject": 0,
     }
     assert (result["edits"], result["experts"], result["held_back"]) == (2, 1, 1)
     # Without subjects the (random) model names a span of each prompt as its subject, as the server does.

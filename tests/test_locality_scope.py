@@ -22,12 +22,12 @@ def probe(loc_prompt: str, loc_answer: str) -> BenchRecord:
 
 def test_a_prompt_asking_an_edited_subjects_edited_fact_is_in_that_edits_scope():
     scopes = locality_scopes([SAY], [probe("The native language of Jean-Baptiste Say is", "French")])
-    assert scopes == [LocalityScope("another edit's fact", "Jean-Baptiste Say", "English")]
+    assert scopes == [LocalityScope("another edit's fact", "Jean-Baptiste Say", 0)]
 
 
 def test_the_latest_edit_of_a_fact_gives_the_expected_answer():
-    scopes = locality_scopes([SEOUL_1, SEOUL_2], [probe("The twin city of Seoul is", "Tokyo")])
-    assert scopes[0].target == "Oslo"
+    scopes = locality_scopes([SEOUL_1, SEOUL_2, SAY], [probe("The twin city of Seoul is", "Tokyo")])
+    assert scopes[0].edit == 1  # Oslo
 
 
 def test_another_answer_means_another_question_about_the_edited_subject():
@@ -39,7 +39,7 @@ def test_subjects_match_whole_words_only_and_the_longest_wins():
     say_jr = record("Jean-Baptiste Say Jr, a native", "Dutch", "Jean-Baptiste Say Jr", "French")
     seoulite = probe("Seoulites speak", "Korean")
     scopes = locality_scopes([SAY, say_jr, SEOUL_1], [probe("The native language of Jean-Baptiste Say Jr is", "French"), seoulite])
-    assert scopes[0] == LocalityScope("another edit's fact", "Jean-Baptiste Say Jr", "Dutch")
+    assert scopes[0] == LocalityScope("another edit's fact", "Jean-Baptiste Say Jr", 1)
     assert scopes[1] == LocalityScope("no edited subject")
 
 

@@ -21,7 +21,15 @@ Probe kinds (each edited record gives at most one of each):
                      prompt with its own subject replaced by the edit's, taken from a record whose
                      prompt shares no content word with the edit's (likely another relation; a
                      rule, so a few may still ask the same relation in other words)
-    loc              the record's locality prompt (ZsRE: an NQ question)
+    loc              the record's locality prompt (ZsRE: an NQ question), where it names no edited
+                     subject
+    loc-subject      the record's locality prompt where it names an edited subject and asks another
+                     fact of it (a CounterFact neighbour whose subject the run edits otherwise)
+  must be edited, though the data file means it to stay
+    loc-edited-fact  the record's locality prompt where it asks a fact the run edited (a CounterFact
+                     neighbour whose subject is edited with that relation: "The native language of
+                     Jean-Baptiste Say is" beside the edit "Jean-Baptiste Say, a native -> English";
+                     app.benchmarks.scope): it belongs to, and must give the answer of, that edit
 
 The edited set: the first T records in file order, except that for every subject with two or more
 distinct questions the records asking its last such question are held back (never edited), so
@@ -45,6 +53,7 @@ import torch
 
 from app.benchmarks.datasets import BenchRecord, DataFormat, load_records
 from app.benchmarks.quality import train_lifelong
+from app.benchmarks.scope import locality_scopes
 from app.engine.model_loader import load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, Generation, LemoeEditor, SamplingParams
@@ -55,8 +64,8 @@ log = logging.getLogger(__name__)
 
 Subjects = Literal["none", "given"]
 Form = Literal["plain", "chat"]  # probes asked as bare prompts, or as the user turn of a chat
-EDITED_KINDS = ("edit", "lower-case", "paraphrase", "subject-first", "same-fact")
-KEPT_KINDS = ("other-subject", "same-subject", "subject+other-q", "loc")
+EDITED_KINDS = ("edit", "lower-case", "paraphrase", "subject-first", "same-fact", "loc-edited-fact")
+KEPT_KINDS = ("other-subject", "same-subject", "subject+other-q", "loc", "loc-subject")
 KINDS = EDITED_KINDS + KEPT_KINDS
 _STOPWORDS = frozenset(
     "the a an of in on at to by for from with and or is was are were be been what which who whom whose when where "
@@ -151,9 +160,10 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int], other_su
         for i, r in enumerate(records)
         if r.subject and r.subject.strip() and r.subject.strip() in r.prompt
     ]
+    scopes = locality_scopes([records[i] for i in edited], [records[i] for i in edited])
     rng = random.Random(0)
     probes: list[Probe] = []
-    for i in edited:
+    for i, scope in zip(edited, scopes, strict=True):
         r = records[i]
         subject = (r.subject or "").strip()
         probes += [
@@ -193,7 +203,11 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int], other_su
                 if _key(asked) not in edited_prompts:
                     probes.append(Probe("subject+other-q", i, asked))
                     break
-        probes.append(Probe("loc", i, r.loc_prompt))
+        if scope.kind == "another edit's fact":
+            owner = edited[scope.edit]
+            probes.append(Probe("loc-edited-fact", owner, r.loc_prompt, records[owner].target))
+        else:
+            probes.append(Probe("loc-subject" if scope.kind == "edited subject, other fact" else "loc", i, r.loc_prompt))
     return probes
 
 

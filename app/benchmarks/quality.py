@@ -105,7 +105,7 @@ def _locality_by_scope(editor: LemoeEditor, records: list[BenchRecord], edited: 
             "loc": _mean([loc.accuracy[i] for i in at]),
             "fired": _mean([float(loc.routes[i].expert_name is not None) for i in at]),
         }
-    asked = [(records[i].loc_prompt, s.target) for i, s in enumerate(scopes) if s.kind == "another edit's fact"]
+    asked = [(records[i].loc_prompt, edited[s.edit].target) for i, s in enumerate(scopes) if s.kind == "another edit's fact"]
     other_fact = metrics.teacher_forced_scores(editor, [p for p, _ in asked], [t for _, t in asked]).accuracy if asked else []
     by_kind["another edit's fact"]["other_edit_rel"] = _mean(other_fact)
     outside = [loc.accuracy[i] for i, s in enumerate(scopes) if s.kind != "another edit's fact"]

@@ -27,7 +27,7 @@ _WORD = re.compile(r"\w+")
 class LocalityScope:
     kind: ScopeKind
     subject: str | None = None  # the edited subject the prompt names (the longest, where several)
-    target: str | None = None  # for "another edit's fact": the new answer of the latest such edit
+    edit: int | None = None  # for "another edit's fact": the latest such edit (its index in `edited`)
 
 
 # Not when the words are part of a longer name: "Florence" in "Florence Price", "London" in "New
@@ -60,10 +60,10 @@ def locality_scopes(edited: list[BenchRecord], probed: list[BenchRecord]) -> lis
     (whole words, as written), and whether it asks that subject's edited fact, i.e. one of its edits
     has the prompt's expected answer as its true answer (CounterFact neighbours share relation and
     true answer, so the same answer stands for the same relation)."""
-    edits_of: dict[str, list[BenchRecord]] = defaultdict(list)
-    for record in edited:
+    edits_of: dict[str, list[int]] = defaultdict(list)
+    for k, record in enumerate(edited):
         if record.subject and _WORD.search(record.subject):
-            edits_of[record.subject].append(record)
+            edits_of[record.subject].append(k)
     by_first_word: dict[str, list[str]] = defaultdict(list)
     for subject in edits_of:
         by_first_word[_WORD.search(subject).group()].append(subject)
@@ -76,9 +76,9 @@ def locality_scopes(edited: list[BenchRecord], probed: list[BenchRecord]) -> lis
             scopes.append(LocalityScope("no edited subject"))
             continue
         subject = max(named, key=len)
-        same_fact = [e for e in edits_of[subject] if e.answer is not None and e.answer == record.loc_answer]
+        same_fact = [k for k in edits_of[subject] if edited[k].answer is not None and edited[k].answer == record.loc_answer]
         if same_fact:
-            scopes.append(LocalityScope("another edit's fact", subject, same_fact[-1].target))
+            scopes.append(LocalityScope("another edit's fact", subject, same_fact[-1]))
         else:
             scopes.append(LocalityScope("edited subject, other fact", subject))
     return scopes
