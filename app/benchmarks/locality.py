@@ -340,6 +340,9 @@ def run_locality(opts: LocalityOptions) -> dict:
     }
 
 
+_ROUTING_CHUNK = 256
+
+
 def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | None], span_thresholds: Sequence[float | None] = ()) -> dict:
     """Routing alone (no training, no generation): the edits are planned and keyed as for training
     (subjects inferred where none is sent), and each probe's route is read once per relation
@@ -362,19 +365,27 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
         stack.append(editor.keyed_entry(name, Expert(editor.hidden_size, 1), batch, {}))
         owner.update({e.edit_id: name for e in batch})
     prompts = [p.prompt for p in probes]
-    queries = editor.queries(prompts)
-    states = mask = relation_mask = None
-    if editor.subject_layer is not None:
-        states, mask = editor.subject_states(prompts)
-        relation_mask = editor.relation_mask(prompts, mask)
-    rows = {}
     varied = "span" if span_thresholds else "relation"
-    for threshold in span_thresholds or relation_thresholds:
-        if editor.router.subject is not None:
-            editor.router.subject.relation_threshold = relation_thresholds[0] if span_thresholds else threshold
-            if span_thresholds:
-                editor.router.subject.span_threshold = threshold
-        decisions = editor.router.route(queries, stack, states, mask, relation_mask)
+    thresholds = span_thresholds or relation_thresholds
+    decided: dict[float | None, list] = {t: [] for t in thresholds}
+    # In chunks: the subject match compares every prompt token with every subject key, and at
+    # T = 10,000 that is tens of gigabytes for all probes at once.
+    for start in range(0, len(prompts), _ROUTING_CHUNK):
+        chunk = prompts[start : start + _ROUTING_CHUNK]
+        queries = editor.queries(chunk)
+        states = mask = relation_mask = None
+        if editor.subject_layer is not None:
+            states, mask = editor.subject_states(chunk)
+            relation_mask = editor.relation_mask(chunk, mask)
+        for threshold in thresholds:
+            if editor.router.subject is not None:
+                editor.router.subject.relation_threshold = relation_thresholds[0] if span_thresholds else threshold
+                if span_thresholds:
+                    editor.router.subject.span_threshold = threshold
+            decided[threshold] += editor.router.route(queries, stack, states, mask, relation_mask)
+    rows = {}
+    for threshold in thresholds:
+        decisions = decided[threshold]
         row = {}
         for kind in KINDS:
             idx = [k for k, p in enumerate(probes) if p.kind == kind]
