@@ -160,7 +160,8 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int], other_su
         for i, r in enumerate(records)
         if r.subject and r.subject.strip() and r.subject.strip() in r.prompt
     ]
-    scopes = locality_scopes([records[i] for i in edited], [records[i] for i in edited])
+    edited_records = [records[i] for i in edited]
+    scopes = locality_scopes(edited_records, edited_records)
     rng = random.Random(0)
     probes: list[Probe] = []
     for i, scope in zip(edited, scopes, strict=True):

@@ -2,7 +2,7 @@
 
 A benchmark's locality prompt is meant to ask something no edit touches. In a long run that stops
 being true: CounterFact's locality prompts are neighbours (another subject, same relation, same true
-answer), and at T = 10,000 about one in eleven names a subject that the run itself edits with that
+answer), and at T = 10,000 about one in thirteen names a subject that the run itself edits with that
 very fact ("The native language of Jean-Baptiste Say is" after the edit "Jean-Baptiste Say, a
 native -> English"). Answering such a prompt with the other edit's answer is the edit working, not
 a locality failure; the benchmark scores those apart instead of counting them against Loc.
@@ -70,7 +70,9 @@ def locality_scopes(edited: list[BenchRecord], probed: list[BenchRecord]) -> lis
 
     scopes = []
     for record in probed:
-        words = set(_WORD.findall(record.loc_prompt))
+        # In the prompt's word order (not a set's, which varies with the hash seed): of two named
+        # subjects equally long, the first is taken on every run.
+        words = dict.fromkeys(_WORD.findall(record.loc_prompt))
         named = [s for w in words for s in by_first_word.get(w, ()) if _names(record.loc_prompt, s)]
         if not named:
             scopes.append(LocalityScope("no edited subject"))
