@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # 43% less training CPU) or "all" (every token); None: the editor's default ("answer").
     # Experts keep what they were trained with.
     expert_positions: Literal["answer", "all"] | None = None
+    # What training computes in: "auto" (bfloat16 where the CPU or GPU multiplies it natively,
+    # else the model's own dtype), "full" (the model's own dtype) or "bfloat16"; None: "auto".
+    # Serving is not touched; experts are float32 whichever trained them.
+    train_precision: Literal["auto", "full", "bfloat16"] | None = None
     edits_per_expert: int = Field(default=16, ge=1, le=256)
     planning: bool = True
     # Training knobs for tests and experiments; None: the editor's default (app/lemoe/config.py).

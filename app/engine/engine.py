@@ -86,6 +86,7 @@ class Engine:
             ("train_chat_examples", "chat_examples"),
             ("edit_codes", "edit_codes"),
             ("expert_positions", "expert_positions"),
+            ("train_precision", "train_precision"),
         ):
             value = getattr(settings, setting, None)
             if value is not None:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 Pooling = Literal["mean", "last", "mean_last"]
 ExpertKind = Literal["ffn", "lowrank"]
 ExpertPositions = Literal["answer", "all"]
+TrainPrecision = Literal["auto", "full", "bfloat16"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,12 @@ class LemoeConfig:
     # 43% less CPU per edit (the other tokens' states above the adaptor are fixed, so computed
     # once per expert) at the same quality (docs/BENCHMARKS.md). Recorded in each expert's meta.
     expert_positions: ExpertPositions = "answer"
+    # What training computes in above the adaptor layer (and in its once-per-expert pass below):
+    # "full", the model's own dtype; "bfloat16", a bfloat16 copy of the layers above the adaptor
+    # and of the vocabulary projection under autocast, the expert's weights and optimiser in
+    # float32 (serving is not touched); "auto", bfloat16 where the device multiplies it natively
+    # (a CPU with AMX or AVX512-BF16, a CUDA GPU), full elsewhere (bfloat16 is slower without).
+    train_precision: TrainPrecision = "auto"
     seed: int = 0
 
     def resolved_layer(self, num_layers: int) -> int:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from app.lemoe.config import LemoeConfig
+from app.lemoe.config import LemoeConfig, TrainPrecision
 from app.lemoe.decoding import SeededSampler, StopOnText, TextDeltas, completion_text, cut_at_stop
 from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.layer import decoder_layers, inject_adaptor
@@ -43,11 +43,13 @@ from app.lemoe.text import (
 )
 from app.lemoe.trainer import (
     ProgressFn,
+    StepModules,
     TrainingExample,
     augment,
     capture_queries,
     capture_token_states,
     pad_token_states,
+    resolved_precision,
     train_expert,
 )
 from app.lemoe.types import Edit, SamplingParams
@@ -338,6 +340,7 @@ class LemoeEditor:
             hidden_size=self.hidden_size,
             device=self.device,
             progress=progress,
+            step_modules=self._step_modules,
         )
         entry = self.keyed_entry(
             name,
@@ -348,9 +351,21 @@ class LemoeEditor:
                 "final_loss": result.final_loss,
                 "examples": result.examples,
                 "expert_positions": self.config.expert_positions,
+                "train_precision": self.train_precision,
             },
         )
         return TrainedExpert(entry, result.steps, result.final_loss, result.seconds, entry.meta)
+
+    @functools.cached_property
+    def train_precision(self) -> TrainPrecision:
+        """`config.train_precision` as it resolves on this editor's device ("full" or "bfloat16")."""
+        return resolved_precision(self.config.train_precision, self.device)
+
+    @functools.cached_property
+    def _step_modules(self) -> StepModules:
+        """Built at the first training (a bfloat16 copy of the layers above the adaptor is ~90 MB
+        for SmolLM2-135M), then kept: the model is frozen."""
+        return StepModules.of(self.model, self.layer + 1, self.train_precision)
 
     def _chat_form(self, message: str) -> str:
         return chat_prompt(self.tokenizer, [("user", message)])

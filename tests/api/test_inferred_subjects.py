@@ -125,3 +125,9 @@ def test_expert_positions_setting_reaches_the_editor(tiny_model_dir, tmp_path):
     assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.config.expert_positions == "answer"
     settings = tiny_settings(tiny_model_dir, tmp_path / "b", expert_positions="all")
     assert Engine.from_settings(settings).editor.config.expert_positions == "all"
+
+
+def test_train_precision_setting_reaches_the_editor(tiny_model_dir, tmp_path):
+    assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.config.train_precision == "auto"
+    settings = tiny_settings(tiny_model_dir, tmp_path / "b", train_precision="bfloat16")
+    assert Engine.from_settings(settings).editor.train_precision == "bfloat16"

@@ -3,6 +3,8 @@ refusal of any other architecture."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -110,8 +112,9 @@ def test_inject_wraps_the_layouts_mlp_of_the_configured_layer(arch_model, tiny_t
     assert wrapped == [False, False, True, False] and editor.layer == 2
 
 
-def test_two_edits_answer_their_targets_and_an_unrelated_prompt_stays_bit_identical(arch_model, tiny_tokenizer):
-    editor = LemoeEditor(arch_model, tiny_tokenizer, FAST)
+@pytest.mark.parametrize("precision", ["full", "bfloat16"])
+def test_two_edits_answer_their_targets_and_an_unrelated_prompt_stays_bit_identical(arch_model, tiny_tokenizer, precision):
+    editor = LemoeEditor(arch_model, tiny_tokenizer, replace(FAST, train_precision=precision))
     params = SamplingParams(max_new_tokens=8)
     base = editor.generate([UNRELATED], params, stack=())[0].text
     base_logits = _logits(editor, UNRELATED, ())
