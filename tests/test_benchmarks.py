@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.benchmarks.datasets import BenchRecord, load_records
 from app.benchmarks.gate import GateOptions, run_gate
@@ -17,6 +18,7 @@ from app.benchmarks.locality import LocalityOptions, build_probes, run_locality,
 from app.benchmarks.locality import format_table as format_locality_table
 from app.benchmarks.quality import QualityOptions, format_table, run_quality
 from app.lemoe.config import LemoeConfig
+from app.lemoe.trainer import resolved_precision
 from tests.api.support import TINY_GATE, tiny_model_dir  # noqa: F401  (fixture)
 from tests.pg import DATABASE_BACKENDS, postgres_base_url, skip_if_postgres_disabled
 
@@ -74,6 +76,7 @@ def test_quality_run_reports_every_metric_and_the_subject_keys(tiny_model_dir, d
     assert result["rel"] == 1.0 and result["gen"] == 1.0
     assert 0.0 <= result["loc"] <= 1.0 and result["s_per_edit"] > 0
     assert "edits with a subject key" in format_table(result)
+    assert result["train_precision"] in ("full", "bfloat16") and "training precision" in format_table(result)
 
 
 def test_quality_scores_a_sample_and_counts_the_stack_bytes(tiny_model_dir, data, tmp_path):  # noqa: F811
@@ -487,21 +490,25 @@ def test_training_bench_times_variants_in_alternating_runs_and_packing_computes_
 
     common = f"--data {data} --format zsre --edits 3 --batch-size 2 --repeats 2 --model {tiny_model_dir} --device cpu"
     argv = ["bench", "training", *common.split(), "--cache-dir", str(tmp_path / "cache"), "--json"]
-    argv += ["--variant", "packed:max_steps=4,lr=0.03", "--variant", "padded:max_steps=4,lr=0.03,train_packing=false"]
+    # In the model's own precision: packing must compute the padded rows' loss to float rounding.
+    argv += ["--variant", "packed:max_steps=4,lr=0.03,train_precision=full"]
+    argv += ["--variant", "padded:max_steps=4,lr=0.03,train_precision=full,train_packing=false", "--variant", "auto:max_steps=4,lr=0.03"]
     assert cli.main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert (result["edits"], result["experts_per_run"], result["repeats"], result["torch_threads"]) == (3, 2, 2, 1)
     packed, padded = result["variants"]["packed"], result["variants"]["padded"]
-    assert packed["overrides"] == {"max_steps": 4, "lr": 0.03}
-    assert padded["overrides"] == {"max_steps": 4, "lr": 0.03, "train_packing": False}
+    assert packed["overrides"] == {"max_steps": 4, "lr": 0.03, "train_precision": "full"}
+    assert padded["overrides"] == {"max_steps": 4, "lr": 0.03, "train_precision": "full", "train_packing": False}
     assert packed["cpu_vs_first"] == 1.0 and len(packed["cpu_s_per_edit_runs"]) == 2
     assert all(x > 0 for x in packed["cpu_s_per_edit_runs"] + padded["cpu_s_per_edit_runs"])
     # The tiny tokenizer's chat template gives each edit a chat form: those train packed, with the
     # padded rows' loss.
     assert packed["mean_steps"] == padded["mean_steps"] == 4.0
     assert packed["final_losses"] == pytest.approx(padded["final_losses"], rel=1e-4)
-    assert [line.split()[0] for line in lines[2:4]] == ["packed", "padded"]
+    assert [line.split()[0] for line in lines[2:5]] == ["packed", "padded", "auto"]
+    # The table says what each variant computed in: "auto" as it resolved on this machine.
+    assert [line.split()[1] for line in lines[2:5]] == ["full", "full", resolved_precision("auto", torch.device("cpu"))]
     with pytest.raises(SystemExit, match="labels must differ"):
         cli.main(["bench", "training", *common.split(), "--variant", "a", "--variant", "a:lr=0.1"])
     with pytest.raises(SystemExit, match="--variant a: 'nonsense=1': expected KEY=VALUE"):

@@ -85,6 +85,7 @@ def run_training(opts: TrainingOptions) -> dict:
         cpu = statistics.median(r["cpu_s_per_edit"] for r in done)
         rows[variant.label] = {
             "overrides": _overrides(variant.config),
+            "train_precision": editors[variant.label].train_precision,
             "cpu_s_per_edit": round(cpu, 3),
             "cpu_s_per_edit_runs": [round(r["cpu_s_per_edit"], 3) for r in done],
             "wall_s_per_edit": round(statistics.median(r["wall_s_per_edit"] for r in done), 3),
@@ -114,13 +115,15 @@ def format_table(result: dict) -> str:
         f"{result['model']} on {Path(result['data']).name} ({result['format']}), T={result['edits']} "
         f"({result['experts_per_run']} experts a run), {result['repeats']} alternating runs per variant, "
         f"{result['torch_threads']} torch thread(s)",
-        f"  {'variant':<16}{'CPU s/edit':>11}{'vs first':>10}{'wall s/edit':>13}{'steps':>7}  CPU s/edit per run; final losses (last run)",
+        f"  {'variant':<16}{'precision':>10}{'CPU s/edit':>11}{'vs first':>10}{'wall s/edit':>13}{'steps':>7}"
+        "  CPU s/edit per run; final losses (last run)",
     ]
     for label, row in result["variants"].items():
         runs = " ".join(f"{x:.2f}" for x in row["cpu_s_per_edit_runs"])
         losses = " ".join(f"{x:.4f}" for x in row["final_losses"])
         lines.append(
-            f"  {label:<16}{row['cpu_s_per_edit']:>11.3f}{row['cpu_vs_first']:>10.3f}{row['wall_s_per_edit']:>13.3f}"
+            f"  {label:<16}{row['train_precision']:>10}{row['cpu_s_per_edit']:>11.3f}{row['cpu_vs_first']:>10.3f}"
+            f"{row['wall_s_per_edit']:>13.3f}"
             f"{row['mean_steps']:>7.1f}  {runs}; {losses}"
         )
     return "\n".join(lines)
