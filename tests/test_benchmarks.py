@@ -320,6 +320,21 @@ def other_subjects_data(tmp_path: Path) -> Path:
     return path
 
 
+def test_subject_plus_other_question_probes_never_take_a_question_that_shares_a_content_word(tmp_path):
+    # The only other record's question shares "capital" with the edit's: asked of France it would
+    # be the edited fact in other words, so there is no such probe (there was one: the template's
+    # words were read as single letters).
+    same_relation = {**LOCALITY_RECORDS[0], "src": "The capital city of Spain is", "subject": "Spain", "rephrase": "Spain's capital is"}
+    path = tmp_path / "zsre-two.json"
+    path.write_text(json.dumps([LOCALITY_RECORDS[0], same_relation]))
+    records = load_records(path, "zsre")
+    assert not [p for p in build_probes(records, [0]) if p.kind == "subject+other-q"]
+    other_relation = {**same_relation, "src": "The official language of Spain is"}
+    path.write_text(json.dumps([LOCALITY_RECORDS[0], other_relation]))
+    probes = [p for p in build_probes(load_records(path, "zsre"), [0]) if p.kind == "subject+other-q"]
+    assert [p.prompt for p in probes] == ["The official language of France is"]
+
+
 def test_locality_holds_back_a_partner_and_builds_every_probe_from_the_data(locality_data):
     records = load_records(locality_data, "zsre")
     edited, held = select_edits(records, 2)

@@ -133,9 +133,13 @@ def subject_first(prompt: str, subject: str) -> str | None:
     return f"{subject}: {rest}"
 
 
-def _content_words(text: str, subject: str) -> set[str]:
-    words = "".join(c if c.isalnum() else " " for c in _key(text).replace(_key(subject), " ")).split()
-    return {w for w in words if w not in _STOPWORDS}
+def _content_words(text: str, subject: str = "") -> set[str]:
+    """`text`'s words that are not stop words, `subject`'s left out (none: "" replaced would
+    put a space between every character)."""
+    lowered = _key(text)
+    if _key(subject):
+        lowered = lowered.replace(_key(subject), " ")
+    return {w for w in "".join(c if c.isalnum() else " " for c in lowered).split() if w not in _STOPWORDS}
 
 
 def build_probes(records: Sequence[BenchRecord], edited: Sequence[int], other_subjects: Sequence[str] = ()) -> list[Probe]:
@@ -155,10 +159,13 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int], other_su
     fresh = [s for s in dict.fromkeys(subjects) if _key(s) not in edited_subjects]
     if not fresh:
         log.warning("no unedited subject is left for the other-subject probes: pass --other-subjects FILE")
+    # Each other record's question with its subject cut out, its subject's key and its content
+    # words (computed once: every edit looks through all of them).
     templates = [
-        (i, r.prompt.replace(r.subject.strip(), "\0", 1))
-        for i, r in enumerate(records)
+        (t, _key(r.subject), _content_words(t.replace("\0", " ")))
+        for r in records
         if r.subject and r.subject.strip() and r.subject.strip() in r.prompt
+        for t in [r.prompt.replace(r.subject.strip(), "\0", 1)]
     ]
     edited_records = [records[i] for i in edited]
     scopes = locality_scopes(edited_records, edited_records)
@@ -194,11 +201,7 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int], other_su
             probes.append(Probe("same-subject", i, records[other_fact[0]].prompt))
         if subject:
             words = _content_words(r.prompt, subject)
-            unlike = [
-                t
-                for j, t in templates
-                if _key(records[j].subject) != _key(subject) and not words & _content_words(t.replace("\0", " "), "")
-            ]
+            unlike = [t for t, key, asks in templates if key != _key(subject) and not words & asks]
             for _ in range(10 if unlike else 0):
                 asked = rng.choice(unlike).replace("\0", subject)
                 if _key(asked) not in edited_prompts:
