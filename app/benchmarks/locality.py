@@ -136,9 +136,9 @@ def subject_first(prompt: str, subject: str) -> str | None:
 def _content_words(text: str, subject: str = "") -> set[str]:
     """`text`'s words that are not stop words, `subject`'s left out (none: "" replaced would
     put a space between every character)."""
-    lowered = _key(text)
-    if _key(subject):
-        lowered = lowered.replace(_key(subject), " ")
+    lowered, cut = _key(text), _key(subject)
+    if cut:
+        lowered = lowered.replace(cut, " ")
     return {w for w in "".join(c if c.isalnum() else " " for c in lowered).split() if w not in _STOPWORDS}
 
 
@@ -200,8 +200,8 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int], other_su
         if other_fact:
             probes.append(Probe("same-subject", i, records[other_fact[0]].prompt))
         if subject:
-            words = _content_words(r.prompt, subject)
-            unlike = [t for t, key, asks in templates if key != _key(subject) and not words & asks]
+            words, own = _content_words(r.prompt, subject), _key(subject)
+            unlike = [t for t, key, asks in templates if key != own and not words & asks]
             for _ in range(10 if unlike else 0):
                 asked = rng.choice(unlike).replace("\0", subject)
                 if _key(asked) not in edited_prompts:
