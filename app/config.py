@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # else the model's own dtype), "full" (the model's own dtype) or "bfloat16"; None: "auto".
     # Serving is not touched; experts are float32 whichever trained them.
     train_precision: Literal["auto", "full", "bfloat16"] | None = None
+    # An expert's first steps train on its edits' own prompts alone, until their loss is below
+    # train_warmup_loss (None: the editor's default), then on every example; False: every example
+    # from the first step (slower, the same quality: docs/BENCHMARKS.md).
+    train_warmup: bool = True
+    train_warmup_loss: float | None = Field(default=None, gt=0)
     edits_per_expert: int = Field(default=16, ge=1, le=256)
     planning: bool = True
     # Training knobs for tests and experiments; None: the editor's default (app/lemoe/config.py).

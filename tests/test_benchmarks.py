@@ -80,7 +80,7 @@ def test_quality_run_reports_every_metric_and_the_subject_keys(tiny_model_dir, d
 
 
 def test_quality_scores_a_sample_and_counts_the_stack_bytes(tiny_model_dir, data, tmp_path):  # noqa: F811
-    config = LemoeConfig(layer=2, max_steps=2)
+    config = LemoeConfig(layer=2, max_steps=2, warmup_loss=None)  # exactly max_steps steps at the limit
     opts = QualityOptions(
         data=data,
         format="zsre",
@@ -505,16 +505,17 @@ def test_training_bench_times_variants_in_alternating_runs_and_packing_computes_
 
     common = f"--data {data} --format zsre --edits 3 --batch-size 2 --repeats 2 --model {tiny_model_dir} --device cpu"
     argv = ["bench", "training", *common.split(), "--cache-dir", str(tmp_path / "cache"), "--json"]
-    # In the model's own precision: packing must compute the padded rows' loss to float rounding.
-    argv += ["--variant", "packed:max_steps=4,lr=0.03,train_precision=full"]
-    argv += ["--variant", "padded:max_steps=4,lr=0.03,train_precision=full,train_packing=false", "--variant", "auto:max_steps=4,lr=0.03"]
+    # In the model's own precision and without a warm-up (every run then takes exactly max_steps):
+    # packing must compute the padded rows' loss to float rounding.
+    exact = "max_steps=4,lr=0.03,train_precision=full,warmup_loss=none"
+    argv += ["--variant", f"packed:{exact}", "--variant", f"padded:{exact},train_packing=false", "--variant", "auto:max_steps=4,lr=0.03"]
     assert cli.main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert (result["edits"], result["experts_per_run"], result["repeats"], result["torch_threads"]) == (3, 2, 2, 1)
     packed, padded = result["variants"]["packed"], result["variants"]["padded"]
-    assert packed["overrides"] == {"max_steps": 4, "lr": 0.03, "train_precision": "full"}
-    assert padded["overrides"] == {"max_steps": 4, "lr": 0.03, "train_precision": "full", "train_packing": False}
+    assert packed["overrides"] == {"max_steps": 4, "lr": 0.03, "train_precision": "full", "warmup_loss": None}
+    assert padded["overrides"] == {"max_steps": 4, "lr": 0.03, "train_precision": "full", "warmup_loss": None, "train_packing": False}
     assert packed["cpu_vs_first"] == 1.0 and len(packed["cpu_s_per_edit_runs"]) == 2
     assert all(x > 0 for x in packed["cpu_s_per_edit_runs"] + padded["cpu_s_per_edit_runs"])
     # The tiny tokenizer's chat template gives each edit a chat form: those train packed, with the

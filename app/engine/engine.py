@@ -87,6 +87,7 @@ class Engine:
             ("edit_codes", "edit_codes"),
             ("expert_positions", "expert_positions"),
             ("train_precision", "train_precision"),
+            ("train_warmup_loss", "warmup_loss"),
         ):
             value = getattr(settings, setting, None)
             if value is not None:
@@ -95,6 +96,8 @@ class Engine:
             overrides["relation_threshold"] = None
         if getattr(settings, "subject_span_keys", True) is False:
             overrides["subject_span_threshold"] = None
+        if getattr(settings, "train_warmup", True) is False:
+            overrides["warmup_loss"] = None
         loaded = load_model(settings.model_path, cache_dir=settings.model_cache_dir, device=settings.device)
         engine = cls(
             loaded,
@@ -199,8 +202,9 @@ class Engine:
 
     @property
     def max_steps(self) -> int:
-        """The most steps one expert trains for (it stops earlier at its loss threshold)."""
-        return self.editor.config.max_steps
+        """The most steps one expert trains for, a warm-up's included (it stops earlier at its loss
+        threshold)."""
+        return self.editor.config.step_limit
 
     # --- the check before an expert goes live (app.engine.checks) ------------------------------
     def _candidate(self, built: BuiltExpert) -> ExpertEntry:

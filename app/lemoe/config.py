@@ -60,7 +60,8 @@ class LemoeConfig:
     loss_threshold: float = 0.05
     # Train first on the edits' own prompts alone (a third of the labelled tokens: cheaper steps)
     # until their loss is below this, then on every example; None: every example from the start.
-    warmup_loss: float | None = None
+    # 1.0: 11-28% less training time at the same lifelong quality (docs/BENCHMARKS.md).
+    warmup_loss: float | None = 1.0
     # Extra copies of each edit prompt behind a random context prefix (generalisation).
     augmentations: int = 1
     train_eos: bool = True
@@ -91,6 +92,17 @@ class LemoeConfig:
     # (a CPU with AMX or AVX512-BF16, a CUDA GPU), full elsewhere (bfloat16 is slower without).
     train_precision: TrainPrecision = "auto"
     seed: int = 0
+
+    @property
+    def warmup_steps_limit(self) -> int:
+        """The most warm-up steps an expert takes before its max_steps on every example (0 without a
+        warm-up): the warm-up ends at its loss or after half of max_steps, whichever comes first."""
+        return 0 if self.warmup_loss is None else max(1, self.max_steps // 2)
+
+    @property
+    def step_limit(self) -> int:
+        """The most steps one expert trains for (it stops earlier at its loss threshold)."""
+        return self.max_steps + self.warmup_steps_limit
 
     def resolved_layer(self, num_layers: int) -> int:
         layer = round(num_layers * 0.8) if self.layer is None else self.layer

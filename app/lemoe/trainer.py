@@ -499,7 +499,7 @@ def train_expert(
                 # unmeasured, and at the edit codes' high learning rate one can undo the fit.
                 if loss_value < config.loss_threshold:
                     break
-            elif loss_value < config.warmup_loss or step >= config.max_steps // 2:
+            elif loss_value < config.warmup_loss or step >= config.warmup_steps_limit:
                 steps, limit = everything, step + config.max_steps
             optimizer.step()
     expert.eval().requires_grad_(False)

@@ -131,3 +131,14 @@ def test_train_precision_setting_reaches_the_editor(tiny_model_dir, tmp_path):
     assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.config.train_precision == "auto"
     settings = tiny_settings(tiny_model_dir, tmp_path / "b", train_precision="bfloat16")
     assert Engine.from_settings(settings).editor.train_precision == "bfloat16"
+
+
+def test_warm_up_settings_reach_the_editor_and_the_runs_step_plan(tiny_model_dir, tmp_path):
+    plain = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a", train_max_steps=10))
+    assert plain.editor.config.warmup_loss == 1.0
+    # A run plans each expert's steps with the warm-up's on top (its progress never passes the plan).
+    assert plain.max_steps == 10 + 5
+    tuned = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", train_warmup_loss=0.5))
+    assert tuned.editor.config.warmup_loss == 0.5
+    off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "c", train_max_steps=10, train_warmup=False))
+    assert off.editor.config.warmup_loss is None and off.max_steps == 10

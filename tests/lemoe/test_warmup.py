@@ -9,7 +9,9 @@ import math
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
 
-FAST = LemoeConfig(layer=2, max_steps=150, lr=3e-2, augmentations=1, gate_threshold=0.9, loss_threshold=0.05, chat_examples=False)
+FAST = LemoeConfig(
+    layer=2, max_steps=150, lr=3e-2, augmentations=1, gate_threshold=0.9, loss_threshold=0.05, chat_examples=False, warmup_loss=None
+)
 FACTS = [Edit(1, "The capital of France is", "Rome"), Edit(2, "Who wrote the novel?", "Tolstoy", rephrases=("Who is the novel's author?",))]
 
 
@@ -32,6 +34,8 @@ def test_a_warm_up_trains_the_own_prompts_alone_then_every_example(tiny_model, t
     # on until that loss is below the threshold.
     assert losses[warm_steps] > losses[warm_steps - 1]
     assert trained.steps == len(losses) > warm_steps and trained.final_loss < FAST.loss_threshold
+    assert trained.steps <= warm.config.step_limit == FAST.max_steps + FAST.max_steps // 2
+
     warm.add_expert(trained.entry)
     texts = [g.text.strip() for g in warm.generate([e.prompt for e in FACTS], SamplingParams(max_new_tokens=10))]
     assert texts[0].startswith("Rome") and texts[1].startswith("Tolstoy")
@@ -44,3 +48,10 @@ def test_without_a_warm_up_every_example_trains_from_the_first_step(tiny_model, 
     _, warm_losses = _losses(warm, FACTS)
     assert losses[0] != warm_losses[0]  # the first step's loss is over more examples
     assert losses[-1] < FAST.loss_threshold
+
+
+def test_a_warm_up_that_does_not_reach_its_loss_ends_after_half_of_max_steps(tiny_model, tiny_tokenizer):
+    config = dataclasses.replace(FAST, max_steps=6, warmup_loss=1e-9, loss_threshold=1e-9)
+    trained, losses = _losses(LemoeEditor(tiny_model, tiny_tokenizer, config), FACTS)
+    # 3 warm-up steps (their loss never reaches 1e-9), then max_steps on every example.
+    assert config.warmup_steps_limit == 3 and trained.steps == len(losses) == config.step_limit == 9
