@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # its last token decides. The threshold: None keeps the editor's default.
     subject_span_keys: bool = True
     subject_span_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    # ... and only where the prompt spells the subject with the edit's own tokens (any case);
+    # None: the editor's default (on).
+    subject_token_check: bool | None = None
     # Each expert learns one code per edit and answers a request with the code of the edit that
     # routed it; None: the editor's default (on). Experts keep what they were trained with.
     edit_codes: bool | None = None

@@ -23,6 +23,7 @@ from app.lemoe.io import WEIGHTS_FILE, save_expert
 
 SMOLLM2_HIDDEN = 576  # the bundled SmolLM2-135M's width
 SMOLLM2_LAYERS = 30
+SMOLLM2_VOCAB = 49152
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def synthetic_entry(name: str, opts: ExpertFilesOptions, generator: torch.Genera
         relation_anchors=torch.nn.functional.normalize(torch.randn(n, d, generator=generator), dim=-1),
         subject_lengths=torch.full((n,), 2, dtype=torch.long),
         subject_span_anchors=torch.randn(n, d, generator=generator),
+        subject_token_ids=torch.randint(0, SMOLLM2_VOCAB, (n, 2), generator=generator),
     )
 
 

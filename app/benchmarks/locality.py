@@ -376,17 +376,15 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
     # T = 10,000 that is tens of gigabytes for all probes at once.
     for start in range(0, len(prompts), _ROUTING_CHUNK):
         chunk = prompts[start : start + _ROUTING_CHUNK]
-        queries = editor.queries(chunk)
-        states = mask = relation_mask = None
-        if editor.subject_layer is not None:
-            states, mask = editor.subject_states(chunk)
-            relation_mask = editor.relation_mask(chunk, mask)
+        read = editor.read_routes(chunk)
         for threshold in thresholds:
             if editor.router.subject is not None:
                 editor.router.subject.relation_threshold = relation_thresholds[0] if span_thresholds else threshold
                 if span_thresholds:
                     editor.router.subject.span_threshold = threshold
-            decided[threshold] += editor.router.route(queries, stack, states, mask, relation_mask)
+            decided[threshold] += editor.router.route(
+                read.queries, stack, read.states, read.mask, read.relation_mask, subject_tokens=read.tokens
+            )
     rows = {}
     for threshold in thresholds:
         decisions = decided[threshold]

@@ -101,9 +101,11 @@ def run_routing(opts: RoutingOptions) -> dict:
         index = editor.router.index(stack)
         # The search alone, on the inputs a generation's prefill has at hand.
         queries = editor.queries([prompt])
-        states, mask = editor.subject_states([prompt])
-        relation_mask = editor.relation_mask([prompt], mask)
-        search_ms = median_ms(lambda: editor.router.route(queries, stack, states, mask, relation_mask), opts.repeats)  # noqa: B023
+        read = editor.read_routes([prompt], queries=queries)
+        search_ms = median_ms(
+            lambda: editor.router.route(queries, stack, read.states, read.mask, read.relation_mask, subject_tokens=read.tokens),  # noqa: B023
+            opts.repeats,
+        )
         route_ms = median_ms(lambda: editor.route([prompt]), opts.repeats)
         [routed] = editor.generate([prompt], params)
         # Measured now, beside the generation with the stack: a busy machine's speed drifts.

@@ -81,6 +81,7 @@ def synthetic_stack(editor: LemoeEditor, count: int, edits_per_expert: int, seed
                 relation_anchors=torch.nn.functional.normalize(torch.randn(edits_per_expert, d, generator=generator), dim=-1),
                 subject_lengths=torch.full((edits_per_expert,), 2, dtype=torch.long),
                 subject_span_anchors=torch.randn(edits_per_expert, d, generator=generator),
+                subject_token_ids=torch.randint(0, len(editor.tokenizer), (edits_per_expert, 2), generator=generator),
             )
         )
     return entries

@@ -25,6 +25,7 @@ from app.lemoe.routing import (
     RouteDecision,
     RouteState,
     SubjectKeys,
+    SubjectTokens,
     anchor_edit_ids,
     anchor_owners,
     routing,
@@ -68,12 +69,14 @@ class Generation:
 
 @dataclass(frozen=True)
 class SubjectAnchors:
-    """Per anchor: subject key, relation key, span key (NaN rows: none) and subject length in tokens."""
+    """Per anchor: subject key, relation key, span key (NaN rows: none), subject length in tokens
+    and the subject's token ids (-1 after them; a row of -1: none)."""
 
     subject: torch.Tensor
     relation: torch.Tensor
     lengths: torch.Tensor
     span: torch.Tensor
+    tokens: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class RouteInputs:
     states: torch.Tensor | None
     mask: torch.Tensor | None
     relation_mask: torch.Tensor | None
+    tokens: SubjectTokens | None = None  # the states' tokens (LemoeEditor.subject_tokens)
 
 
 @dataclass
@@ -142,6 +146,7 @@ class LemoeEditor:
             self.config.subject_sentence_floor,
             self.config.relation_threshold,
             self.config.subject_span_threshold,
+            self.config.subject_token_check,
         )
 
     def subject_states(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,6 +160,18 @@ class LemoeEditor:
         for r, v in enumerate(views):
             mask[r, : v.first] = 0
         return states, mask
+
+    def subject_tokens(self, prompts: Sequence[str], length: int) -> SubjectTokens:
+        """The tokens of each prompt's subject view as `subject_states` reads them, right-padded to
+        `length`: the token check compares a subject's ids with them."""
+        ids = torch.full((len(prompts), length), -1, dtype=torch.long)
+        word_ends = torch.ones((len(prompts), length), dtype=torch.bool)
+        for r, p in enumerate(prompts):
+            view = self._subject_view(p)
+            n = min(len(view.ids), length)
+            ids[r, :n] = torch.tensor(view.ids[:n], dtype=torch.long)
+            word_ends[r, :n] = torch.tensor(view.word_ends[:n], dtype=torch.bool)
+        return SubjectTokens(ids.to(self.device), word_ends.to(self.device))
 
     def relation_mask(self, prompts: Sequence[str], mask: torch.Tensor) -> torch.Tensor:
         """`mask` (from `subject_states(prompts)`) less the tokens before each prompt's last
@@ -217,6 +234,8 @@ class LemoeEditor:
             entry.relation_anchors = entry.relation_anchors.to(self.device)
         if entry.subject_span_anchors is not None:
             entry.subject_span_anchors = entry.subject_span_anchors.to(self.device)
+        if entry.subject_token_ids is not None:
+            entry.subject_token_ids = entry.subject_token_ids.to(self.device)
         view = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
         made = entry.meta.get("subject_view", {"context": "", "lowercase": False})
         if self.subject_layer is not None and _keyed(entry) and made != view:
@@ -227,7 +246,9 @@ class LemoeEditor:
                 made,
                 view,
             )
-            return dataclasses.replace(entry, subject_anchors=None, relation_anchors=None, subject_lengths=None, subject_span_anchors=None)
+            return dataclasses.replace(
+                entry, subject_anchors=None, relation_anchors=None, subject_lengths=None, subject_span_anchors=None, subject_token_ids=None
+            )
         return entry
 
     def remove_expert(self, name: str) -> ExpertEntry:
@@ -390,6 +411,7 @@ class LemoeEditor:
             relation_anchors=None if keys is None else keys.relation,
             subject_lengths=None if keys is None else keys.lengths,
             subject_span_anchors=None if keys is None else keys.span,
+            subject_token_ids=None if keys is None else keys.tokens,
         )
 
     def subject_anchors(self, edits: Sequence[Edit]) -> SubjectAnchors | None:
@@ -411,6 +433,7 @@ class LemoeEditor:
         relation = torch.full((n, d), float("nan"), device=self.device)
         span_keys = torch.full((n, d), float("nan"), device=self.device)
         lengths = torch.zeros(n, dtype=torch.long)
+        tokens = torch.full((n, max((s[1] - s[0] + 1 for s in spans if s is not None), default=1)), -1, dtype=torch.long)
         found = [k for k, span in enumerate(spans) if span is not None]
         if found:
             texts = [prompts[k] for k in found]
@@ -423,14 +446,15 @@ class LemoeEditor:
                 subject[k] = states[row, spans[k][1]]
                 span_keys[k] = states[row, spans[k][0] : spans[k][1] + 1].float().mean(dim=0)
                 lengths[k] = length[row]
+                tokens[k, : length[row]] = torch.tensor(self._subject_view(prompts[k]).ids[spans[k][0] : spans[k][1] + 1])
                 # A prompt that is all subject asks nothing else: no relation check for it.
                 if bool(vectors[row].any()):
                     relation[k] = vectors[row]
         for k in range(len(edits), n):  # a rephrase keys on its edit's subject states
-            subject[k], span_keys[k] = subject[owner[k]], span_keys[owner[k]]
+            subject[k], span_keys[k], tokens[k] = subject[owner[k]], span_keys[owner[k]], tokens[owner[k]]
             if spans[k] is None:
                 relation[k], lengths[k] = relation[owner[k]], lengths[owner[k]]
-        return SubjectAnchors(subject, relation, lengths, span_keys)
+        return SubjectAnchors(subject, relation, lengths, span_keys, tokens.to(self.device))
 
     def superseded(self, edits: Sequence[Edit], entry: ExpertEntry) -> list[tuple[int, int]]:
         """(new edit id, older edit id) pairs: on the new edit's own prompt an older edit of the
@@ -444,11 +468,8 @@ class LemoeEditor:
         owner, ids = anchor_owners(stack), anchor_edit_ids(stack)
         # The edits' own sentence queries are their anchors (listed first in the entry).
         queries = entry.anchors[: len(edits)]
-        states = mask = relation_mask = None
-        if self.subject_layer is not None:
-            states, mask = self.subject_states([e.prompt for e in edits])
-            relation_mask = self.relation_mask([e.prompt for e in edits], mask)
-        sims, eligible, *_ = self.router.eligibility(queries, stack, states, mask, relation_mask)
+        read = self.read_routes([e.prompt for e in edits], queries=queries)
+        sims, eligible, *_ = self.router.eligibility(queries, stack, read.states, read.mask, read.relation_mask, subject_tokens=read.tokens)
         own = sims[torch.arange(len(edits)), offset + torch.arange(len(edits))]
         near = eligible & (sims >= own[:, None] - self.config.supersede_margin) & (owner.to(sims.device) < len(older))
         pairs = []
@@ -478,6 +499,7 @@ class LemoeEditor:
         if prompts is not None and forced is None and self._keyed_stack(stack):
             state.subject_states, state.subject_mask = self.subject_states(prompts)
             state.relation_mask = self.relation_mask(prompts, state.subject_mask)
+            state.subject_tokens = self.subject_tokens(prompts, state.subject_states.shape[1])
         return state
 
     @torch.inference_mode()
@@ -553,20 +575,21 @@ class LemoeEditor:
         stack = self._stack if stack is None else tuple(stack)
         if not stack:
             return [RouteDecision(None, None, None, None) for _ in texts]
-        states = mask = relation_mask = None
-        if self._keyed_stack(stack):
-            states, mask = self.subject_states(texts)
-            relation_mask = self.relation_mask(texts, mask)
-        return self.router.route(self.queries(texts), stack, states, mask, relation_mask)
+        return self._routed(self.read_routes(texts, subjects=self._keyed_stack(stack)), stack)
 
-    def read_routes(self, texts: Sequence[str]) -> RouteInputs:
+    def read_routes(self, texts: Sequence[str], *, subjects: bool | None = None, queries: torch.Tensor | None = None) -> RouteInputs:
         """What routing reads of `texts` (their queries and subject states), whatever the stack:
-        read once, routed under any stack by `route_under`."""
-        states = mask = relation_mask = None
-        if self.subject_layer is not None:
+        read once, routed under any stack by `route_under`. `subjects` False: no subject states
+        (None: where subject keys are on); `queries`: the texts' queries, already at hand."""
+        states = mask = relation_mask = tokens = None
+        if self.subject_layer is not None if subjects is None else subjects:
             states, mask = self.subject_states(texts)
             relation_mask = self.relation_mask(texts, mask)
-        return RouteInputs(self.queries(texts), states, mask, relation_mask)
+            tokens = self.subject_tokens(texts, states.shape[1])
+        return RouteInputs(self.queries(texts) if queries is None else queries, states, mask, relation_mask, tokens)
+
+    def _routed(self, read: RouteInputs, stack: Sequence[ExpertEntry]) -> list[RouteDecision]:
+        return self.router.route(read.queries, stack, read.states, read.mask, read.relation_mask, subject_tokens=read.tokens)
 
     def route_under(self, texts: Sequence[str] | RouteInputs, stacks: Sequence[Sequence[ExpertEntry]]) -> list[list[RouteDecision]]:
         """The route each text takes under each of `stacks` (one list per stack), as `route` decides
@@ -574,7 +597,7 @@ class LemoeEditor:
         if not isinstance(texts, RouteInputs) and not texts:
             return [[] for _ in stacks]
         read = texts if isinstance(texts, RouteInputs) else self.read_routes(texts)
-        return [self.router.route(read.queries, tuple(s), read.states, read.mask, read.relation_mask) for s in stacks]
+        return [self._routed(read, tuple(s)) for s in stacks]
 
     def generate_routed_on(
         self,

@@ -85,6 +85,9 @@ class ExpertEntry:
     # (n_edits, d) subject-layer states averaged over each anchor's subject tokens (span keys;
     # `SubjectKeys.span_vectors`); a NaN row: no span check. None: made before they existed.
     subject_span_anchors: torch.Tensor | None = None
+    # (n_edits, L) the token ids that spell each anchor's subject in its subject view, -1 after
+    # them (a row of -1: no token check). None: made before they existed.
+    subject_token_ids: torch.Tensor | None = None
 
     def slot_of(self, edit_id: int | None) -> int:
         """The code slot of `edit_id`: its place among the expert's edits, which come first among

@@ -59,6 +59,8 @@ def save_expert(entry: ExpertEntry, directory: Path, *, weights_dtype: torch.dty
         tensors["subject_lengths"] = entry.subject_lengths.detach().cpu().long().contiguous()
     if entry.subject_span_anchors is not None and entry.subject_lengths is not None:  # a span key needs its length
         tensors["subject_span_anchors"] = entry.subject_span_anchors.detach().cpu().float().contiguous()
+    if entry.subject_token_ids is not None and entry.subject_lengths is not None:  # as many ids as its length says
+        tensors["subject_token_ids"] = entry.subject_token_ids.detach().cpu().long().contiguous()
     config = {
         "name": entry.name,
         "kind": module.kind,
@@ -131,6 +133,11 @@ def load_expert(
     span_anchors = tensors.get("subject_span_anchors")
     if span_anchors is not None and (lengths is None or span_anchors.shape[0] != anchors.shape[0]):
         raise ExpertFileError("subject span keys do not match its anchors", directory=directory)
+    token_ids = tensors.get("subject_token_ids")
+    if token_ids is not None and (
+        lengths is None or token_ids.dim() != 2 or token_ids.shape[0] != anchors.shape[0] or bool((lengths > token_ids.shape[1]).any())
+    ):
+        raise ExpertFileError("subject token ids do not match its anchors", directory=directory)
     return ExpertEntry(
         name=name,
         module=module,
@@ -141,6 +148,7 @@ def load_expert(
         relation_anchors=None if relation_anchors is None else relation_anchors.to(device),
         subject_lengths=lengths,
         subject_span_anchors=None if span_anchors is None else span_anchors.to(device),
+        subject_token_ids=None if token_ids is None else token_ids.to(device),
     )
 
 

@@ -46,8 +46,19 @@ class RouteState:
     subject_states: torch.Tensor | None = None  # (B, T, d) subject-layer states (LemoeEditor.subject_states)
     subject_mask: torch.Tensor | None = None  # (B, T) which of those tokens may match a subject
     relation_mask: torch.Tensor | None = None  # (B, T) which are read for the relation (LemoeEditor.relation_mask)
+    subject_tokens: SubjectTokens | None = None  # those tokens' ids (LemoeEditor.subject_tokens)
     decisions: list[RouteDecision] | None = None
     groups: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # expert, rows, code slots
+
+
+@dataclass(frozen=True)
+class SubjectTokens:
+    """The tokens of prompts' subject views, beside their states: (B, T) ids, -1 after each
+    prompt's, and (B, T) whether a word ends at each (the next token does not go on with a letter
+    or digit)."""
+
+    ids: torch.Tensor
+    word_ends: torch.Tensor
 
 
 _ROUTE: contextvars.ContextVar[RouteState | None] = contextvars.ContextVar("lemoe_route", default=None)
@@ -112,6 +123,7 @@ class SubjectKeys:
         sentence_floor: float,
         relation_threshold: float | None = None,
         span_threshold: float | None = None,
+        token_check: bool = False,
     ) -> None:
         self.mean = mean
         self.std = std
@@ -119,6 +131,7 @@ class SubjectKeys:
         self.sentence_floor = sentence_floor
         self.relation_threshold = relation_threshold  # None: no relation check
         self.span_threshold = span_threshold  # None: no span check
+        self.token_check = token_check  # the matched tokens must spell the subject (where its ids are known)
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
@@ -195,6 +208,16 @@ def relation_anchor_matrix(stack: Sequence[ExpertEntry], dim: int) -> torch.Tens
     return _anchor_rows(stack, dim, "relation_anchors")
 
 
+def subject_token_matrix(stack: Sequence[ExpertEntry]) -> torch.Tensor:
+    """Every anchor's subject token ids in stack order, -1 after them (rows of -1: none known)."""
+    return _padded_ids([e.subject_token_ids if e.subject_token_ids is not None else torch.full((len(e.anchors), 1), -1) for e in stack])
+
+
+def _padded_ids(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p.long().cpu(), (0, width - p.shape[1]), value=-1) for p in parts])
+
+
 def subject_lengths(stack: Sequence[ExpertEntry]) -> torch.Tensor:
     """Every anchor's subject length in tokens, in stack order (0 where unknown)."""
     return torch.cat(
@@ -232,6 +255,7 @@ class AnchorIndex:
     lengths: torch.Tensor | None
     span: torch.Tensor | None = None
     span_keyed: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None  # (n, L) subject token ids, -1 after them (subject_token_matrix)
 
     @property
     def size(self) -> int:
@@ -250,6 +274,7 @@ class AnchorIndex:
             self.lengths,
             self.span,
             self.span_keyed,
+            self.tokens,
         )
         return sum(t.element_size() * t.nelement() for t in tensors if t is not None)
 
@@ -271,6 +296,7 @@ class AnchorIndex:
             lengths=cat(self.lengths, more.lengths),
             span=cat(self.span, more.span),
             span_keyed=cat(self.span_keyed, more.span_keyed),
+            tokens=None if self.tokens is None or more.tokens is None else _padded_ids([self.tokens, more.tokens]),
         )
 
 
@@ -321,7 +347,7 @@ class AnchorRouter:
     def build_index(self, stack: Sequence[ExpertEntry]) -> AnchorIndex:
         anchors = torch.cat([e.anchors for e in stack])
         keyed = torch.zeros(len(anchors), dtype=torch.bool)
-        subject = relation = relation_keyed = lengths = span = span_keyed = None
+        subject = relation = relation_keyed = lengths = span = span_keyed = tokens = None
         if self.subject is not None:
             dim = self.subject.mean.shape[-1]
             rows = subject_anchor_matrix(stack, dim)
@@ -333,6 +359,7 @@ class AnchorRouter:
             spans = span_anchor_matrix(stack, dim)
             span_keyed = ~torch.isnan(spans).any(dim=1) & (lengths > 0).to(spans.device)
             span = self.subject.normalise(torch.nan_to_num(spans))
+            tokens = subject_token_matrix(stack)
         return AnchorIndex(
             sentence=self.normalise(anchors),
             owners=anchor_owners(stack),
@@ -345,6 +372,7 @@ class AnchorRouter:
             lengths=lengths,
             span=span,
             span_keyed=span_keyed,
+            tokens=tokens,
         )
 
     def similarities(self, queries: torch.Tensor, stack: Sequence[ExpertEntry]) -> torch.Tensor:
@@ -358,10 +386,13 @@ class AnchorRouter:
         subject_states: torch.Tensor | None = None,
         query_mask: torch.Tensor | None = None,
         relation_mask: torch.Tensor | None = None,
+        *,
+        subject_tokens: SubjectTokens | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """(sentence cosines, which anchors may fire, subject cosines or None, relation cosines or
         None, span cosines or None), each (B, n_anchors); relation and span cosines are NaN where
-        they were not needed."""
+        they were not needed. `subject_tokens`: the tokens of `subject_states` (for the token
+        check; None: no token check)."""
         index = self.index(stack)
         sims = self.normalise(queries) @ index.sentence.to(queries.device).T
         eligible = sims >= self.threshold
@@ -375,6 +406,8 @@ class AnchorRouter:
             keyed_ok = (subject_sims >= self.subject.threshold) & (sims >= self.subject.sentence_floor)
             if self.subject.span_threshold is not None:
                 keyed_ok, span_sims = self._span_check(keyed_ok, match, subject_states, query_mask, index)
+            if self.subject.token_check and subject_tokens is not None and index.tokens is not None:
+                keyed_ok = self._token_check(keyed_ok, match, subject_tokens, index)
             if self.subject.relation_threshold is not None:
                 keyed_ok, relation_sims = self._relation_check(
                     keyed_ok, match, subject_states, query_mask if relation_mask is None else relation_mask, index
@@ -425,6 +458,34 @@ class AnchorRouter:
             subject_states,
             query_mask,
         )
+
+    @staticmethod
+    def _token_check(keyed_ok: torch.Tensor, match: SubjectMatch, subject_tokens: SubjectTokens, index: AnchorIndex) -> torch.Tensor:
+        """... where the tokens ending at the match are the edit subject's own (its ids in the
+        lower-cased subject view, so any case, and a subject first in the prompt keeps its leading
+        space) and a word ends there ("France" is not "Franceville", whose first token's state is
+        France's: the model reads left to right). States that are merely alike let other names
+        in, and the more edits, the more names end alike. Anchors whose ids are unknown (experts
+        from before) are not checked."""
+        assert index.tokens is not None and index.lengths is not None
+        tokens = index.tokens.to(keyed_ok.device)
+        pairs = (keyed_ok & (tokens[:, 0] >= 0)).nonzero()
+        if not len(pairs):
+            return keyed_ok
+        rows, anchors = pairs[:, 0], pairs[:, 1]
+        width = tokens.shape[1]
+        where = match.where.to(keyed_ok.device)[rows, anchors]
+        length = index.lengths.to(keyed_ok.device)[anchors]
+        offsets = torch.arange(width, device=keyed_ok.device)
+        positions = where[:, None] - length[:, None] + 1 + offsets  # the span ending at the match
+        inside = offsets < length[:, None]
+        ids = subject_tokens.ids.to(keyed_ok.device)
+        read = ids[rows[:, None], positions.clamp(0, ids.shape[1] - 1)]
+        same = ((read == tokens[anchors]) | ~inside).all(dim=1) & (positions[:, 0] >= 0)
+        same &= subject_tokens.word_ends.to(keyed_ok.device)[rows, where]
+        keyed_ok = keyed_ok.clone()
+        keyed_ok[rows, anchors] = same
+        return keyed_ok
 
     def _relation_check(
         self,
@@ -488,10 +549,14 @@ class AnchorRouter:
         subject_states: torch.Tensor | None = None,
         query_mask: torch.Tensor | None = None,
         relation_mask: torch.Tensor | None = None,
+        *,
+        subject_tokens: SubjectTokens | None = None,
     ) -> list[RouteDecision]:
         if not stack:
             return [RouteDecision(None, None, None, None) for _ in range(queries.shape[0])]
-        sims, eligible, subject_sims, relation_sims, span_sims = self.eligibility(queries, stack, subject_states, query_mask, relation_mask)
+        sims, eligible, subject_sims, relation_sims, span_sims = self.eligibility(
+            queries, stack, subject_states, query_mask, relation_mask, subject_tokens=subject_tokens
+        )
         index = self.index(stack)
         owner = index.owners.to(sims.device)
         edit_ids = index.edit_ids
@@ -569,8 +634,10 @@ def decide(state: RouteState, x: torch.Tensor, pooling: Pooling) -> None:
     elif state.router is None:
         state.decisions = [RouteDecision(None, None, None, None)] * x.shape[0]
     else:
-        state.decisions = state.router.route(state.queries, state.stack, state.subject_states, state.subject_mask, state.relation_mask)
-    state.subject_states = state.subject_mask = state.relation_mask = None  # only needed for the decision; free them
+        state.decisions = state.router.route(
+            state.queries, state.stack, state.subject_states, state.subject_mask, state.relation_mask, subject_tokens=state.subject_tokens
+        )
+    state.subject_states = state.subject_mask = state.relation_mask = state.subject_tokens = None  # only needed for the decision
     rows: dict[int, list[int]] = {}
     slots: dict[int, list[int]] = {}
     for r, d in enumerate(state.decisions):

@@ -78,6 +78,10 @@ class SubjectView:
     # Tokens before this one are not read for the relation: a sentence before the prompt's last
     # one ("A Marañón Week is held since 1990. Howard Glacier is in") says nothing of what it asks.
     last_sentence: int = 0
+    ids: tuple[int, ...] = ()  # its token ids: a subject's tokens are compared with them (the token check)
+    # Per token: whether a word ends there (the next token does not go on with a letter or digit:
+    # " France" ends one before "'s", not before "ville").
+    word_ends: tuple[bool, ...] = ()
 
 
 def subject_view(tokenizer, prompt: str, *, context: str = "", lowercase: bool = False) -> SubjectView:
@@ -96,7 +100,9 @@ def subject_view(tokenizer, prompt: str, *, context: str = "", lowercase: bool =
     before = len(tokenizer(text[:start].rstrip())["input_ids"]) if context else len(tokenizer("")["input_ids"]) + 1
     ends = [m.end() for m in _SENTENCE_END.finditer(body)]
     last_sentence = len(tokenizer(text[: start + ends[-1]].rstrip())["input_ids"]) if ends else 0
-    return SubjectView(text, start, before, max(before, last_sentence))
+    ids = tokenizer(text)["input_ids"]
+    goes_on = [piece[:1].isalnum() for piece in tokenizer.batch_decode([[i] for i in ids])]
+    return SubjectView(text, start, before, max(before, last_sentence), tuple(ids), tuple(not g for g in goes_on[1:]) + (True,))
 
 
 # A sentence ends at . ! or ? after a lower-case letter or digit, before a capital: "U.S. Navy" and

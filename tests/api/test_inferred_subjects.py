@@ -142,3 +142,9 @@ def test_warm_up_settings_reach_the_editor_and_the_runs_step_plan(tiny_model_dir
     assert tuned.editor.config.warmup_loss == 0.5
     off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "c", train_max_steps=10, train_warmup=False))
     assert off.editor.config.warmup_loss is None and off.max_steps == 10
+
+
+def test_subject_token_check_setting_reaches_the_router(tiny_model_dir, tmp_path):
+    assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.router.subject.token_check is True
+    off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", subject_token_check=False))
+    assert off.editor.router.subject.token_check is False

@@ -136,6 +136,25 @@ def test_span_keys_leave_a_subject_that_only_ends_alike_to_the_base_model(real):
     same, reworded, other = editor.route(prompts, stack=[entry])
     assert same.expert_name == reworded.expert_name == "e1"
     assert other.expert_index is None
-    # Its last token alone ("Holdings") would have let the other company in.
-    last_token_only = LemoeEditor(real.model, real.tokenizer, LemoeConfig(subject_span_threshold=None))
+    # Its last token alone ("Holdings") would have let the other company in; the span check and
+    # the token check each keep it out.
+    last_token_only = LemoeEditor(real.model, real.tokenizer, LemoeConfig(subject_span_threshold=None, subject_token_check=False))
     assert last_token_only.route([prompts[2]], stack=[entry])[0].expert_name == "e1"
+    for config in (LemoeConfig(subject_token_check=False), LemoeConfig(subject_span_threshold=None)):
+        one_check = LemoeEditor(real.model, real.tokenizer, config)
+        assert [d.expert_name for d in one_check.route(prompts, stack=[entry])] == ["e1", "e1", None]
+
+
+def test_the_token_check_serves_the_subject_in_any_case_and_place_and_no_name_that_contains_it(real):
+    editor = LemoeEditor(real.model, real.tokenizer, LemoeConfig())
+    edit = Edit(1, "The capital of France is", "Lyon", subject="France")
+    entry = editor.keyed_entry("e1", Expert(editor.hidden_size, 1), [edit], {})
+    assert entry.subject_token_ids is not None and entry.subject_token_ids.shape == (1, int(entry.subject_lengths[0]))
+    served = ["The capital of France is", "the capital of FRANCE is", "France's capital city is", "France: its capital is"]
+    assert [d.expert_name for d in editor.route(served, stack=[entry])] == ["e1"] * len(served)
+    # A longer word that starts with the subject is not the subject; the model reads left to right,
+    # so its first token's state is France's own, and only the token check tells them apart.
+    longer = "The capital of Franceville is"
+    assert editor.route([longer], stack=[entry])[0].expert_index is None
+    unchecked = LemoeEditor(real.model, real.tokenizer, LemoeConfig(subject_token_check=False))
+    assert unchecked.route([longer], stack=[entry])[0].expert_name == "e1"
