@@ -59,7 +59,14 @@ def synthetic_entry(name: str, opts: ExpertFilesOptions, generator: torch.Genera
 def entry_bytes(entry: ExpertEntry) -> tuple[int, int]:
     """(bytes of the module's weights, bytes of its keys) in memory."""
     weights = sum(p.element_size() * p.nelement() for p in entry.module.parameters())
-    keys = [entry.anchors, entry.subject_anchors, entry.relation_anchors, entry.subject_lengths, entry.subject_span_anchors]
+    keys = [
+        entry.anchors,
+        entry.subject_anchors,
+        entry.relation_anchors,
+        entry.subject_lengths,
+        entry.subject_span_anchors,
+        entry.subject_token_ids,
+    ]
     return weights, sum(t.element_size() * t.nelement() for t in keys if t is not None)
 
 
