@@ -65,7 +65,7 @@ class LemoeConfig:
     loss_threshold: float = 0.05
     # Train first on the edits' own prompts alone (a third of the labelled tokens: cheaper steps)
     # until their loss is below this, then on every example; None: every example from the start.
-    # 1.0: 11-28% less training time at the same lifelong quality (docs/BENCHMARKS.md).
+    # 1.0: 11-28% less training time, lifelong quality about the same (docs/BENCHMARKS.md).
     warmup_loss: float | None = 1.0
     # Extra copies of each edit prompt behind a random context prefix (generalisation).
     augmentations: int = 1
