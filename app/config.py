@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     train_precision: Literal["auto", "full", "bfloat16"] | None = None
     # An expert's first steps train on its edits' own prompts alone, until their loss is below
     # train_warmup_loss (None: the editor's default), then on every example; False: every example
-    # from the first step (slower, the same quality: docs/BENCHMARKS.md).
+    # from the first step (slower, about the same quality: docs/BENCHMARKS.md).
     train_warmup: bool = True
     train_warmup_loss: float | None = Field(default=None, gt=0)
     edits_per_expert: int = Field(default=16, ge=1, le=256)
