@@ -497,9 +497,7 @@ class LemoeEditor:
         stack = self._stack if stack is None else tuple(stack)
         state = RouteState(query_mask=query_mask, stack=stack, router=self.router, forced=forced)
         if prompts is not None and forced is None and self._keyed_stack(stack):
-            state.subject_states, state.subject_mask = self.subject_states(prompts)
-            state.relation_mask = self.relation_mask(prompts, state.subject_mask)
-            state.subject_tokens = self.subject_tokens(prompts, state.subject_states.shape[1])
+            state.subject_states, state.subject_mask, state.relation_mask, state.subject_tokens = self._read_subjects(prompts)
         return state
 
     @torch.inference_mode()
@@ -583,10 +581,13 @@ class LemoeEditor:
         (None: where subject keys are on); `queries`: the texts' queries, already at hand."""
         states = mask = relation_mask = tokens = None
         if self.subject_layer is not None if subjects is None else subjects:
-            states, mask = self.subject_states(texts)
-            relation_mask = self.relation_mask(texts, mask)
-            tokens = self.subject_tokens(texts, states.shape[1])
+            states, mask, relation_mask, tokens = self._read_subjects(texts)
         return RouteInputs(self.queries(texts) if queries is None else queries, states, mask, relation_mask, tokens)
+
+    def _read_subjects(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, SubjectTokens]:
+        """What the subject checks read of `texts`: their subject states and mask, relation mask and tokens."""
+        states, mask = self.subject_states(texts)
+        return states, mask, self.relation_mask(texts, mask), self.subject_tokens(texts, states.shape[1])
 
     def _routed(self, read: RouteInputs, stack: Sequence[ExpertEntry]) -> list[RouteDecision]:
         return self.router.route(read.queries, stack, read.states, read.mask, read.relation_mask, subject_tokens=read.tokens)
