@@ -29,6 +29,22 @@ def test_where_a_prompt_names_something_every_candidate_includes_a_name():
     assert "the novel" in candidate_spans("Who wrote the novel?")
 
 
+def test_where_a_prompt_names_something_every_candidate_begins_and_ends_at_a_name():
+    spans = candidate_spans("On what date did Anthony Richard Blake die?")
+    assert "Anthony Richard Blake" in spans and "Richard Blake" in spans
+    assert "On what date did Anthony Richard Blake" not in spans and "did Anthony Richard Blake" not in spans
+    assert "Anthony Richard Blake die" not in spans
+    assert "Nebaioth" in candidate_spans("What is the name of Nebaioth father?")
+    assert "Nebaioth father" not in candidate_spans("What is the name of Nebaioth father?")
+    # Lower-case words inside a name stay ("Refresh the Demon", "Nigel de Jong").
+    assert "Refresh the Demon" in candidate_spans("What is the name of Refresh the Demon's record label?")
+    # The prompt's first word begins a name only where one follows at once or after a short joiner.
+    assert {"Nigel de Jong", "Cool & Dre"} <= set(candidate_spans("Nigel de Jong plays with Cool & Dre in"))
+    assert "Anthony Richard Blake" in candidate_spans("Anthony Richard Blake died on")
+    assert "The college Cyril Bourlon de Rouvre" not in candidate_spans("The college Cyril Bourlon de Rouvre attended was what?")
+    assert "The law in canton of Bern" not in candidate_spans("The law in canton of Bern declares the language")
+
+
 def test_inferred_subjects_are_spans_of_their_prompts(tiny_model, tiny_tokenizer):
     prompts = ["Who is the CEO of Acme?", "The capital of France is", "Who wrote the novel?"]
     found = infer_subjects(tiny_model, tiny_tokenizer, prompts, tiny_model.device)
