@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # keys); False: the subject alone decides. The threshold: None keeps the editor's default.
     relation_keys: bool = True
     relation_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    # Relation keys weigh each token by its rarity (the tokenizer's merge order); None: the
+    # editor's default (on); False: a plain mean.
+    relation_token_weights: bool | None = None
     # ... and only where all of the subject matches, not just its last token (span keys); False:
     # its last token decides. The threshold: None keeps the editor's default.
     subject_span_keys: bool = True

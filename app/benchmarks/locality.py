@@ -383,7 +383,7 @@ def run_routing(opts: LocalityOptions, relation_thresholds: Sequence[float | Non
                 if span_thresholds:
                     editor.router.subject.span_threshold = threshold
             decided[threshold] += editor.router.route(
-                read.queries, stack, read.states, read.mask, read.relation_mask, subject_tokens=read.tokens
+                read.queries, stack, read.states, read.mask, read.relation_weights, subject_tokens=read.tokens
             )
     rows = {}
     for threshold in thresholds:

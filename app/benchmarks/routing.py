@@ -103,7 +103,7 @@ def run_routing(opts: RoutingOptions) -> dict:
         queries = editor.queries([prompt])
         read = editor.read_routes([prompt], queries=queries)
         search_ms = median_ms(
-            lambda: editor.router.route(queries, stack, read.states, read.mask, read.relation_mask, subject_tokens=read.tokens),  # noqa: B023
+            lambda: editor.router.route(queries, stack, read.states, read.mask, read.relation_weights, subject_tokens=read.tokens),  # noqa: B023
             opts.repeats,
         )
         route_ms = median_ms(lambda: editor.route([prompt]), opts.repeats)

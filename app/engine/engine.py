@@ -79,6 +79,7 @@ class Engine:
             ("subject_threshold", "subject_threshold"),
             ("infer_subjects", "infer_subjects"),
             ("relation_threshold", "relation_threshold"),
+            ("relation_token_weights", "relation_token_weights"),
             ("subject_span_threshold", "subject_span_threshold"),
             ("subject_token_check", "subject_token_check"),
             ("train_max_steps", "max_steps"),

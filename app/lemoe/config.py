@@ -38,7 +38,11 @@ class LemoeConfig:
     # subject's left out; standardised subject-layer states, averaged) are this close (cosine) to
     # the edit prompt's: another question about the same subject does not get the edit's answer.
     # None: no relation check.
-    relation_threshold: float | None = 0.35
+    relation_threshold: float | None = 0.3
+    # ... with each token weighted by its rarity (`app.lemoe.text.token_rarity`: the tokenizer's
+    # merge order), so that "What disease did X have?" and "What team is X on?" differ in "disease"
+    # and "team" more than they agree in "What ... X ...?". False: a plain mean.
+    relation_token_weights: bool = True
     # Subject span keys: the subject key is one token's state, and subjects that end alike
     # ("Nenad Stamenković" / "Ivica Ančić", "BBC Radio" / "BBC One") match on it; such an edit
     # also needs the mean of the prompt's tokens ending at the matched one (as many as its

@@ -41,6 +41,7 @@ from app.lemoe.text import (
     has_chat_template,
     subject_token_span,
     subject_view,
+    token_rarity,
 )
 from app.lemoe.trainer import (
     ProgressFn,
@@ -86,7 +87,7 @@ class RouteInputs:
     queries: torch.Tensor
     states: torch.Tensor | None
     mask: torch.Tensor | None
-    relation_mask: torch.Tensor | None
+    relation_weights: torch.Tensor | None
     tokens: SubjectTokens | None = None  # the states' tokens (LemoeEditor.subject_tokens)
 
 
@@ -173,12 +174,17 @@ class LemoeEditor:
             word_ends[r, :n] = torch.tensor(view.word_ends[:n], dtype=torch.bool)
         return SubjectTokens(ids.to(self.device), word_ends.to(self.device))
 
-    def relation_mask(self, prompts: Sequence[str], mask: torch.Tensor) -> torch.Tensor:
-        """`mask` (from `subject_states(prompts)`) less the tokens before each prompt's last
-        sentence: the tokens a relation key reads."""
-        out = mask.clone()
+    def relation_weights(self, prompts: Sequence[str], mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) what each token counts in a relation key: `mask` (from `subject_states(prompts)`)
+        less the tokens before each prompt's last sentence, each weighted by its rarity where
+        `relation_token_weights` is on (`token_rarity`)."""
+        out = mask.float()
         for r, p in enumerate(prompts):
-            out[r, : self._subject_view(p).last_sentence] = 0
+            view = self._subject_view(p)
+            out[r, : view.last_sentence] = 0
+            if self.config.relation_token_weights:
+                n = min(len(view.ids), out.shape[1])
+                out[r, :n] *= token_rarity(torch.tensor(view.ids[:n], device=out.device))
         return out
 
     def _read_subject_view(self, prompt: str) -> SubjectView:
@@ -441,7 +447,7 @@ class LemoeEditor:
             rows = torch.arange(len(found))
             last = torch.tensor([spans[k][1] for k in found])
             length = torch.tensor([spans[k][1] - spans[k][0] + 1 for k in found])
-            vectors = self.router.subject.relation_vectors(states, self.relation_mask(texts, mask), rows, last, length)
+            vectors = self.router.subject.relation_vectors(states, self.relation_weights(texts, mask), rows, last, length)
             for row, k in enumerate(found):
                 subject[k] = states[row, spans[k][1]]
                 span_keys[k] = states[row, spans[k][0] : spans[k][1] + 1].float().mean(dim=0)
@@ -469,7 +475,9 @@ class LemoeEditor:
         # The edits' own sentence queries are their anchors (listed first in the entry).
         queries = entry.anchors[: len(edits)]
         read = self.read_routes([e.prompt for e in edits], queries=queries)
-        sims, eligible, *_ = self.router.eligibility(queries, stack, read.states, read.mask, read.relation_mask, subject_tokens=read.tokens)
+        sims, eligible, *_ = self.router.eligibility(
+            queries, stack, read.states, read.mask, read.relation_weights, subject_tokens=read.tokens
+        )
         own = sims[torch.arange(len(edits)), offset + torch.arange(len(edits))]
         near = eligible & (sims >= own[:, None] - self.config.supersede_margin) & (owner.to(sims.device) < len(older))
         pairs = []
@@ -497,7 +505,7 @@ class LemoeEditor:
         stack = self._stack if stack is None else tuple(stack)
         state = RouteState(query_mask=query_mask, stack=stack, router=self.router, forced=forced)
         if prompts is not None and forced is None and self._keyed_stack(stack):
-            state.subject_states, state.subject_mask, state.relation_mask, state.subject_tokens = self._read_subjects(prompts)
+            state.subject_states, state.subject_mask, state.relation_weights, state.subject_tokens = self._read_subjects(prompts)
         return state
 
     @torch.inference_mode()
@@ -579,18 +587,18 @@ class LemoeEditor:
         """What routing reads of `texts` (their queries and subject states), whatever the stack:
         read once, routed under any stack by `route_under`. `subjects` False: no subject states
         (None: where subject keys are on); `queries`: the texts' queries, already at hand."""
-        states = mask = relation_mask = tokens = None
+        states = mask = relation_weights = tokens = None
         if self.subject_layer is not None if subjects is None else subjects:
-            states, mask, relation_mask, tokens = self._read_subjects(texts)
-        return RouteInputs(self.queries(texts) if queries is None else queries, states, mask, relation_mask, tokens)
+            states, mask, relation_weights, tokens = self._read_subjects(texts)
+        return RouteInputs(self.queries(texts) if queries is None else queries, states, mask, relation_weights, tokens)
 
     def _read_subjects(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, SubjectTokens]:
         """What the subject checks read of `texts`: their subject states and mask, relation mask and tokens."""
         states, mask = self.subject_states(texts)
-        return states, mask, self.relation_mask(texts, mask), self.subject_tokens(texts, states.shape[1])
+        return states, mask, self.relation_weights(texts, mask), self.subject_tokens(texts, states.shape[1])
 
     def _routed(self, read: RouteInputs, stack: Sequence[ExpertEntry]) -> list[RouteDecision]:
-        return self.router.route(read.queries, stack, read.states, read.mask, read.relation_mask, subject_tokens=read.tokens)
+        return self.router.route(read.queries, stack, read.states, read.mask, read.relation_weights, subject_tokens=read.tokens)
 
     def route_under(self, texts: Sequence[str] | RouteInputs, stacks: Sequence[Sequence[ExpertEntry]]) -> list[list[RouteDecision]]:
         """The route each text takes under each of `stacks` (one list per stack), as `route` decides

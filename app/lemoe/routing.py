@@ -45,7 +45,7 @@ class RouteState:
     queries: torch.Tensor | None = None
     subject_states: torch.Tensor | None = None  # (B, T, d) subject-layer states (LemoeEditor.subject_states)
     subject_mask: torch.Tensor | None = None  # (B, T) which of those tokens may match a subject
-    relation_mask: torch.Tensor | None = None  # (B, T) which are read for the relation (LemoeEditor.relation_mask)
+    relation_weights: torch.Tensor | None = None  # (B, T) what each token counts in the relation (LemoeEditor.relation_weights)
     subject_tokens: SubjectTokens | None = None  # those tokens' ids (LemoeEditor.subject_tokens)
     decisions: list[RouteDecision] | None = None
     groups: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # expert, rows, code slots
@@ -160,8 +160,9 @@ class SubjectKeys:
         self, states: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor, last: torch.Tensor, length: torch.Tensor
     ) -> torch.Tensor:
         """(P, d) unit vectors: for each (row, span) pair, the standardised mean of that row's
-        matchable tokens outside tokens last-length+1..last (its subject). A prompt that is all
-        subject gives a zero vector, which matches nothing."""
+        matchable tokens outside tokens last-length+1..last (its subject), weighted by `mask`
+        (`LemoeEditor.relation_weights`). A prompt that is all subject gives a zero vector, which
+        matches nothing."""
         inside, total = self._span_sums(states, mask, rows, last, length)
         return torch.nn.functional.normalize(total - inside, dim=-1)
 
@@ -177,9 +178,9 @@ class SubjectKeys:
         self, states: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor, last: torch.Tensor, length: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """For each (row, span) pair: the sum of the row's standardised matchable tokens inside
-        last-length+1..last, and over the whole row."""
-        valid = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool()
-        z = self.standardise(states) * valid.unsqueeze(-1)
+        last-length+1..last, and over the whole row, each token times its `mask` value."""
+        weight = torch.ones(states.shape[:2], device=states.device) if mask is None else mask.float()
+        z = self.standardise(states) * weight.unsqueeze(-1)
         running = torch.cat([torch.zeros_like(z[:, :1]), z.cumsum(dim=1)], dim=1)  # (B, T+1, d)
         rows, last, length = rows.to(z.device), last.to(z.device), length.to(z.device)
         first = (last - length + 1).clamp(min=0)
@@ -385,7 +386,7 @@ class AnchorRouter:
         stack: Sequence[ExpertEntry],
         subject_states: torch.Tensor | None = None,
         query_mask: torch.Tensor | None = None,
-        relation_mask: torch.Tensor | None = None,
+        relation_weights: torch.Tensor | None = None,
         *,
         subject_tokens: SubjectTokens | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
@@ -410,7 +411,7 @@ class AnchorRouter:
                 keyed_ok = self._token_check(keyed_ok, match, subject_tokens, index)
             if self.subject.relation_threshold is not None:
                 keyed_ok, relation_sims = self._relation_check(
-                    keyed_ok, match, subject_states, query_mask if relation_mask is None else relation_mask, index
+                    keyed_ok, match, subject_states, query_mask if relation_weights is None else relation_weights, index
                 )
             eligible = torch.where(match.keyed.to(sims.device), keyed_ok, eligible)
         return sims, eligible, subject_sims, relation_sims, span_sims
@@ -492,7 +493,7 @@ class AnchorRouter:
         keyed_ok: torch.Tensor,
         match: SubjectMatch,
         subject_states: torch.Tensor,
-        relation_mask: torch.Tensor | None,
+        relation_weights: torch.Tensor | None,
         index: AnchorIndex,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """... and only where the prompt asks what the edit asks about it: outside the span that
@@ -509,7 +510,7 @@ class AnchorRouter:
             self.subject.relation_threshold,
             self.subject.relation_vectors,
             subject_states,
-            relation_mask,
+            relation_weights,
         )
 
     @staticmethod
@@ -548,14 +549,14 @@ class AnchorRouter:
         stack: Sequence[ExpertEntry],
         subject_states: torch.Tensor | None = None,
         query_mask: torch.Tensor | None = None,
-        relation_mask: torch.Tensor | None = None,
+        relation_weights: torch.Tensor | None = None,
         *,
         subject_tokens: SubjectTokens | None = None,
     ) -> list[RouteDecision]:
         if not stack:
             return [RouteDecision(None, None, None, None) for _ in range(queries.shape[0])]
         sims, eligible, subject_sims, relation_sims, span_sims = self.eligibility(
-            queries, stack, subject_states, query_mask, relation_mask, subject_tokens=subject_tokens
+            queries, stack, subject_states, query_mask, relation_weights, subject_tokens=subject_tokens
         )
         index = self.index(stack)
         owner = index.owners.to(sims.device)
@@ -635,9 +636,14 @@ def decide(state: RouteState, x: torch.Tensor, pooling: Pooling) -> None:
         state.decisions = [RouteDecision(None, None, None, None)] * x.shape[0]
     else:
         state.decisions = state.router.route(
-            state.queries, state.stack, state.subject_states, state.subject_mask, state.relation_mask, subject_tokens=state.subject_tokens
+            state.queries,
+            state.stack,
+            state.subject_states,
+            state.subject_mask,
+            state.relation_weights,
+            subject_tokens=state.subject_tokens,
         )
-    state.subject_states = state.subject_mask = state.relation_mask = state.subject_tokens = None  # only needed for the decision
+    state.subject_states = state.subject_mask = state.relation_weights = state.subject_tokens = None  # only needed for the decision
     rows: dict[int, list[int]] = {}
     slots: dict[int, list[int]] = {}
     for r, d in enumerate(state.decisions):

@@ -138,3 +138,12 @@ def subject_token_index(tokenizer, prompt: str, subject: str | None, *, context:
     `subject_token_span`), or None."""
     span = subject_token_span(tokenizer, prompt, subject, context=context, lowercase=lowercase)
     return None if span is None else span[1]
+
+
+def token_rarity(ids: torch.Tensor) -> torch.Tensor:
+    """How much each token (by id) says about what a prompt asks, read from the tokenizer's own
+    merge order: a BPE vocabulary numbers its tokens roughly from the most frequent, so
+    ln(id / 100), at least 0.05 (SmolLM2: " the", " is" about 1, " born" 3.7, " educated" 4.8).
+    Relation keys weighted so tell other questions about a subject from rewordings of the edit's
+    better than a plain mean, which "What ... did ... have?" dominates (docs/BENCHMARKS.md)."""
+    return torch.log(ids.clamp(min=1).float() / 100).clamp(min=0.05)

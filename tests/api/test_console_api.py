@@ -24,7 +24,7 @@ def test_compare_shows_the_base_answer_beside_the_edited_one(client):
     assert before["thresholds"] == {
         "gate": TINY_GATE,
         "subject": 0.75,
-        "relation": 0.35,
+        "relation": 0.3,
         "sentence_floor": 0.4,
         "span": 0.6,
     }  # the defaults

@@ -103,7 +103,7 @@ def test_infer_subjects_setting_reaches_the_editor(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     ("switch", "threshold", "default", "attribute"),
     [
-        ("relation_keys", "relation_threshold", 0.35, "relation_threshold"),
+        ("relation_keys", "relation_threshold", 0.3, "relation_threshold"),
         ("subject_span_keys", "subject_span_threshold", 0.6, "span_threshold"),
     ],
 )
@@ -148,3 +148,9 @@ def test_subject_token_check_setting_reaches_the_router(tiny_model_dir, tmp_path
     assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.router.subject.token_check is True
     off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", subject_token_check=False))
     assert off.editor.router.subject.token_check is False
+
+
+def test_relation_token_weights_setting_reaches_the_editor(tiny_model_dir, tmp_path):
+    assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.config.relation_token_weights is True
+    off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", relation_token_weights=False))
+    assert off.editor.config.relation_token_weights is False

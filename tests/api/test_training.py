@@ -113,7 +113,7 @@ def test_an_edit_with_a_subject_fires_only_where_the_subject_is_named(tiny_model
             assert other["expert"] is not None and other["nearest_edit_id"] == edit_id
             assert other["subject_score"] >= 0.75 and near["subject_score"] is None
             # ... and it asks what the edit asks about France (its relation key).
-            assert other["relation_score"] >= 0.35 and near["relation_score"] is None
+            assert other["relation_score"] >= 0.3 and near["relation_score"] is None
             # ... and all of its subject matches, not only its last token (its span key).
             assert other["span_score"] >= 0.6 and near["span_score"] is None
         else:  # by wording alone the reworded prompt stays below the gate

@@ -36,13 +36,13 @@ PROMPTS = [r.format(s) for s in SUBJECTS for r in RELATIONS] + ["Answer the ques
 
 def _inputs(editor: LemoeEditor, prompts: list[str]):
     states, mask = editor.subject_states(prompts)
-    return editor.queries(prompts), states, mask, editor.relation_mask(prompts, mask)
+    return editor.queries(prompts), states, mask, editor.relation_weights(prompts, mask)
 
 
 def test_scores_are_exactly_those_of_the_per_request_computation(editor):
     stack = editor.stack
-    queries, states, mask, relation_mask = _inputs(editor, PROMPTS)
-    sims, eligible, subject_sims, relation_sims, _ = editor.router.eligibility(queries, stack, states, mask, relation_mask)
+    queries, states, mask, relation_weights = _inputs(editor, PROMPTS)
+    sims, eligible, subject_sims, relation_sims, _ = editor.router.eligibility(queries, stack, states, mask, relation_weights)
     router, keys = editor.router, editor.router.subject
     # What routing computed at every request before the index: all anchors concatenated and
     # normalised, the subject keys' NaN rows zeroed, then normalised.
@@ -125,8 +125,8 @@ def test_another_tuple_of_the_same_experts_shares_their_index(editor):
 @pytest.mark.parametrize("floor", [-1.0, 0.0, 0.9])  # every anchor a candidate, some, few or none
 def test_subject_scores_are_exact_wherever_the_floor_lets_anchors_through(editor, floor):
     editor.router.subject.sentence_floor = floor
-    queries, states, mask, relation_mask = _inputs(editor, PROMPTS)
-    sims, _, subject_sims, *_ = editor.router.eligibility(queries, editor.stack, states, mask, relation_mask)
+    queries, states, mask, relation_weights = _inputs(editor, PROMPTS)
+    sims, _, subject_sims, *_ = editor.router.eligibility(queries, editor.stack, states, mask, relation_weights)
     expected = editor.router.subject.scores(states, mask, subject_anchor_matrix(editor.stack, states.shape[-1]))
     candidates = ((sims >= floor) & expected.keyed).any(dim=0)
     assert torch.equal(subject_sims[:, candidates], expected.scores[:, candidates])

@@ -14,7 +14,7 @@ from app.lemoe.editor import Edit, LemoeEditor
 from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.io import ExpertFileError, load_expert, save_expert
 from app.lemoe.routing import AnchorRouter, SubjectKeys
-from app.lemoe.text import subject_token_span, subject_view
+from app.lemoe.text import subject_token_span, subject_view, token_rarity
 from tests.lemoe.synthetic_keys import E, keyed_router, token_states
 
 
@@ -92,6 +92,35 @@ def test_the_last_sentence_starts_after_a_full_stop_not_inside_an_abbreviation(t
     assert tiny_tokenizer.decode(ids[view.last_sentence :]).strip() == "Howard Glacier is in"
     view = subject_view(tiny_tokenizer, "Which ship did the U.S. Navy build?", context="Q:")
     assert view.last_sentence == view.first
+
+
+def test_relation_vectors_weigh_each_token_by_its_weight():
+    keys = SubjectKeys(torch.zeros(6), torch.ones(6), 0.75, 0.0, 0.5)
+    states = _states(E[0], E[2], E[1])  # relation, subject, relation
+    weights = torch.tensor([[3.0, 1.0, 1.0]])
+    [v] = keys.relation_vectors(states, weights, torch.tensor([0]), torch.tensor([1]), torch.tensor([1]))
+    assert torch.allclose(v, torch.nn.functional.normalize(3 * E[0] + E[1], dim=0))
+
+
+def test_rarer_tokens_weigh_more_and_every_token_counts_a_little():
+    weights = token_rarity(torch.tensor([0, 1, 50, 100, 1000, 10000]))
+    assert weights[:4].tolist() == pytest.approx([0.05] * 4)  # the most frequent ids: the floor
+    assert weights[4] == pytest.approx(math.log(10)) and weights[5] == pytest.approx(math.log(100))
+
+
+def test_relation_weights_read_the_last_sentence_by_rarity(tiny_model, tiny_tokenizer):
+    prompt = "A festival is held since 1990. Howard Glacier is in"
+    weighted = LemoeEditor(tiny_model, tiny_tokenizer, LemoeConfig(layer=2))
+    plain = LemoeEditor(tiny_model, tiny_tokenizer, LemoeConfig(layer=2, relation_token_weights=False))
+    states, mask = weighted.subject_states([prompt])
+    view = weighted._subject_view(prompt)
+    [row] = weighted.relation_weights([prompt], mask)
+    [flat] = plain.relation_weights([prompt], mask)
+    assert not row[: view.last_sentence].any() and not flat[: view.last_sentence].any()  # earlier sentences: never read
+    assert flat[view.last_sentence :].tolist() == mask[0, view.last_sentence :].float().tolist()
+    ids = torch.tensor(view.ids[view.last_sentence :])
+    assert torch.allclose(row[view.last_sentence :], token_rarity(ids))
+    assert len(set(row[view.last_sentence :].tolist())) > 1
 
 
 def test_relation_keys_are_made_and_saved_with_the_expert(tiny_model, tiny_tokenizer, tmp_path):
