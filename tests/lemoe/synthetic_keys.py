@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.routing import AnchorRouter, SubjectKeys
 
 E = torch.eye(6)
@@ -27,3 +28,12 @@ def keyed_router(*, relation_threshold: float | None = None, span_threshold: flo
 def token_states(*tokens: torch.Tensor) -> torch.Tensor:
     """One prompt's (1, T, d) states."""
     return torch.stack(list(tokens))[None]
+
+
+def keyed_entry(subject: torch.Tensor, length: int, **keys: torch.Tensor) -> ExpertEntry:
+    """An expert "keyed" of one edit (id 1) with sentence anchor E[0] and subject key `subject`
+    (1, 6), `length` tokens long; `keys`: its other keys by field (relation_anchors,
+    subject_span_anchors, subject_token_ids)."""
+    return ExpertEntry(
+        "keyed", Expert(6, 2), anchors=E[0:1], edit_ids=[1], subject_anchors=subject, subject_lengths=torch.tensor([length]), **keys
+    )

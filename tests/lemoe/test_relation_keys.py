@@ -15,7 +15,7 @@ from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.io import ExpertFileError, load_expert, save_expert
 from app.lemoe.routing import AnchorRouter, SubjectKeys
 from app.lemoe.text import subject_token_span, subject_view, token_rarity
-from tests.lemoe.synthetic_keys import E, keyed_router, token_states
+from tests.lemoe.synthetic_keys import E, keyed_entry, keyed_router, token_states
 
 
 def _router(relation_threshold: float | None = 0.5) -> AnchorRouter:
@@ -23,15 +23,7 @@ def _router(relation_threshold: float | None = 0.5) -> AnchorRouter:
 
 
 # The edit asks relation E[0] (its non-subject tokens) about subject E[2] (one token long).
-KEYED = ExpertEntry(
-    "keyed",
-    Expert(6, 2),
-    anchors=E[0:1],
-    edit_ids=[1],
-    subject_anchors=E[2:3],
-    relation_anchors=E[0:1],
-    subject_lengths=torch.tensor([1]),
-)
+KEYED = keyed_entry(E[2:3], 1, relation_anchors=E[0:1])
 
 _states = token_states
 

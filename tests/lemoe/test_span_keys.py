@@ -10,10 +10,9 @@ import torch
 
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor
-from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.io import ExpertFileError, load_expert, save_expert
 from app.lemoe.routing import AnchorRouter, SubjectKeys
-from tests.lemoe.synthetic_keys import E, keyed_router, token_states
+from tests.lemoe.synthetic_keys import E, keyed_entry, keyed_router, token_states
 
 
 def _router(span_threshold: float | None = 0.6) -> AnchorRouter:
@@ -21,15 +20,7 @@ def _router(span_threshold: float | None = 0.6) -> AnchorRouter:
 
 
 # The edit's subject is two tokens, E[2] then E[3]: its subject key is E[3], its span key their mean.
-KEYED = ExpertEntry(
-    "keyed",
-    Expert(6, 2),
-    anchors=E[0:1],
-    edit_ids=[1],
-    subject_anchors=E[3:4],
-    subject_lengths=torch.tensor([2]),
-    subject_span_anchors=(E[2:3] + E[3:4]) / 2,
-)
+KEYED = keyed_entry(E[3:4], 2, subject_span_anchors=(E[2:3] + E[3:4]) / 2)
 
 _states = token_states
 

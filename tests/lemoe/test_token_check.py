@@ -14,18 +14,10 @@ from app.lemoe.editor import Edit, LemoeEditor
 from app.lemoe.expert import Expert, ExpertEntry
 from app.lemoe.io import ExpertFileError, load_expert, save_expert
 from app.lemoe.routing import AnchorRouter, SubjectKeys, SubjectTokens
-from tests.lemoe.synthetic_keys import E, token_states
+from tests.lemoe.synthetic_keys import E, keyed_entry, token_states
 
 # The edit's subject is two tokens, ids 7 and 8; its subject key is E[3] (the state at its last token).
-KEYED = ExpertEntry(
-    "keyed",
-    Expert(6, 2),
-    anchors=E[0:1],
-    edit_ids=[1],
-    subject_anchors=E[3:4],
-    subject_lengths=torch.tensor([2]),
-    subject_token_ids=torch.tensor([[7, 8]]),
-)
+KEYED = keyed_entry(E[3:4], 2, subject_token_ids=torch.tensor([[7, 8]]))
 
 
 def _router(token_check: bool = True) -> AnchorRouter:
