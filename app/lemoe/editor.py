@@ -406,6 +406,7 @@ class LemoeEditor:
         meta = {**self.serving.to_meta(), **meta}  # layer, route_layer, subject_layer, pooling, hidden_size
         if keys is not None:
             meta["subject_view"] = {"context": self.config.subject_context, "lowercase": self.config.subject_lowercase}
+            meta["relation_token_weights"] = self.config.relation_token_weights
             meta["subject_keyed_edits"] = int((~torch.isnan(keys.subject[: len(edits)]).any(dim=1)).sum())
         return ExpertEntry(
             name=name,
@@ -593,7 +594,7 @@ class LemoeEditor:
         return RouteInputs(self.queries(texts) if queries is None else queries, states, mask, relation_weights, tokens)
 
     def _read_subjects(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, SubjectTokens]:
-        """What the subject checks read of `texts`: their subject states and mask, relation mask and tokens."""
+        """What the subject checks read of `texts`: their subject states and mask, relation weights and tokens."""
         states, mask = self.subject_states(texts)
         return states, mask, self.relation_weights(texts, mask), self.subject_tokens(texts, states.shape[1])
 

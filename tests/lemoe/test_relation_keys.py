@@ -56,7 +56,7 @@ def test_the_relation_is_read_where_the_subject_matched():
     # The matched subject token sits in the middle; the tokens around it carry the relation.
     [decision] = router.route(E[0:1], [KEYED], _states(E[0], E[2], E[0]))
     assert decision.expert_name == "keyed"
-    # The request's relation mask leaves out an earlier sentence that asks something else.
+    # The request's relation weights leave out an earlier sentence that asks something else.
     states = _states(E[4], E[4], E[0], E[2])
     [noisy] = router.route(E[0:1], [KEYED], states)
     [windowed] = router.route(E[0:1], [KEYED], states, None, torch.tensor([[0, 0, 1, 1]]))
@@ -131,6 +131,7 @@ def test_relation_keys_are_made_and_saved_with_the_expert(tiny_model, tiny_token
     assert torch.isnan(entry.relation_anchors[2]).all()  # all subject: nothing else to check
     assert not torch.isnan(entry.relation_anchors[3]).any()  # the rephrase names the subject: its own key
     assert not torch.equal(entry.relation_anchors[0], entry.relation_anchors[3])
+    assert entry.meta["relation_token_weights"] is True  # how its relation keys were made
     save_expert(entry, tmp_path / "e1")
     loaded = load_expert(tmp_path / "e1")
     assert torch.equal(torch.nan_to_num(loaded.relation_anchors), torch.nan_to_num(entry.relation_anchors.cpu()))
