@@ -71,8 +71,10 @@ def _at_name_edges(words: Sequence[str], naming: Sequence[bool], i: int, j: int)
     last = _clean(words[j]) or words[j]
     if not _names(last, first=j == 0):
         return False
-    if i > 0 or j == 0:
-        return naming[i] or i == 0
+    if i > 0:
+        return naming[i]
+    if j == 0:
+        return True
     joiner = len(words[1]) <= 3 and not words[1][:1].isupper()
     return naming[1] or (joiner and j > 1 and naming[2])
 
