@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor
-from app.lemoe.subjects import candidate_spans, infer_subjects
+from app.lemoe.subjects import candidate_spans, infer_subjects, whole_name
 
 
 def test_candidate_spans_are_whole_words_cleaned_of_punctuation():
@@ -24,9 +24,11 @@ def test_where_a_prompt_names_something_every_candidate_includes_a_name():
     assert "species" not in candidate_spans("Which species has the PRDM16 gene?")  # a digit names too
     # The first word's capital is every prompt's: "The year" names nothing.
     assert "The year" not in candidate_spans("The year Augusta Joyce Crocheron died was what?")
-    # Nothing named beyond the first word: every span stays a candidate.
-    assert {"France", "capital city"} <= set(candidate_spans("France's capital city is"))
-    assert "the novel" in candidate_spans("Who wrote the novel?")
+    # Nothing named beyond a capitalised first word that asks nothing: that word is the name.
+    assert candidate_spans("France's capital city is") == ["France"]
+    assert candidate_spans("Valdemarsvik, which is located in") == ["Valdemarsvik"]
+    # Nothing named at all: every span stays a candidate.
+    assert {"the novel", "novel"} <= set(candidate_spans("Who wrote the novel?"))
 
 
 def test_where_a_prompt_names_something_every_candidate_begins_and_ends_at_a_name():
@@ -45,12 +47,33 @@ def test_where_a_prompt_names_something_every_candidate_begins_and_ends_at_a_nam
     assert "The law in canton of Bern" not in candidate_spans("The law in canton of Bern declares the language")
 
 
+def test_a_part_of_a_name_widens_to_the_whole_name():
+    assert whole_name("Which lady Kyrre Nakkim was born to?", "Nakkim") == "Kyrre Nakkim"
+    assert whole_name("Who was the male parent of Francis Folger Franklin?", "Francis") == "Francis Folger Franklin"
+    assert whole_name("In which state is County of Kara Kara located?", "County of Kara") == "County of Kara Kara"
+    assert whole_name("What is the position of George Cary (1611-1680)?", "George Cary") == "George Cary (1611-1680)"
+    assert whole_name("Who directed Finders Keepers, Lovers Weepers!?", "Lovers Weepers") == "Finders Keepers, Lovers Weepers"
+    assert whole_name("Gaetano Alibrandi, who has the position of", "Alibrandi") == "Gaetano Alibrandi"
+    assert whole_name("What is Rogério de Almeida Florindo dos Santos's team?", "Almeida") == "Rogério de Almeida Florindo dos Santos"
+
+
+def test_a_name_does_not_widen_past_its_own_words():
+    assert whole_name("Where did Ralph Habib in Paris die?", "Ralph Habib") == "Ralph Habib"  # "in" joins nothing
+    assert whole_name("What city did Paris Hilton, the heiress, visit?", "Paris Hilton") == "Paris Hilton"
+    assert whole_name("Which company made Mark 19 torpedo?", "Mark 19") == "Mark 19"  # lower-case words are not named
+    assert whole_name("What is the name of Nebaioth's father?", "Nebaioth") == "Nebaioth"
+    assert whole_name("Who founded Acme?", "Acme") == "Acme"
+    assert whole_name("What did Tolkien write?", "Oxford") == "Oxford"  # not in the prompt: unchanged
+    assert whole_name("Which Acme product is Widget?", "Widget") == "Widget"  # "is" is no joiner
+
+
 def test_inferred_subjects_are_spans_of_their_prompts(tiny_model, tiny_tokenizer):
     prompts = ["Who is the CEO of Acme?", "The capital of France is", "Who wrote the novel?"]
     found = infer_subjects(tiny_model, tiny_tokenizer, prompts, tiny_model.device)
     assert len(found) == 3
     for prompt, subject in zip(prompts, found, strict=True):
-        assert subject is not None and subject.text in candidate_spans(prompt) and subject.method == "model-span"
+        assert subject is not None and subject.method == "model-span"
+        assert subject.text == whole_name(prompt, subject.text) and subject.text in prompt
 
 
 def test_complete_subjects_keeps_the_clients_and_fills_the_rest(tiny_model, tiny_tokenizer):
