@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor
 from app.lemoe.subjects import candidate_spans, infer_subjects, whole_name
@@ -85,3 +88,34 @@ def test_complete_subjects_keeps_the_clients_and_fills_the_rest(tiny_model, tiny
     assert edits[1].subject == inferred[2].text
     off = LemoeEditor(tiny_model, tiny_tokenizer, LemoeConfig(layer=2, infer_subjects=False))
     assert off.complete_subjects([bare]) == ([bare], {})
+
+
+_WORDS = [
+    "What",
+    "is",
+    "the",
+    "of",
+    "de",
+    "Paris",
+    "Hilton,",
+    "Kara",
+    "Kara's",
+    "(DD-218)?",
+    "19",
+    "torpedo?",
+    "&",
+    "which",
+    "X-1",
+    ",",
+    "'quoted'",
+    "Ñandú",
+]
+
+
+@given(st.lists(st.sampled_from(_WORDS), min_size=1, max_size=12))
+def test_a_widened_name_is_still_a_span_of_the_prompt_holding_the_models_pick(words):
+    prompt = " ".join(words)
+    for span in candidate_spans(prompt):
+        widened = whole_name(prompt, span)
+        assert span in widened and widened in prompt
+        assert whole_name(prompt, widened) == widened
