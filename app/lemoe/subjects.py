@@ -99,8 +99,9 @@ def _naming_words(words: Sequence[str]) -> list[bool]:
 
 def whole_name(prompt: str, span: str) -> str:
     """`span` (a candidate span of `prompt`) widened to the whole name it is part of: the naming
-    words on either side, across a joiner between two of them ("County of Kara" -> "County of
-    Kara Kara") or a comma between two ("Finders Keepers" -> "Finders Keepers, Lovers Weepers").
+    words on either side, to the right also across a joiner between two of them ("County of Kara"
+    -> "County of Kara Kara"), and a comma between two ("Finders Keepers" -> "Finders Keepers,
+    Lovers Weepers").
     The model often names a part ("Nakkim" of "Kyrre Nakkim", "Francis" of "Francis Folger
     Franklin"); the relation key would then read the rest of the name as the question, and every
     other question about that name would agree with it on those words."""
@@ -139,13 +140,10 @@ def whole_name(prompt: str, span: str) -> str:
             j += 2
         else:
             break
-    while i > 0 and not ends_sentence(texts[i - 1]):
-        if naming[i - 1] and (not texts[i - 1].endswith(",") or naming[i]):
-            i -= 1
-        elif i > 1 and texts[i - 1].lower() in _NAME_JOINERS and naming[i - 2] and not texts[i - 2].endswith(","):
-            i -= 2
-        else:
-            break
+    # Leftwards only adjacent names: across a joiner a title comes first as often as a name
+    # ("CEO of Acme", "President of France").
+    while i > 0 and not ends_sentence(texts[i - 1]) and naming[i - 1] and (not texts[i - 1].endswith(",") or naming[i]):
+        i -= 1
     return _clean(prompt[words[i][0] : words[j][1]]) or span
 
 
