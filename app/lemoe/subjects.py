@@ -35,9 +35,12 @@ _QUOTES = "\"'“”‘’"
 # Lower-case words that may stand inside a name, between two naming words ("County of Kara Kara",
 # "Rogério de Almeida Florindo dos Santos", "Procter & Gamble").
 _NAME_JOINERS = frozenset("of the and & de del della der des di do dos da du la le van von y al el bin ibn".split())
-# Capitalised first words that are a question's, not a name's.
+# Capitalised first words that are a question's or a sentence's, not a name's.
 _QUESTION_WORDS = frozenset(
-    "what which who whom whose when where why how the a an in on at of for to by from is was are were did does do name list tell".split()
+    "what which who whom whose when where why how the a an in on at of for to by from with about after before during since "
+    "is was are were be did does do has have had can could would should will shall may might must "
+    "name list tell give say explain describe please answer according "
+    "i we you he she they it this that these those there here my our your his her their its if as and but so".split()
 )
 
 

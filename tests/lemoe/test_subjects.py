@@ -30,8 +30,11 @@ def test_where_a_prompt_names_something_every_candidate_includes_a_name():
     # Nothing named beyond a capitalised first word that asks nothing: that word is the name.
     assert candidate_spans("France's capital city is") == ["France"]
     assert candidate_spans("Valdemarsvik, which is located in") == ["Valdemarsvik"]
-    # Nothing named at all: every span stays a candidate.
+    # Nothing named at all (a first word that asks or only starts a sentence names nothing):
+    # every span stays a candidate.
     assert {"the novel", "novel"} <= set(candidate_spans("Who wrote the novel?"))
+    assert {"france", "the capital of france"} <= set(candidate_spans("Please name the capital of france"))
+    assert "born" in candidate_spans("He was born in")
 
 
 def test_where_a_prompt_names_something_every_candidate_begins_and_ends_at_a_name():
