@@ -95,9 +95,15 @@ def _naming_words(words: Sequence[str]) -> list[bool]:
     located in" is about Valdemarsvik (not "which is located")."""
     naming = [_names(w, first=k == 0) for k, w in enumerate(words)]
     if words and not any(naming):
-        first = _clean(words[0]) or words[0]
-        naming[0] = first[:1].isupper() and first.lower() not in _QUESTION_WORDS
+        naming[0] = _may_begin_a_name(words[0])
     return naming
+
+
+def _may_begin_a_name(first: str) -> bool:
+    """Whether a prompt's first word may be a name's: capitalised, and no word that asks or only
+    starts a sentence ("What", "The", "Please", "He")."""
+    first = _clean(first) or first
+    return first[:1].isupper() and first.lower() not in _QUESTION_WORDS
 
 
 def whole_name(prompt: str, span: str) -> str:
@@ -124,8 +130,7 @@ def whole_name(prompt: str, span: str) -> str:
     naming = _naming_words(texts)
     # Beside a name, a capitalised first word that asks nothing is taken to begin it ("Gaetano
     # Alibrandi, who has the position of"; also, wrongly, "Player Natalie Achonwa played for").
-    first = _clean(texts[0]) or texts[0]
-    naming[0] = naming[0] or (first[:1].isupper() and first.lower() not in _QUESTION_WORDS)
+    naming[0] = naming[0] or _may_begin_a_name(texts[0])
     i, j = found
 
     def ends_sentence(word: str) -> bool:
