@@ -8,7 +8,7 @@ from app.engine.model_loader import load_model
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor, SamplingParams
 from app.lemoe.expert import Expert
-from app.lemoe.subjects import infer_subjects
+from app.lemoe.subjects import infer_subjects, rare_word_test
 from app.lemoe.text import encode_pair
 from tests.real_model import MODEL_CACHE, counterfact_records, zsre_records
 
@@ -103,6 +103,14 @@ def test_the_model_names_the_labelled_subject_of_most_prompts(real):
     found = infer_subjects(real.model, real.tokenizer, [r["src"] for r in records], real.model.device)
     assert all(f is not None and f.text in r["src"] for f, r in zip(found, records))
     assert sum(f.text == r["subject"] for f, r in zip(found, records)) >= 9, [f.text for f in found]
+
+
+def test_the_model_tells_a_name_going_on_in_lower_case_from_a_verb(real):
+    rare = rare_word_test(real.tokenizer)
+    assert rare("musica") and rare("sinensis") and not rare("located") and not rare("torpedo")
+    prompts = ["Which instrument was Ariadne musica written for?", "What is the status of Isoetes sinensis?", "Bully Beatdown debuted on"]
+    found = infer_subjects(real.model, real.tokenizer, prompts, real.model.device)
+    assert [f.text for f in found] == ["Ariadne musica", "Isoetes sinensis", "Bully Beatdown"]
 
 
 def test_relation_keys_keep_other_questions_about_an_edited_subject(real):

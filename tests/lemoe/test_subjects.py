@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from app.lemoe.config import LemoeConfig
 from app.lemoe.editor import Edit, LemoeEditor
-from app.lemoe.subjects import candidate_spans, infer_subjects, whole_name
+from app.lemoe.subjects import candidate_spans, infer_subjects, rare_word_test, whole_name
 
 
 def test_candidate_spans_are_whole_words_cleaned_of_punctuation():
@@ -76,6 +76,41 @@ def test_a_name_does_not_widen_past_its_own_words():
     assert whole_name("Who is the President of France?", "France") == "France"
 
 
+def _rare(word: str) -> bool:
+    # Stands in for `rare_word_test(tokenizer)`: these are the words SmolLM2 splits.
+    return word in {"musica", "sinensis", "debuted", "motorway", "gare", "inondée", "ballo", "delle", "ingrate"}
+
+
+def test_rare_lower_case_words_after_a_name_may_end_a_candidate():
+    prompt = "Which instrument was Ariadne musica written for?"
+    assert "Ariadne musica" not in candidate_spans(prompt)  # without the tokenizer's word test
+    spans = candidate_spans(prompt, _rare)
+    assert {"Ariadne", "Ariadne musica"} <= set(spans) and "Ariadne musica written" not in spans
+    assert "Il ballo delle ingrate" in candidate_spans("The language of Il ballo delle ingrate was", _rare)
+    assert "M5 motorway" in candidate_spans("M5 motorway is in", _rare)  # a first word that names by itself
+    # Only a candidate: the model tells a name's word from a verb ("Bully Beatdown debuted").
+    assert {"Bully Beatdown", "Bully Beatdown debuted"} <= set(candidate_spans("Bully Beatdown debuted on", _rare))
+    # Not across a clause, and never a rare word that follows no name.
+    assert "Ariadne, musica" not in candidate_spans("Which instrument was Ariadne, musica written for?", _rare)
+    assert not any("musica" in s for s in candidate_spans("Which musica did Ariadne write?", _rare))
+
+
+def test_rare_lower_case_words_between_names_widen_the_name():
+    prompt = "Who developed La gare inondée (The Flooded Station)?"
+    assert whole_name(prompt, "La gare", _rare) == "La gare inondée (The Flooded Station)"
+    assert whole_name(prompt, "La gare") == "La gare"  # without the word test
+    # The model's pick stands where no name follows: it chose between "Ariadne" and "Ariadne musica".
+    assert whole_name("Which instrument was Ariadne musica written for?", "Ariadne", _rare) == "Ariadne"
+
+
+def test_the_word_test_reads_the_tokenizer(tiny_tokenizer):
+    rare = rare_word_test(tiny_tokenizer)
+    words = ["the", "capital", "musica", "zzyzx", "Paris", "x1", "de"]
+    for word in words:
+        pieces = len(tiny_tokenizer(" " + word, add_special_tokens=False)["input_ids"])
+        assert rare(word) == (word.isalpha() and word.islower() and word != "de" and pieces > 1), word
+
+
 def test_inferred_subjects_are_spans_of_their_prompts(tiny_model, tiny_tokenizer):
     prompts = ["Who is the CEO of Acme?", "The capital of France is", "Who wrote the novel?"]
     found = infer_subjects(tiny_model, tiny_tokenizer, prompts, tiny_model.device)
@@ -115,13 +150,16 @@ _WORDS = [
     ",",
     "'quoted'",
     "Ñandú",
+    "musica",
+    "inondée",
 ]
 
 
 @given(st.lists(st.sampled_from(_WORDS), min_size=1, max_size=12))
 def test_a_widened_name_is_still_a_span_of_the_prompt_holding_the_models_pick(words):
     prompt = " ".join(words)
-    for span in candidate_spans(prompt):
-        widened = whole_name(prompt, span)
-        assert span in widened and widened in prompt
-        assert whole_name(prompt, widened) == widened
+    for rare in (None, _rare):
+        for span in candidate_spans(prompt, rare):
+            widened = whole_name(prompt, span, rare)
+            assert span in widened and widened in prompt
+            assert whole_name(prompt, widened, rare) == widened
