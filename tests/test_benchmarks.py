@@ -408,6 +408,7 @@ def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(
         max_new_tokens=10,
         forms=("plain", "chat"),
         other_subjects=other_subjects_data,
+        probes_out=tmp_path / "probes.jsonl",
         model_path=tiny_model_dir,
         cache_dir=tmp_path / "cache",
         device="cpu",
@@ -415,6 +416,17 @@ def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(
     )
     result = run_locality(opts)
     assert result["probes"] == result["forms"]["plain"]
+    # Every probe's answer, per form, adds up to the table's rows.
+    answers = [json.loads(line) for line in (tmp_path / "probes.jsonl").read_text().splitlines()]
+    for form, rows in result["forms"].items():
+        for kind, row in rows.items():
+            mine = [a for a in answers if a["form"] == form and a["kind"] == kind]
+            assert len(mine) == row["n"]
+            if mine:
+                assert sum(a["ok"] for a in mine) / len(mine) == pytest.approx(row["score"], abs=1e-4)
+                assert sum(a["expert"] is not None for a in mine) / len(mine) == pytest.approx(row["routed"], abs=1e-4)
+                assert all((a["nearest_edit"] is None) == (a["expert"] is None) for a in mine)
+                assert all((a["unedited"] is None) == row["edited"] for a in mine)
     counts = {kind: row["n"] for kind, row in result["probes"].items()}
     assert counts == {
         "edit": 2,

@@ -75,6 +75,14 @@ def add_bench_parser(subparsers) -> None:
         help="another file of the same format whose unedited subjects also fill the other-subject probes "
         "(at large T the data file has none left: ZsRE dev at --edits 600)",
     )
+    lo.add_argument(
+        "--probes-out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write every probe's answer to FILE, one JSON line each (its prompt, output, whether it counts, "
+        "the expert and edit that answered)",
+    )
     _model_arguments(lo)
     lo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an editor setting")
     lo.add_argument(
@@ -360,6 +368,7 @@ def _run_locality(args: argparse.Namespace) -> int:
         forms=tuple(dict.fromkeys(args.forms)),
         kinds=None if args.kinds is None else tuple(args.kinds),
         other_subjects=args.other_subjects,
+        probes_out=args.probes_out,
         model_path=args.model,
         cache_dir=args.cache_dir,
         device=args.device,
@@ -367,6 +376,8 @@ def _run_locality(args: argparse.Namespace) -> int:
     )
     if args.relation_thresholds and not args.routing_only:
         raise SystemExit("--relation-thresholds needs --routing-only (use --set relation_threshold=T for a full run)")
+    if args.probes_out and args.routing_only:
+        raise SystemExit("--probes-out needs a full run (--routing-only generates nothing)")
     if args.span_thresholds and not args.routing_only:
         raise SystemExit("--span-thresholds needs --routing-only (use --set subject_span_threshold=T for a full run)")
     if args.routing_only:

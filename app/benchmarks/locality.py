@@ -88,6 +88,9 @@ class LocalityOptions:
     # Another file of the same format whose subjects also fill the other-subject probes: at large T
     # the data file has no unedited subject left (ZsRE dev at T = 600 has none).
     other_subjects: Path | None = None
+    # Where to write every probe's answer, one JSON line each (None: nowhere): what the table
+    # counts, to read which probes failed and which edit answered them.
+    probes_out: Path | None = None
     model_path: Path | None = None
     cache_dir: Path = Path("lemoe-data/model-cache")
     device: str = "auto"
@@ -258,6 +261,32 @@ def score(probes: Sequence[Probe], base: Sequence[Generation | None], after: Seq
     return rows
 
 
+def write_probe_answers(
+    path: Path, probes: Sequence[Probe], answers: dict[str, tuple[Sequence[Generation | None], Sequence[Generation]]], owner: dict[int, str]
+) -> None:
+    """One JSON line per probe and form: what it asked, what came back (and, for kept probes, what
+    the unedited model said), whether it counts, and the expert and edit that answered."""
+    with Path(path).open("w") as out:
+        for form, (base, after) in answers.items():
+            for k, probe in enumerate(probes):
+                got = after[k]
+                edited = probe.kind in EDITED_KINDS
+                row = {
+                    "form": form,
+                    "kind": probe.kind,
+                    "record": probe.record,
+                    "prompt": probe.prompt,
+                    "target": probe.target,
+                    "output": got.text,
+                    "unedited": None if edited else base[k].text,
+                    "ok": (probe.target in got.text) if edited else got.text == base[k].text,
+                    "expert": got.route.expert_name,
+                    "own_expert": got.route.expert_name is not None and got.route.expert_name == owner.get(probe.record),
+                    "nearest_edit": got.route.nearest_edit_id if got.route.expert_index is not None else None,
+                }
+                out.write(json.dumps(row) + "\n")
+
+
 def _mean(xs: list[float]) -> float | None:
     return round(statistics.fmean(xs), 4) if xs else None
 
@@ -310,6 +339,7 @@ def run_locality(opts: LocalityOptions) -> dict:
     log.info("generating with %d experts", trained["experts"])
     started = time.perf_counter()
     scores = {}
+    answers: dict[str, tuple[list, list]] = {}
     for form in opts.forms:
         after: list = [None] * len(probes)
         base: list = [None] * len(probes)
@@ -322,6 +352,9 @@ def run_locality(opts: LocalityOptions) -> dict:
         for k, g in zip(kept, base_kept[form], strict=True):
             base[k] = g
         scores[form] = score(probes, base, after, trained["owner"])
+        answers[form] = (base, after)
+    if opts.probes_out is not None:
+        write_probe_answers(opts.probes_out, probes, answers, trained["owner"])
     return {
         "data": str(opts.data),
         "format": opts.format,
