@@ -16,7 +16,7 @@ from app.benchmarks.load import LoadOptions, passed, percentile, run_load
 from app.benchmarks.load import format_table as format_load_table
 from app.benchmarks.locality import LocalityOptions, build_probes, run_locality, select_edits, subject_first
 from app.benchmarks.locality import format_table as format_locality_table
-from app.benchmarks.quality import QualityOptions, format_table, run_quality
+from app.benchmarks.quality import QualityOptions, edited_to_one_answer, format_table, run_quality
 from app.lemoe.config import LemoeConfig
 from app.lemoe.trainer import resolved_precision
 from tests.api.support import TINY_GATE, tiny_model_dir  # noqa: F401  (fixture)
@@ -77,6 +77,18 @@ def test_quality_run_reports_every_metric_and_the_subject_keys(tiny_model_dir, d
     assert 0.0 <= result["loc"] <= 1.0 and result["s_per_edit"] > 0
     assert "edits with a subject key" in format_table(result)
     assert result["train_precision"] in ("full", "bfloat16") and "training precision" in format_table(result)
+    # Every subject is edited to one answer here: the split's Gen is the whole Gen.
+    assert result["one_answer"] == {"n": 3, "gen": result["gen"], "gen_exact": result["gen_exact"]}
+    assert re.search(r"Gen / exact, subjects edited to one answer +1\.0 / [0-9.]+ \(n 3\)", format_table(result))
+
+
+def test_a_subject_edited_to_two_answers_is_split_off():
+    def rec(subject, target):
+        return BenchRecord(f"Who is {subject}?", target, "r", "l", "a", subject=subject)
+
+    edited = [rec("Acme", "Jane"), rec("acme ", "Bob"), rec("Beta", "Ann"), rec("Beta", "ann"), rec(None, "x")]
+    scored = [*edited, rec("Gamma", "Zed")]
+    assert edited_to_one_answer(scored, edited) == [False, False, True, True, True, True]
 
 
 def test_quality_scores_a_sample_and_counts_the_stack_bytes(tiny_model_dir, data, tmp_path):  # noqa: F811
