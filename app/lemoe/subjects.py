@@ -110,8 +110,12 @@ def _after_run(flags: Sequence[bool], start: int) -> int:
     return next((k for k in range(start, len(flags)) if not flags[k]), len(flags))
 
 
+def _ends_sentence(word: str) -> bool:
+    return word.rstrip(")").endswith(tuple("?.!:;")) or word.endswith(("'s", "’s"))
+
+
 def _ends_clause(word: str) -> bool:
-    return word.rstrip(")").endswith(tuple("?.!:;,")) or word.endswith(("'s", "’s"))
+    return _ends_sentence(word) or word.rstrip(")").endswith(",")
 
 
 def rare_word_test(tokenizer) -> Callable[[str], bool]:
@@ -172,11 +176,7 @@ def whole_name(prompt: str, span: str, rare_word: Callable[[str], bool] | None =
     naming[0] = naming[0] or _may_begin_a_name(texts[0])
     continuing = _continuing_words(texts, naming, rare_word)
     i, j = found
-
-    def ends_sentence(word: str) -> bool:
-        return word.rstrip(")").endswith(tuple("?.!:;")) or word.endswith(("'s", "’s"))
-
-    while not ends_sentence(texts[j]):
+    while not _ends_sentence(texts[j]):
         if texts[j].endswith(","):
             if j + 1 < len(texts) and naming[j] and naming[j + 1]:
                 j += 1
@@ -192,7 +192,7 @@ def whole_name(prompt: str, span: str, rare_word: Callable[[str], bool] | None =
             break
     # Leftwards only adjacent names: across a joiner a title comes first as often as a name
     # ("CEO of Acme", "President of France").
-    while i > 0 and not ends_sentence(texts[i - 1]) and naming[i - 1] and (not texts[i - 1].endswith(",") or naming[i]):
+    while i > 0 and not _ends_sentence(texts[i - 1]) and naming[i - 1] and (not texts[i - 1].endswith(",") or naming[i]):
         i -= 1
     return _clean(prompt[words[i][0] : words[j][1]]) or span
 
