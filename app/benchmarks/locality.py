@@ -245,12 +245,8 @@ def score(probes: Sequence[Probe], base: Sequence[Generation | None], after: Seq
     rows = {}
     for kind in KINDS:
         idx = [k for k, p in enumerate(probes) if p.kind == kind]
-        if kind in EDITED_KINDS:
-            ok = [float(probes[k].target in after[k].text) for k in idx]
-            own = [float(after[k].route.expert_name is not None and after[k].route.expert_name == owner.get(probes[k].record)) for k in idx]
-        else:
-            ok = [float(after[k].text == base[k].text) for k in idx]
-            own = []
+        ok = [float(_counts(probes[k], base[k], after[k])) for k in idx]
+        own = [float(_reached_own_expert(probes[k], after[k], owner)) for k in idx] if kind in EDITED_KINDS else []
         rows[kind] = {
             "edited": kind in EDITED_KINDS,
             "n": len(idx),
@@ -259,6 +255,19 @@ def score(probes: Sequence[Probe], base: Sequence[Generation | None], after: Seq
             "own_expert": _mean(own) if own else None,
         }
     return rows
+
+
+def _counts(probe: Probe, base: Generation | None, got: Generation) -> bool:
+    """Whether a probe's answer counts: an edited probe's output holds its target, a kept probe's
+    equals the unedited model's (`base`, needed for kept probes only)."""
+    if probe.kind in EDITED_KINDS:
+        return probe.target in got.text
+    assert base is not None
+    return got.text == base.text
+
+
+def _reached_own_expert(probe: Probe, got: Generation, owner: dict[int, str]) -> bool:
+    return got.route.expert_name is not None and got.route.expert_name == owner.get(probe.record)
 
 
 def write_probe_answers(
@@ -279,9 +288,9 @@ def write_probe_answers(
                     "target": probe.target,
                     "output": got.text,
                     "unedited": None if edited else base[k].text,
-                    "ok": (probe.target in got.text) if edited else got.text == base[k].text,
+                    "ok": _counts(probe, base[k], got),
                     "expert": got.route.expert_name,
-                    "own_expert": got.route.expert_name is not None and got.route.expert_name == owner.get(probe.record),
+                    "own_expert": _reached_own_expert(probe, got, owner),
                     "nearest_edit": got.route.nearest_edit_id if got.route.expert_index is not None else None,
                 }
                 out.write(json.dumps(row) + "\n")
