@@ -80,6 +80,7 @@ class Engine:
             ("infer_subjects", "infer_subjects"),
             ("relation_threshold", "relation_threshold"),
             ("relation_token_weights", "relation_token_weights"),
+            ("relation_rank_weight", "relation_rank_weight"),
             ("subject_span_threshold", "subject_span_threshold"),
             ("subject_token_check", "subject_token_check"),
             ("train_max_steps", "max_steps"),

@@ -126,7 +126,9 @@ class LemoeEditor:
         # tokenised once.
         self._subject_view = functools.lru_cache(maxsize=1024)(self._read_subject_view)
         center = capture_queries(model, tokenizer, REFERENCE_PROMPTS, self.device).mean(dim=0)
-        self.router = AnchorRouter(center, self.config.gate_threshold, self.config.supersede_margin, self._subject_keys())
+        self.router = AnchorRouter(
+            center, self.config.gate_threshold, self.config.supersede_margin, self._subject_keys(), self.config.relation_rank_weight
+        )
         self._stack: tuple[ExpertEntry, ...] = ()
         self._prefix_room = (
             max(len(tokenizer(p + " ", add_special_tokens=False)["input_ids"]) for p in CONTEXT_PREFIXES)
@@ -476,9 +478,10 @@ class LemoeEditor:
         # The edits' own sentence queries are their anchors (listed first in the entry).
         queries = entry.anchors[: len(edits)]
         read = self.read_routes([e.prompt for e in edits], queries=queries)
-        sims, eligible, *_ = self.router.eligibility(
+        sims, eligible, _, relation_sims, _ = self.router.eligibility(
             queries, stack, read.states, read.mask, read.relation_weights, subject_tokens=read.tokens
         )
+        sims = self.router.ranking(sims, relation_sims)  # as `route` decides between them
         own = sims[torch.arange(len(edits)), offset + torch.arange(len(edits))]
         near = eligible & (sims >= own[:, None] - self.config.supersede_margin) & (owner.to(sims.device) < len(older))
         pairs = []

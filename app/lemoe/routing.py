@@ -308,16 +308,26 @@ class AnchorRouter:
     raw hidden states are anisotropic, so uncentred cosines sit near 0.8-0.9 for everything.
     An anchor without a subject key may fire when its sentence similarity clears `threshold`; an
     anchor with one, when the prompt mentions that subject and its sentence similarity clears the
-    lower `subject.sentence_floor`. Among the anchors that may fire the most similar sentence wins.
+    lower `subject.sentence_floor`. Among the anchors that may fire the most similar sentence wins,
+    less `relation_rank_weight` times what a relation-checked anchor's relation cosine falls short
+    of 1 (`ranking`).
     """
 
     INDEXES_KEPT = 2  # the live stack and the one before it (requests in flight during a swap)
 
-    def __init__(self, center: torch.Tensor, threshold: float, supersede_margin: float, subject: SubjectKeys | None = None) -> None:
+    def __init__(
+        self,
+        center: torch.Tensor,
+        threshold: float,
+        supersede_margin: float,
+        subject: SubjectKeys | None = None,
+        relation_rank_weight: float = 0.0,
+    ) -> None:
         self.center = center
         self.threshold = threshold
         self.supersede_margin = supersede_margin
         self.subject = subject
+        self.relation_rank_weight = relation_rank_weight
         # (stack, its index), newest first; the stack is held so that its id is not reused.
         self._indexes: tuple[tuple[Sequence[ExpertEntry], AnchorIndex], ...] = ()
         self._lock = threading.Lock()
@@ -415,6 +425,17 @@ class AnchorRouter:
                 )
             eligible = torch.where(match.keyed.to(sims.device), keyed_ok, eligible)
         return sims, eligible, subject_sims, relation_sims, span_sims
+
+    def ranking(self, sims: torch.Tensor, relation_sims: torch.Tensor | None) -> torch.Tensor:
+        """(B, n_anchors) what decides among the anchors that may fire: the sentence cosine less
+        `relation_rank_weight` times the relation cosine's shortfall from 1 where the relation check
+        ran (none elsewhere). Sentence states read a reworded prompt ("Ramalinaceae: which family
+        does it belong to?") as near another question about its subject as its own; the relation
+        key tells them apart."""
+        if relation_sims is None or not self.relation_rank_weight:
+            return sims
+        shortfall = 1.0 - torch.nan_to_num(relation_sims.to(sims.device), nan=1.0)
+        return sims - self.relation_rank_weight * shortfall
 
     def _subject_match(
         self, sims: torch.Tensor, subject_states: torch.Tensor, query_mask: torch.Tensor | None, index: AnchorIndex
@@ -561,15 +582,16 @@ class AnchorRouter:
         index = self.index(stack)
         owner = index.owners.to(sims.device)
         edit_ids = index.edit_ids
+        ranking = self.ranking(sims, relation_sims)
         decisions = []
         for r, row in enumerate(sims):
             if not bool(eligible[r].any()):
                 nearest = int(row.argmax())
                 decisions.append(RouteDecision(None, None, float(row[nearest]), edit_ids[nearest]))
                 continue
-            best = float(row.masked_fill(~eligible[r], -2.0).max())
+            best = float(ranking[r].masked_fill(~eligible[r], -2.0).max())
             # Among near-equal anchors (the same fact edited again) the newest expert wins.
-            near = (eligible[r] & (row >= best - self.supersede_margin)).nonzero().flatten()
+            near = (eligible[r] & (ranking[r] >= best - self.supersede_margin)).nonzero().flatten()
             pick = int(near[owner[near].argmax()])
             idx = int(owner[pick])
             subject_score = None

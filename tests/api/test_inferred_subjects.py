@@ -150,6 +150,12 @@ def test_subject_token_check_setting_reaches_the_router(tiny_model_dir, tmp_path
     assert off.editor.router.subject.token_check is False
 
 
+def test_relation_rank_weight_setting_reaches_the_router(tiny_model_dir, tmp_path):
+    assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.router.relation_rank_weight == 0.5
+    off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", relation_rank_weight=0.0))
+    assert off.editor.router.relation_rank_weight == 0.0
+
+
 def test_relation_token_weights_setting_reaches_the_editor(tiny_model_dir, tmp_path):
     assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.config.relation_token_weights is True
     off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", relation_token_weights=False))

@@ -70,6 +70,36 @@ def test_an_anchor_without_a_relation_key_is_not_checked():
     assert decision.expert_name == "keyed" and decision.relation_score is None
 
 
+def test_between_anchors_that_may_fire_the_relation_decides_a_near_tie():
+    # Two edits about subject E[2]: "a" asks relation E[0], "b" relation E[1]. The prompt asks
+    # mostly b's relation, but its sentence query is a little nearer a's anchor.
+    asked = 0.6 * E[0] + 0.8 * E[1]  # relation cosines: a 0.6, b 0.8 (both pass 0.3)
+    b_anchor = 0.95 * E[0] + (1 - 0.95**2) ** 0.5 * E[5]  # sentence cosines: a 1.0, b 0.95
+    stack = [
+        ExpertEntry(
+            name,
+            Expert(6, 2),
+            anchors=anchor[None],
+            edit_ids=[k],
+            subject_anchors=E[2:3],
+            subject_lengths=torch.tensor([1]),
+            relation_anchors=relation[None],
+        )
+        for k, (name, anchor, relation) in enumerate([("a", E[0], E[0]), ("b", b_anchor, E[1])])
+    ]
+    states = _states(asked, E[2])
+    by_sentence = _router(0.3)
+    [sentence_alone] = by_sentence.route(E[0:1], stack, states)
+    assert sentence_alone.expert_name == "a"
+    # Sentence less half the relation's shortfall: a 1.0 - 0.2 = 0.8, b 0.95 - 0.1 = 0.85.
+    by_relation = _router(0.3)
+    by_relation.relation_rank_weight = 0.5
+    [decision] = by_relation.route(E[0:1], stack, states)
+    assert decision.expert_name == "b" and decision.nearest_edit_id == 1
+    assert decision.score == pytest.approx(0.95) and decision.relation_score == pytest.approx(0.8)
+    assert torch.allclose(by_relation.ranking(torch.tensor([[0.9]]), torch.tensor([[float("nan")]])), torch.tensor([[0.9]]))
+
+
 def test_subject_span_covers_every_token_of_the_subject(tiny_tokenizer):
     prompt, subject = "Which family does Ramalinaceae belong to?", "Ramalinaceae"
     first, last = subject_token_span(tiny_tokenizer, prompt, subject, context="Q:", lowercase=True)
