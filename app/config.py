@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     relation_keys: bool = True
     relation_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     # Among the edits that may serve a prompt, the route score less this times the relation
-    # cosine's shortfall from 1 decides; None: the editor's default (0.5); 0: the route score alone.
+    # cosine's shortfall from 1 decides; None: the editor's default (0.25); 0: the route score alone.
     relation_rank_weight: float | None = Field(default=None, ge=0.0, le=10.0)
     # Relation keys weigh each token by its rarity (the tokenizer's merge order); None: the
     # editor's default (on); False: a plain mean.

@@ -47,8 +47,9 @@ class LemoeConfig:
     # anchor's relation cosine falls short of 1 wins: "Ramalinaceae: which family does it belong
     # to?" reads as near another edited question about Ramalinaceae as its own, and the relation
     # key tells them apart (ZsRE dev T = 600, subject-first probes reaching their own edit 0.892
-    # -> 0.952; docs/BENCHMARKS.md). 0: the route score alone.
-    relation_rank_weight: float = 0.5
+    # -> 0.945; 0.5 and more gain little and lose paraphrases; docs/BENCHMARKS.md). 0: the route
+    # score alone.
+    relation_rank_weight: float = 0.25
     # Subject span keys: the subject key is one token's state, and subjects that end alike
     # ("Nenad Stamenković" / "Ivica Ančić", "BBC Radio" / "BBC One") match on it; such an edit
     # also needs the mean of the prompt's tokens ending at the matched one (as many as its

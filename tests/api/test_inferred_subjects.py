@@ -151,7 +151,7 @@ def test_subject_token_check_setting_reaches_the_router(tiny_model_dir, tmp_path
 
 
 def test_relation_rank_weight_setting_reaches_the_router(tiny_model_dir, tmp_path):
-    assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.router.relation_rank_weight == 0.5
+    assert Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "a")).editor.router.relation_rank_weight == 0.25
     off = Engine.from_settings(tiny_settings(tiny_model_dir, tmp_path / "b", relation_rank_weight=0.0))
     assert off.editor.router.relation_rank_weight == 0.0
 
