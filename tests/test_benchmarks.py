@@ -347,6 +347,22 @@ def test_subject_plus_other_question_probes_never_take_a_question_that_shares_a_
     assert [p.prompt for p in probes] == ["The official language of France is"]
 
 
+def test_subject_plus_new_question_probes_ask_another_files_questions_and_leave_the_others_as_they_were(tmp_path):
+    other_relation = {**LOCALITY_RECORDS[0], "src": "The official language of Spain is", "subject": "Spain", "rephrase": "-"}
+    path = tmp_path / "zsre-two.json"
+    path.write_text(json.dumps([LOCALITY_RECORDS[0], other_relation]))
+    records = load_records(path, "zsre")
+    other_file = tmp_path / "zsre-other.json"
+    asks_capital = {**other_relation, "src": "The capital of Italy is", "subject": "Italy"}  # the edit's relation: never drawn
+    asks_anthem = {**other_relation, "src": "The national anthem of Peru is", "subject": "Peru"}
+    other_file.write_text(json.dumps([asks_capital, asks_anthem]))
+    plain = build_probes(records, [0])
+    with_new = build_probes(records, [0], other_questions=load_records(other_file, "zsre"))
+    assert [p.prompt for p in with_new if p.kind == "subject+new-q"] == ["The national anthem of France is"]
+    assert [p for p in with_new if p.kind != "subject+new-q"] == plain
+    assert not [p for p in plain if p.kind == "subject+new-q"]
+
+
 def test_locality_holds_back_a_partner_and_builds_every_probe_from_the_data(locality_data):
     records = load_records(locality_data, "zsre")
     edited, held = select_edits(records, 2)
@@ -449,6 +465,7 @@ def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(
         "other-subject": 2,
         "same-subject": 1,
         "subject+other-q": 2,
+        "subject+new-q": 1,  # from the other file's question
         "loc": 2,
         "loc-edited-fact": 0,
         "loc-subject": 0,
@@ -459,7 +476,7 @@ def test_locality_run_prints_one_row_per_probe_kind_with_counts_from_the_data(
     assert result["subject_keyed_edits"] == 2
     # Both edits in one expert, trained to the loss threshold: each edit prompt reaches it and answers.
     assert result["probes"]["edit"] == {"edited": True, "n": 2, "score": 1.0, "routed": 1.0, "own_expert": 1.0}
-    for kind in ("other-subject", "same-subject", "subject+other-q", "loc"):
+    for kind in ("other-subject", "same-subject", "subject+other-q", "subject+new-q", "loc"):
         row = result["probes"][kind]
         assert row["own_expert"] is None and 0.0 <= row["score"] <= 1.0 and 0.0 <= row["routed"] <= 1.0
         if row["routed"] == 0.0:

@@ -73,7 +73,8 @@ def add_bench_parser(subparsers) -> None:
         default=None,
         metavar="FILE",
         help="another file of the same format whose unedited subjects also fill the other-subject probes "
-        "(at large T the data file has none left: ZsRE dev at --edits 600)",
+        "(at large T the data file has none left: ZsRE dev at --edits 600) and whose questions make the "
+        "subject+new-q probes (questions no edit asks)",
     )
     lo.add_argument(
         "--probes-out",

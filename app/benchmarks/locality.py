@@ -21,6 +21,10 @@ Probe kinds (each edited record gives at most one of each):
                      prompt with its own subject replaced by the edit's, taken from a record whose
                      prompt shares no content word with the edit's (likely another relation; a
                      rule, so a few may still ask the same relation in other words)
+    subject+new-q    the same, from a record of the --other-subjects file: a question no edit of the
+                     run asks in any wording (at T = 600 every ZsRE dev record is edited, so each
+                     subject+other-q probe is worded as some edit, which a rule that compares a
+                     prompt with other edits' keys would recognise and no real request would be)
     loc              the record's locality prompt (ZsRE: an NQ question), where it names no edited
                      subject
     loc-subject      the record's locality prompt where it names an edited subject and asks another
@@ -65,7 +69,7 @@ log = logging.getLogger(__name__)
 Subjects = Literal["none", "given"]
 Form = Literal["plain", "chat"]  # probes asked as bare prompts, or as the user turn of a chat
 EDITED_KINDS = ("edit", "lower-case", "paraphrase", "subject-first", "same-fact", "loc-edited-fact")
-KEPT_KINDS = ("other-subject", "same-subject", "subject+other-q", "loc", "loc-subject")
+KEPT_KINDS = ("other-subject", "same-subject", "subject+other-q", "subject+new-q", "loc", "loc-subject")
 KINDS = EDITED_KINDS + KEPT_KINDS
 _STOPWORDS = frozenset(
     "the a an of in on at to by for from with and or is was are were be been what which who whom whose when where "
@@ -85,8 +89,9 @@ class LocalityOptions:
     # as the user's message in the model's chat template (routed on the message, as the server is).
     forms: tuple[Form, ...] = ("plain",)
     kinds: tuple[str, ...] | None = None  # only these probe kinds (None: all); their rows show n = 0 otherwise
-    # Another file of the same format whose subjects also fill the other-subject probes: at large T
-    # the data file has no unedited subject left (ZsRE dev at T = 600 has none).
+    # Another file of the same format whose subjects also fill the other-subject probes (at large T
+    # the data file has no unedited subject left: ZsRE dev at T = 600 has none) and whose
+    # questions make the subject+new-q probes.
     other_subjects: Path | None = None
     # Where to write every probe's answer, one JSON line each (None: nowhere): what the table
     # counts, to read which probes failed and which edit answered them.
@@ -145,9 +150,41 @@ def _content_words(text: str, subject: str = "") -> set[str]:
     return {w for w in "".join(c if c.isalnum() else " " for c in lowered).split() if w not in _STOPWORDS}
 
 
-def build_probes(records: Sequence[BenchRecord], edited: Sequence[int], other_subjects: Sequence[str] = ()) -> list[Probe]:
+def _question_templates(records: Sequence[BenchRecord]) -> list[tuple[str, str, set[str]]]:
+    """Each record's question with its subject cut out ("\\0"), its subject's key and its content
+    words (computed once: every edit looks through all of them)."""
+    return [
+        (t, _key(r.subject), _content_words(t.replace("\0", " ")))
+        for r in records
+        if r.subject and r.subject.strip() and r.subject.strip() in r.prompt
+        for t in [r.prompt.replace(r.subject.strip(), "\0", 1)]
+    ]
+
+
+def _other_question(
+    prompt: str, subject: str, templates: Sequence[tuple[str, str, set[str]]], rng: random.Random, edited_prompts: set[str]
+) -> str | None:
+    """Another question asked about `subject`: a template about another subject that shares no
+    content word with `prompt` (likely another relation) and is no edited prompt; None if ten
+    draws find none."""
+    words, own = _content_words(prompt, subject), _key(subject)
+    unlike = [t for t, key, asks in templates if key != own and not words & asks]
+    for _ in range(10 if unlike else 0):
+        asked = rng.choice(unlike).replace("\0", subject)
+        if _key(asked) not in edited_prompts:
+            return asked
+    return None
+
+
+def build_probes(
+    records: Sequence[BenchRecord],
+    edited: Sequence[int],
+    other_subjects: Sequence[str] = (),
+    other_questions: Sequence[BenchRecord] = (),
+) -> list[Probe]:
     """Every probe of every edited record (see the module docstring for the rules); the
-    other-subject probes draw on the unedited records' subjects and `other_subjects`."""
+    other-subject probes draw on the unedited records' subjects and `other_subjects`, the
+    subject+new-q probes on `other_questions` (records of another file)."""
     edited_set = set(edited)
     edited_prompts = {_key(records[i].prompt) for i in edited}
     edited_subjects = {_key(records[i].subject) for i in edited if records[i].subject}
@@ -162,17 +199,10 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int], other_su
     fresh = [s for s in dict.fromkeys(subjects) if _key(s) not in edited_subjects]
     if not fresh:
         log.warning("no unedited subject is left for the other-subject probes: pass --other-subjects FILE")
-    # Each other record's question with its subject cut out, its subject's key and its content
-    # words (computed once: every edit looks through all of them).
-    templates = [
-        (t, _key(r.subject), _content_words(t.replace("\0", " ")))
-        for r in records
-        if r.subject and r.subject.strip() and r.subject.strip() in r.prompt
-        for t in [r.prompt.replace(r.subject.strip(), "\0", 1)]
-    ]
+    templates, new_templates = _question_templates(records), _question_templates(other_questions)
     edited_records = [records[i] for i in edited]
     scopes = locality_scopes(edited_records, edited_records)
-    rng = random.Random(0)
+    rng, new_rng = random.Random(0), random.Random(1)  # apart: subject+new-q leaves the other probes as they were
     probes: list[Probe] = []
     for i, scope in zip(edited, scopes, strict=True):
         r = records[i]
@@ -203,13 +233,10 @@ def build_probes(records: Sequence[BenchRecord], edited: Sequence[int], other_su
         if other_fact:
             probes.append(Probe("same-subject", i, records[other_fact[0]].prompt))
         if subject:
-            words, own = _content_words(r.prompt, subject), _key(subject)
-            unlike = [t for t, key, asks in templates if key != own and not words & asks]
-            for _ in range(10 if unlike else 0):
-                asked = rng.choice(unlike).replace("\0", subject)
-                if _key(asked) not in edited_prompts:
-                    probes.append(Probe("subject+other-q", i, asked))
-                    break
+            for kind, source, draw in (("subject+other-q", templates, rng), ("subject+new-q", new_templates, new_rng)):
+                asked = _other_question(r.prompt, subject, source, draw, edited_prompts)
+                if asked is not None:
+                    probes.append(Probe(kind, i, asked))
         if scope.kind == "another edit's fact":
             owner = edited[scope.edit]
             probes.append(Probe("loc-edited-fact", owner, r.loc_prompt, records[owner].target))
@@ -323,13 +350,14 @@ def _prepare(opts: LocalityOptions) -> _Run:
     if len(records) < opts.edits:
         raise ValueError(f"{opts.data} has {len(records)} usable records; --edits {opts.edits} asked for more")
     edited, held = select_edits(records, opts.edits)
-    others = [] if opts.other_subjects is None else [r.subject for r in load_records(opts.other_subjects, opts.format) if r.subject]
+    other_records = [] if opts.other_subjects is None else load_records(opts.other_subjects, opts.format)
+    others = [r.subject for r in other_records if r.subject]
     loaded = load_model(opts.model_path, cache_dir=opts.cache_dir, device=opts.device)
     edits = [
         Edit(i, records[i].prompt, records[i].target, subject=records[i].subject if opts.subjects == "given" else None) for i in edited
     ]
     editor = LemoeEditor(loaded.model, loaded.tokenizer, opts.config, device=loaded.device)
-    probes = [p for p in build_probes(records, edited, others) if opts.kinds is None or p.kind in opts.kinds]
+    probes = [p for p in build_probes(records, edited, others, other_records) if opts.kinds is None or p.kind in opts.kinds]
     return _Run(records, edited, held, probes, loaded, editor, edits)
 
 
